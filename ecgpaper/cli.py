@@ -1,0 +1,284 @@
+"""Command line: ``python -m ecgpaper <command> --help``.
+
+Every command that reads data takes ``--data-root PATH`` (a Kaggle download
+made elsewhere, a twin, a hand-made folder); without it the Kaggle download in
+``data/raw/kaggle`` is used if present, else the profile's synthetic twin.
+Problems the user can fix print one clear message and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__, paths
+from .config import DEFAULT_PROFILE, PROFILES, SPLIT_PROTOCOLS
+from .errors import UserError
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data-root", metavar="PATH",
+                   help="folder holding the images (default: data/raw/kaggle if downloaded, "
+                        "else the profile's synthetic twin data/raw/synthetic-<profile>)")
+    g.add_argument("--profile", default=DEFAULT_PROFILE, choices=list(PROFILES),
+                   help=f"run profile (default {DEFAULT_PROFILE})")
+    g.add_argument("--dataset-name", help="name used in output paths (default: from the folder)")
+    g.add_argument("--copy", help="which copy of the data to use when the archive holds several "
+                                  "(as printed by `inventory`; default: the largest)")
+    g.add_argument("--class-map", action="append", metavar="'FOLDER=CODE'",
+                   help="map a class folder (glob, case-insensitive) to MI, HMI, HB or NORM; repeatable")
+    g.add_argument("--workers", type=int, help="processes for decoding (default: all cores)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _root(args) -> Path:
+    from .data import resolve_data_root
+
+    root, source = resolve_data_root(args.data_root, args.profile)
+    if source == "synthetic" and not root.exists():
+        raise UserError(f"no data yet: the synthetic twin {root} does not exist. Run "
+                        f"`python -m ecgpaper synth --profile {args.profile}` (or `prepare`), "
+                        "`python -m ecgpaper download`, or pass --data-root PATH.")
+    return root
+
+
+def _inventory(args):
+    from .data import load_discovery_and_inventory
+
+    root = _root(args)
+    return root, *load_discovery_and_inventory(
+        root, dataset_name=args.dataset_name, copy=args.copy, class_map=args.class_map,
+        workers=args.workers, progress=not args.quiet)
+
+
+def cmd_download(args) -> None:
+    from .download import download_kaggle
+
+    download_kaggle(Path(args.dest), force=args.force)
+    print(f"next: python -m ecgpaper prepare --data-root {args.dest}  (or just ./run_all.sh)")
+
+
+def cmd_synth(args) -> None:
+    from .data import ensure_twin
+
+    overrides = {}
+    if args.distinct_per_class:
+        overrides["distinct_per_class"] = args.distinct_per_class
+    if args.page_size:
+        try:
+            w, h = (int(v) for v in args.page_size.lower().split("x"))
+        except ValueError:
+            raise UserError(f"--page-size must look like 2213x1572, not {args.page_size!r}") from None
+        overrides["page_size"] = (w, h)
+    if args.duplicate_fraction is not None:
+        overrides["duplicate_fraction"] = args.duplicate_fraction
+    root = ensure_twin(args.profile, Path(args.out) if args.out else None, seed=args.seed,
+                       workers=args.workers, progress=not args.quiet, **overrides)
+    print(f"synthetic twin (labelled 'synthetic', not the paper's data): {root}")
+
+
+def cmd_inventory(args) -> None:
+    from .inventory import inventory_path
+
+    _, dataset, disc, inv = _inventory(args)
+    print(disc.describe())
+    print(f"{len(inv)} files, {int(inv['readable'].sum())} readable -> {inventory_path(dataset)}")
+    for r in inv[~inv["readable"]].itertuples():
+        print(f"  unreadable: {r.path}: {r.error}")
+
+
+def cmd_audit(args) -> None:
+    from .audit import run_audit, write_audit, per_class_markdown
+
+    _, dataset, _, inv = _inventory(args)
+    audit = run_audit(inv, args.near_threshold)
+    out = write_audit(audit, dataset)
+    print(per_class_markdown(audit, dataset))
+    print(f"audit tables -> {out}")
+
+
+def cmd_split(args) -> None:
+    from .audit import run_audit
+    from .data import inventory_fingerprint
+    from .splits import make_manifest, write_manifest, manifest_summary
+
+    _, dataset, _, inv = _inventory(args)
+    audit = run_audit(inv)
+    protocols = SPLIT_PROTOCOLS if args.protocol == "all" else (args.protocol,)
+    for protocol in protocols:
+        try:
+            man = make_manifest(audit.files, protocol, args.seed)
+        except UserError as exc:
+            if args.protocol == "all" and protocol == "kaggle":
+                print(f"kaggle: skipped ({exc})")
+                continue
+            raise
+        out = write_manifest(man, dataset, protocol, args.seed, inventory_fingerprint(inv))
+        s = manifest_summary(man, protocol, args.seed, "")
+        print(f"{protocol}: {s['totals']}; test files with a copy in train: "
+              f"{s['test_with_copy_in_train']} -> {out}")
+
+
+def cmd_cache(args) -> None:
+    from .preprocess import PreprocessSettings, build_cache
+    from .config import get_profile
+
+    root, dataset, _, inv = _inventory(args)
+    settings = PreprocessSettings(args.size or get_profile(args.profile).image_size, args.fit, args.crop)
+    cache = build_cache(inv, root, dataset, settings, workers=args.workers,
+                        progress=not args.quiet, force=args.force)
+    print(f"cache {settings.tag}: {len(cache.index)} files ({cache.index['row'].nunique()} distinct) "
+          f"-> {cache.array_path}")
+
+
+def cmd_prepare(args) -> None:
+    from .data import prepare_data
+
+    prepared = prepare_data(
+        args.data_root, profile=args.profile, dataset_name=args.dataset_name, copy=args.copy,
+        class_map=args.class_map, seed=args.seed, image_size=args.size, fit=args.fit,
+        crop=args.crop, workers=args.workers, progress=not args.quiet)
+    s = prepared.audit.summary
+    print(f"\ndataset '{prepared.dataset}' ({prepared.source}) from {prepared.root}")
+    print(f"  {s['n_files_readable']} readable files, {s['distinct_groups']} distinct ECGs, "
+          f"{s['copy_fraction']:.0%} of files are copies, {s['n_unreadable']} unreadable skipped")
+    print("outputs:")
+    for name, p in prepared.outputs.items():
+        print(f"  {name:10s} {p}")
+    for protocol, p in prepared.manifests.items():
+        summary = json.loads(p.with_suffix(".json").read_text())
+        print(f"  split      {p}  (test with a copy in train: {summary['test_with_copy_in_train']})")
+
+
+def cmd_run(args) -> None:
+    from .experiments import run_experiment
+
+    records = run_experiment(
+        args.experiment, profile=args.profile, data_root=args.data_root,
+        dataset_name=args.dataset_name, copy=args.copy, class_map=args.class_map,
+        protocol=args.protocol, split_seed=args.split_seed,
+        weights=args.weights, crop=args.crop, fit=args.fit, early_stopping=args.early_stopping,
+        export=not args.no_export, verbose=0 if args.quiet else 2)
+    print(f"\n{'run':44s} {'acc':>6s} {'F1':>6s} {'train s':>8s}")
+    for r in records:
+        m = r["metrics"]
+        print(f"{r['run_id']:44s} {m['accuracy']:6.3f} {m['f1']:6.3f} {m['train_seconds']:8.1f}")
+
+
+def cmd_export(args) -> None:
+    from .data import resolve_data_root
+    from .experiments import export_best
+    from .inventory import dataset_id
+
+    dataset = args.dataset_name or dataset_id(*resolve_data_root(args.data_root, args.profile)[:1])
+    export_best(dataset, args.profile, run_id=args.run_id)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ecgpaper",
+        description="Reproduce 'Comparative analysis of CNN models for detecting "
+                    "cardiovascular diseases' (VGG16 vs ResNet50 on ECG images).")
+    parser.add_argument("--version", action="version", version=f"ecgpaper {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("download", help="fetch the Kaggle dataset into data/raw/kaggle",
+                       description="Fetch evilspirit05/ecg-analysis with the kaggle client "
+                                   "(credentials: ~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY).")
+    p.add_argument("--dest", default=str(paths.KAGGLE_RAW), help="where to unzip (default %(default)s)")
+    p.add_argument("--force", action="store_true", help="download again even if present")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("synth", help="write the synthetic twin (offline stand-in for the Kaggle data)",
+                       description="Write a synthetic twin: same tree shape and names as the "
+                                   "Kaggle archive, 12-lead ECG pages of 4 classes, planted duplicates.")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=list(PROFILES),
+                   help="size the twin for this profile (default %(default)s)")
+    p.add_argument("--out", help="output folder (default data/raw/synthetic-<profile>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--distinct-per-class", type=int, help="distinct ECG pages per class")
+    p.add_argument("--page-size", help="page size in pixels, e.g. 2213x1572")
+    p.add_argument("--duplicate-fraction", type=float, help="fraction of files that are copies (default 0.47)")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("inventory", help="list every image: class, hashes, size, readable?",
+                       description="Write results/<dataset>/inventory.csv.")
+    _data_args(p)
+    p.set_defaults(func=cmd_inventory)
+
+    p = sub.add_parser("audit", help="exact and near duplicate audit",
+                       description="Write results/<dataset>/audit/ (per-class table, groups, summary).")
+    _data_args(p)
+    p.add_argument("--near-threshold", type=int, default=None,
+                   help="phash Hamming distance (of 256 bits) for near duplicates")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("split", help="train/val/test manifests (paper, grouped, kaggle)",
+                       description="Write results/<dataset>/splits/<protocol>_seed<seed>.csv.")
+    _data_args(p)
+    p.add_argument("--protocol", default="all", choices=["all", *SPLIT_PROTOCOLS])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_split)
+
+    for name, helptext in (("cache", "decode + resize every image once into a uint8 cache"),
+                           ("prepare", "synth-or-find data, inventory, audit, all splits, cache")):
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        _data_args(p)
+        p.add_argument("--size", type=int, help="image size N (default: the profile's)")
+        p.add_argument("--fit", default="resize", choices=["resize", "letterbox"],
+                       help="squash the page to a square (paper) or pad it (letterbox)")
+        p.add_argument("--crop", action="store_true", help="drop the header/footer text bands")
+        if name == "cache":
+            p.add_argument("--force", action="store_true", help="rebuild even if up to date")
+            p.set_defaults(func=cmd_cache)
+        else:
+            p.add_argument("--seed", type=int, default=0)
+            p.set_defaults(func=cmd_prepare)
+    from .experiments import EXPERIMENTS
+
+    p = sub.add_parser("run", help="run (or resume) one of the paper's experiments",
+                       description="Train the runs of an experiment (skipping finished ones), "
+                                   "evaluate on the test subset and export the best model.")
+    p.add_argument("experiment", choices=list(EXPERIMENTS))
+    _data_args(p)
+    p.add_argument("--protocol", default="paper", choices=list(SPLIT_PROTOCOLS))
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--weights", help="imagenet | none | PATH to a weights file (default: the profile's)")
+    p.add_argument("--fit", default="resize", choices=["resize", "letterbox"])
+    p.add_argument("--crop", action="store_true", help="drop the header/footer text bands")
+    p.add_argument("--early-stopping", action="store_true",
+                   help="patience-5 early stopping on validation loss (section 3.1); off by "
+                        "default since section 4 ran fixed epochs")
+    p.add_argument("--no-export", action="store_true", help="do not export the best model")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("export", help="export the best finished run to models/ for the web service",
+                       description="Copy the best run (by validation accuracy) to "
+                                   "models/ecg_classifier.keras with its metadata JSON.")
+    _data_args(p)
+    p.add_argument("--run-id", help="export this run instead of the best one")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    args = build_parser().parse_args(argv)
+    if getattr(args, "near_threshold", 0) is None:
+        from .audit import NEAR_THRESHOLD
+        args.near_threshold = NEAR_THRESHOLD
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,132 @@
+"""The paper's constants and the run profiles: the one place they live.
+
+Numbers quoted from the paper carry the section / table / figure they come
+from, so every comparison in the package reads them from here, never retyped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict, field
+
+# --------------------------------------------------------------------------
+# Classes (paper section 3.1; dataset facts in shared/DESIGN.md)
+# --------------------------------------------------------------------------
+#: Canonical class codes, in the fixed order used for labels, confusion
+#: matrices and model outputs everywhere in the package.
+CLASS_CODES: tuple[str, ...] = ("MI", "HMI", "HB", "NORM")
+
+CLASS_NAMES: dict[str, str] = {
+    "MI": "Myocardial infarction",
+    "HMI": "History of MI",
+    "HB": "Abnormal heartbeat",
+    "NORM": "Normal",
+}
+
+#: File-name prefixes used by the real archive (``MI(1).jpg``, ``PMI(1).jpg`` ...).
+FILE_PREFIXES: dict[str, str] = {"MI": "MI", "HMI": "PMI", "HB": "HB", "NORM": "Normal"}
+
+#: Folder names of the "new version" copy of the real archive; the synthetic
+#: twin uses the same names so the same discovery code reads both.
+KAGGLE_CLASS_FOLDERS: dict[str, str] = {
+    "MI": "ECG Images of Myocardial Infarction Patients (240x12=2880)",
+    "HMI": "ECG Images of Patient that have History of MI (172x12=2064)",
+    "HB": "ECG Images of Patient that have abnormal heartbeat (233x12=2796)",
+    "NORM": "Normal Person ECG Images (284x12=3408)",
+}
+
+KAGGLE_DATASET = "evilspirit05/ecg-analysis"
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
+
+# --------------------------------------------------------------------------
+# Page geometry (DESIGN.md): crop box that keeps the ECG grid and drops the
+# header (patient id, sex) and footer (date, rate, device) bands. Given for a
+# 2213 x 1572 page, applied as fractions so it scales to any page size.
+# --------------------------------------------------------------------------
+REFERENCE_PAGE_SIZE = (2213, 1572)
+HEADER_CROP_BOX = (68, 283, 2177, 1518)  # left, top, right, bottom (px)
+HEADER_CROP_FRACTIONS = tuple(
+    v / REFERENCE_PAGE_SIZE[i % 2] for i, v in enumerate(HEADER_CROP_BOX)
+)
+
+# --------------------------------------------------------------------------
+# The paper's protocol (section numbers of the paper)
+# --------------------------------------------------------------------------
+SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}  # 3.1
+PAPER_IMAGE_SIZE = 224  # 3.1
+BATCH_SIZES = (16, 32)  # 3.3, Table 1
+LEARNING_RATES = (1e-3, 1e-4, 1e-5)  # 3.3, Table 1
+EARLY_STOPPING_PATIENCE = 5  # 3.1
+SPLIT_PROTOCOLS = ("paper", "grouped", "kaggle")
+
+#: Numbers the paper reports, machine-readable, for side-by-side tables.
+PAPER_RESULTS = {
+    "baseline": {  # section 4, Fig. 8 and 9: 20 epochs, batch 16, lr 1e-4
+        "VGG16": {"accuracy": 0.92},
+        "ResNet50": {"accuracy": 0.81},
+    },
+    "grid": {  # section 4, Table 1: VGG16, 20 epochs
+        (16, 1e-3): {"accuracy": 0.97, "recall": 0.9675, "precision": 0.97, "f1": 0.97},
+        (16, 1e-4): {"accuracy": 0.92, "recall": 0.9275, "precision": 0.9175, "f1": 0.915},
+        (16, 1e-5): {"accuracy": 0.93, "recall": 0.9225, "precision": 0.925, "f1": 0.925},
+        (32, 1e-3): {"accuracy": 0.96, "recall": 0.9475, "precision": 0.96, "f1": 0.9525},
+        (32, 1e-4): {"accuracy": 0.98, "recall": 0.9825, "precision": 0.98, "f1": 0.9825},
+        (32, 1e-5): {"accuracy": 0.98, "recall": 0.9825, "precision": 0.98, "f1": 0.9825},
+    },
+    "multirun": {  # section 5.4, Fig. 13: VGG16, batch 32, lr 1e-4, 30 epochs, 5 runs
+        "accuracy": (0.9758, 0.0017),
+        "precision": (0.9772, 0.0021),
+        "recall": (0.9738, 0.0020),
+        "f1": (0.9754, 0.0021),
+    },
+    "epoch_seconds_t4": (60, 80),  # section 3.5, Fig. 6 and 7
+}
+
+# --------------------------------------------------------------------------
+# Profiles (DESIGN.md). A profile shrinks sizes and counts; it never changes
+# what an experiment means.
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    image_size: int  # model input, N x N
+    #: synthetic twin: distinct images per class and page size
+    synth_distinct_per_class: int
+    synth_page_size: tuple[int, int]
+    weights: str  # "imagenet" | "none" | "auto" (imagenet if present, else none)
+    epochs_scale: float  # multiply the paper's epoch counts (20, 30)
+    min_epochs: int = 1
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", image_size=64, synth_distinct_per_class=12,
+        synth_page_size=(1106, 786), weights="none", epochs_scale=0.05,
+        description="CI and nbval: tiny twin, 64 px, 1-2 epochs, minutes on 2 CPU cores",
+    ),
+    "quick": Profile(
+        name="quick", image_size=128, synth_distinct_per_class=60,
+        synth_page_size=(2213, 1572), weights="auto", epochs_scale=0.25,
+        description="a laptop CPU in about half an hour",
+    ),
+    "paper": Profile(
+        name="paper", image_size=PAPER_IMAGE_SIZE, synth_distinct_per_class=250,
+        synth_page_size=(2213, 1572), weights="imagenet", epochs_scale=1.0,
+        description="the paper's protocol: 224 px, ImageNet weights, full epochs (GPU)",
+    ),
+}
+DEFAULT_PROFILE = "quick"
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}"
+        ) from None

@@ -1,0 +1,189 @@
+"""The paper's experiments as named lists of runs, resumable, plus the export.
+
+- ``baseline`` (section 4, Fig. 8, 9): VGG16 and ResNet50, batch 16, lr 1e-4, 20 epochs;
+- ``grid`` (section 4, Table 1, Fig. 10): VGG16, batch {16, 32} x lr {1e-3, 1e-4, 1e-5}, 20 epochs;
+- ``curves`` (section 5.1, Fig. 11, 12): VGG16 and ResNet50, batch 32, lr 1e-4, 30 epochs;
+- ``multirun`` (section 5.4, Fig. 13): VGG16, batch 32, lr 1e-4, 30 epochs, 5 seeds.
+
+Section 4 says the grid ran a fixed 20 epochs "without early stopping", and the
+curves of section 5.1 span all 30 epochs, so early stopping is off by default
+in every experiment; ``early_stopping=True`` turns on section 3.1's patience-5
+rule (recorded in each run's config). A profile scales image size and epoch
+counts but never the meaning of an experiment: the grid stays 2 x 3 and the
+multirun 5 seeds. Rerunning an experiment skips the runs already in the
+registry, so a killed grid resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+from . import __version__, paths
+from .config import BATCH_SIZES, CLASS_CODES, CLASS_NAMES, LEARNING_RATES, get_profile
+from .errors import UserError
+from .training import RunConfig, RunData, finished_run_ids, read_registry, train_run
+
+#: the paper's experiments (section numbers in the module docstring)
+EXPERIMENTS: dict[str, list[dict]] = {
+    "baseline": [dict(model=m, batch_size=16, learning_rate=1e-4, epochs=20)
+                 for m in ("VGG16", "ResNet50")],
+    "grid": [dict(model="VGG16", batch_size=b, learning_rate=lr, epochs=20)
+             for b in BATCH_SIZES for lr in LEARNING_RATES],
+    "curves": [dict(model=m, batch_size=32, learning_rate=1e-4, epochs=30)
+               for m in ("VGG16", "ResNet50")],
+    "multirun": [dict(model="VGG16", batch_size=32, learning_rate=1e-4, epochs=30, seed=s)
+                 for s in range(5)],
+}
+
+EXPORT_NAME = "ecg_classifier"
+
+
+def resolve_weights(weights: str, model: str, image_size: int) -> str:
+    """The profile's weights setting -> what the builder gets ("auto": ImageNet if
+    a valid file is in Keras's cache, else none)."""
+    if weights != "auto":
+        return weights
+    from .models import weights_status
+
+    return "imagenet" if weights_status(model, image_size=image_size).get("usable") else "none"
+
+
+def experiment_configs(name: str, *, profile: str, dataset: str, protocol: str = "paper",
+                       split_seed: int = 0, weights: str | None = None, crop: bool = False,
+                       fit: str = "resize", early_stopping: bool = False, **overrides) -> list[RunConfig]:
+    """The runs of experiment ``name``, scaled by ``profile``."""
+    if name not in EXPERIMENTS:
+        raise UserError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
+    prof = get_profile(profile)
+    configs = []
+    for spec in EXPERIMENTS[name]:
+        spec = dict(spec)
+        spec["epochs"] = max(prof.min_epochs, round(spec["epochs"] * prof.epochs_scale))
+        configs.append(RunConfig(
+            **spec, weights=resolve_weights(weights or prof.weights, spec["model"], prof.image_size),
+            image_size=prof.image_size, protocol=protocol, split_seed=split_seed, crop=crop,
+            fit=fit, dataset=dataset, profile=profile, early_stopping=early_stopping, **overrides))
+    return configs
+
+
+def load_run_data(prepared, protocol: str, split_seed: int = 0,
+                  limit_train_per_class: int | None = None) -> RunData:
+    """uint8 arrays of the three subsets of a manifest, from the prepared cache."""
+    from .pipeline import subset_arrays
+    from .splits import read_manifest
+
+    manifest_file = prepared.manifests.get(protocol)
+    if manifest_file is None:
+        raise UserError(f"no {protocol!r} manifest for {prepared.dataset}: the data has no "
+                        "train/test folders for the kaggle protocol; use paper or grouped")
+    man = read_manifest(prepared.dataset, protocol, split_seed)
+    return RunData(
+        train=subset_arrays(prepared.cache, man, "train", limit_train_per_class),
+        val=subset_arrays(prepared.cache, man, "val"),
+        test=subset_arrays(prepared.cache, man, "test"),
+        manifest_sha=hashlib.sha256(Path(manifest_file).read_bytes()).hexdigest(),
+        extra={"data_root": str(prepared.root), "cache": str(prepared.cache.array_path)},
+    )
+
+
+def run_experiment(name: str, *, profile: str = "quick", data_root=None, dataset_name=None,
+                   copy: str | None = None, class_map=None, protocol: str = "paper", split_seed: int = 0, weights: str | None = None,
+                   crop: bool = False, fit: str = "resize", early_stopping: bool = False,
+                   export: bool = True, verbose: int = 2, log=print, **overrides) -> list[dict]:
+    """Run (or resume) an experiment; return its registry records in order."""
+    from .data import prepare_data
+
+    prof = get_profile(profile)
+    prepared = prepare_data(data_root, profile=profile, dataset_name=dataset_name, copy=copy,
+                            class_map=class_map, seed=split_seed, image_size=prof.image_size, fit=fit, crop=crop,
+                            progress=verbose > 0, log=log)
+    configs = experiment_configs(name, profile=profile, dataset=prepared.dataset, protocol=protocol,
+                                 split_seed=split_seed, weights=weights, crop=crop, fit=fit,
+                                 early_stopping=early_stopping, **overrides)
+    data = load_run_data(prepared, protocol, split_seed, configs[0].limit_train_per_class)
+    done = finished_run_ids(prepared.dataset, profile)
+    t0 = time.perf_counter()
+    for i, config in enumerate(configs, 1):
+        run_id = config.run_id(data.manifest_sha)
+        if run_id in done:
+            log(f"[{name} {i}/{len(configs)}] {run_id}: already done, skipped")
+            continue
+        log(f"[{name} {i}/{len(configs)}] training {run_id}")
+        train_run(config, data, verbose=verbose, log=log)
+    log(f"experiment {name} ({profile}, dataset {prepared.dataset}): {time.perf_counter() - t0:.0f} s")
+    ids = [c.run_id(data.manifest_sha) for c in configs]
+    by_id = {r["run_id"]: r for r in read_registry(prepared.dataset, profile)}
+    records = [by_id[i] for i in ids]
+    if export:
+        export_best(prepared.dataset, profile, log=log)
+    return records
+
+
+# --------------------------------------------------------------------------
+# export for the web service
+# --------------------------------------------------------------------------
+
+def export_best(dataset: str, profile: str, *, run_id: str | None = None, metric: str = "val_accuracy",
+                dest: Path | None = None, log=print) -> Path:
+    """Copy the best run's model to ``models/ecg_classifier.keras`` with a
+    metadata JSON (class names in order, input size, preprocessing, crop,
+    dataset, profile, metrics, run id, package version): what the web service
+    loads, so training and serving cannot disagree.
+
+    "Best" is by validation accuracy (choosing by test accuracy would leak the
+    test set into model selection), ties broken by test macro F1.
+    """
+    records = read_registry(dataset, profile)
+    runs = paths.profile_results(dataset, profile) / "runs"
+    if run_id:
+        records = [r for r in records if r["run_id"] == run_id]
+    records = [r for r in records if (runs / r["run_id"] / "model.keras").exists()]
+    if not records:
+        raise UserError(f"no finished run for dataset {dataset!r}, profile {profile!r}; run "
+                        f"`python -m ecgpaper run baseline --profile {profile}` first.")
+
+    def score(r):
+        m = json.loads((runs / r["run_id"] / "metrics.json").read_text())
+        return (m.get(metric, m["accuracy"]), m["f1"])
+
+    best = max(records, key=score)
+    src = runs / best["run_id"]
+    metrics = json.loads((src / "metrics.json").read_text())
+    config = json.loads((src / "config.json").read_text())
+    dest = Path(dest) if dest else paths.MODELS
+    dest.mkdir(parents=True, exist_ok=True)
+    model_file = dest / f"{EXPORT_NAME}.keras"
+    tmp = dest / f".{EXPORT_NAME}.keras.tmp"
+    shutil.copyfile(src / "model.keras", tmp)
+    tmp.replace(model_file)
+    from .preprocess import PREPROCESS_VERSION
+
+    meta = {
+        "model_file": model_file.name,
+        "model_sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
+        "model": config["model"], "run_id": best["run_id"],
+        "class_codes": list(CLASS_CODES), "class_names": [CLASS_NAMES[c] for c in CLASS_CODES],
+        "input_size": config["image_size"],
+        "preprocessing": {"scaling": config["scaling"], "fit": config["fit"], "crop": config["crop"],
+                          "version": PREPROCESS_VERSION},
+        "dataset": dataset, "synthetic": dataset.startswith("synthetic"), "profile": profile,
+        "protocol": config["protocol"],
+        "metrics": {k: metrics[k] for k in ("accuracy", "precision", "recall", "f1", "ci95", "n_test")},
+        "selected_by": metric, "ecgpaper_version": __version__,
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    paths.atomic_write_text(dest / f"{EXPORT_NAME}.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    log(f"exported {best['run_id']} ({config['model']}, test accuracy {metrics['accuracy']:.3f}"
+        f"{', SYNTHETIC twin' if meta['synthetic'] else ''}) -> {model_file}")
+    return model_file
+
+
+def read_export(dest: Path | None = None) -> dict:
+    p = (Path(dest) if dest else paths.MODELS) / f"{EXPORT_NAME}.json"
+    if not p.exists():
+        raise UserError("no exported model: run `python -m ecgpaper export` after an experiment, "
+                        "or ./run_all.sh")
+    return json.loads(p.read_text())

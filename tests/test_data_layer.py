@@ -1,0 +1,246 @@
+"""Discovery, inventory, audit, splits and cache on a tree shaped like the real archive."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from ecgpaper import splits as splits_mod
+from ecgpaper.audit import run_audit, write_audit
+from ecgpaper.config import CLASS_CODES, KAGGLE_CLASS_FOLDERS
+from ecgpaper.data import prepare_data
+from ecgpaper.discovery import class_of_folder, discover, is_stray, parse_class_map
+from ecgpaper.errors import UserError
+from ecgpaper.inventory import build_inventory, read_inventory, write_inventory
+from ecgpaper.preprocess import PreprocessSettings, build_cache, crop_box, load_image
+from ecgpaper.splits import make_manifest
+
+
+# ---------------------------------------------------------------- class names
+@pytest.mark.parametrize("name,code", [
+    ("ECG Images of Myocardial Infarction Patients (240x12=2880)", "MI"),
+    ("ECG Images of Patient that have History of MI (172x12=2064)", "HMI"),
+    ("ECG Images of Patient that have abnormal heartbeat (233x12=2796)", "HB"),
+    ("Normal Person ECG Images (284x12=3408)", "NORM"),
+    ("myocardial_infarction_ecg_images", "MI"),
+    ("history_of_mi_ecg_images", "HMI"),
+    ("abnormal_heartbeat_ecg_images", "HB"),
+    ("normal_ecg_images", "NORM"),
+    ("NORMAL", "NORM"),
+    ("ECG_DATA", None), ("train", None), ("ecg data new version", None), ("MIscellaneous", None),
+])
+def test_class_folder_names_map_by_meaning(name, code):
+    assert class_of_folder(name) == code
+
+
+def test_user_class_map_overrides_builtin_rules(tmp_path):
+    for folder in ("weird A", "weird B", "weird C", "Normal Person ECG Images (284x12=3408)"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "x(1).jpg")
+    with pytest.raises(UserError, match="class-map"):
+        parse_class_map(["weird*=XX"])
+    d = discover(tmp_path, class_map=parse_class_map(["weird a=MI", "weird b=HMI", "weird c=HB",
+                                                      "normal person*=HB"]))
+    assert d.counts() == {"MI": 1, "HMI": 1, "HB": 2, "NORM": 0}
+    assert discover(tmp_path).unmapped_folders == ["weird A", "weird B", "weird C"]
+
+
+@pytest.mark.parametrize("rel,stray", [
+    ("__MACOSX/ECG_DATA/x/._MI(1).jpg", True), ("a/desktop.ini", True), ("a/.DS_Store", True),
+    ("a/MI(1).jpg:Zone.Identifier", True), ("a/._MI(1).jpg", True), ("a/readme.txt", True),
+    ("a/MI(1).jpg", False), ("a/MI(1).JPEG", False), ("a/PMI(2).PNG", False),
+])
+def test_stray_files_are_recognised(rel, stray):
+    from pathlib import PurePosixPath
+    assert (is_stray(PurePosixPath(rel)) is not None) == stray
+
+
+# ---------------------------------------------------------------- discovery
+def test_discovery_reads_the_real_layout_and_picks_the_largest_copy(real_like_tree):
+    d = discover(real_like_tree)
+    assert d.copy == "ECG_DATA"
+    assert d.copies == {"ECG_DATA": 105, "ecg_data_new_version/ecg data new version": 12}
+    assert d.counts() == {"MI": 26, "HMI": 26, "HB": 27, "NORM": 26}
+    assert {f.source_split for f in d.files} == {"train", "test"}
+    assert not any("__MACOSX" in f.path or ":" in f.path for f in d.files)
+    skipped = dict(d.skipped)
+    assert any("Zone.Identifier" in p for p in skipped)
+    assert any(p.endswith("desktop.ini") for p in skipped)
+    assert "copies of the data found" in d.describe()
+
+
+def test_discovery_uses_the_copy_the_user_names(real_like_tree):
+    d = discover(real_like_tree, copy="ecg_data_new_version/ecg data new version")
+    assert d.counts() == {c: 3 for c in CLASS_CODES}
+    assert {f.source_split for f in d.files} == {""}
+    with pytest.raises(UserError, match="copies found"):
+        discover(real_like_tree, copy="nope")
+
+
+def test_missing_or_empty_root_says_what_to_do(tmp_path):
+    with pytest.raises(UserError, match="--data-root"):
+        discover(tmp_path / "absent")
+    with pytest.raises(UserError, match="no ECG images"):
+        discover(tmp_path)
+
+
+# ---------------------------------------------------------------- inventory
+def test_inventory_lists_the_truncated_jpeg_as_unreadable(real_like_tree):
+    inv = build_inventory(discover(real_like_tree), workers=2, progress=False)
+    assert len(inv) == 105
+    bad = inv[~inv["readable"]]
+    assert list(bad["path"]) == [f"ECG_DATA/train/{KAGGLE_CLASS_FOLDERS['HB']}/HB(99).jpg"]
+    assert bad["error"].iloc[0]  # the reason is recorded
+    ok = inv[inv["readable"]]
+    assert (ok["width"] == 220).all() and (ok["height"] == 156).all()
+    assert ok["sha256"].str.len().eq(64).all() and ok["phash"].str.len().eq(64).all()
+
+
+def test_inventory_round_trips_and_reuses_unchanged_rows(real_like_tree, monkeypatch):
+    d = discover(real_like_tree)
+    inv = build_inventory(d, workers=1, progress=False)
+    write_inventory(inv, "kaggle-archive", d)
+    back = read_inventory("kaggle-archive")
+    pd.testing.assert_frame_equal(back[["path", "sha256", "readable"]], inv[["path", "sha256", "readable"]])
+    import ecgpaper.inventory as inv_mod
+    monkeypatch.setattr(inv_mod, "inspect_file", lambda p: pytest.fail("row was not reused"))
+    again = build_inventory(d, previous=back, workers=1, progress=False)
+    assert list(again["sha256"]) == list(inv["sha256"])
+
+
+# ---------------------------------------------------------------- audit
+@pytest.fixture
+def audited(real_like_tree):
+    inv = build_inventory(discover(real_like_tree), workers=2, progress=False)
+    return run_audit(inv)
+
+
+def test_audit_counts_distinct_images_and_copies(audited):
+    per = audited.per_class.set_index("class")
+    for code in CLASS_CODES:
+        assert per.loc[code, "files"] == 26
+        assert per.loc[code, "distinct_exact"] == 18  # 6 test + 10 train + near copy + png
+        assert per.loc[code, "distinct_groups"] == 17  # the re-encoded copy joins its original
+    s = audited.summary
+    assert s["n_unreadable"] == 1
+    assert s["groups_crossing_labels"] == 0
+    # per class: test images 1, 2 (twice each) have byte copies in train, image 3 (twice) a near copy
+    assert s["source_test_files"] == 48
+    assert s["source_test_with_exact_copy_in_train"] == 16
+    assert s["source_test_with_copy_in_train"] == 24
+
+
+def test_audit_writes_its_tables(audited):
+    out = write_audit(audited, "kaggle-archive")
+    assert {p.name for p in out.iterdir()} == {"per_class.csv", "per_class.md", "groups.csv", "summary.json"}
+    assert "| MI | 26 | 18 | 17 |" in (out / "per_class.md").read_text()
+
+
+# ---------------------------------------------------------------- splits
+@pytest.mark.parametrize("protocol", ["paper", "grouped", "kaggle"])
+def test_manifests_are_deterministic_and_complete(audited, protocol):
+    a = make_manifest(audited.files, protocol, seed=3)
+    b = make_manifest(audited.files, protocol, seed=3)
+    assert a.to_csv(index=False) == b.to_csv(index=False)
+    assert len(a) == len(audited.files) and a["path"].is_unique
+    assert set(a["subset"]) == {"train", "val", "test"}
+    for subset in ("train", "test"):
+        assert set(a.loc[a["subset"] == subset, "label"]) == set(CLASS_CODES)
+    if protocol != "kaggle":
+        assert make_manifest(audited.files, protocol, seed=4).to_csv() != a.to_csv()
+
+
+def test_grouped_never_splits_a_duplicate_group_and_paper_does(audited):
+    grouped = make_manifest(audited.files, "grouped", seed=0)
+    assert (grouped.groupby("group")["subset"].nunique() == 1).all()
+    assert grouped["copy_in_train"].sum() == 0
+    leaks = [make_manifest(audited.files, "paper", seed=s)["copy_in_train"].sum() for s in range(3)]
+    assert min(leaks) > 0  # random splits put copies of training images in val/test
+    fractions = grouped["subset"].value_counts(normalize=True)
+    assert 0.5 < fractions["train"] < 0.85
+
+
+def test_kaggle_protocol_keeps_the_archive_test_folder(audited):
+    man = make_manifest(audited.files, "kaggle", seed=0)
+    files = audited.files.set_index("path")
+    test_paths = set(man.loc[man["subset"] == "test", "path"])
+    assert test_paths == set(files.index[files["source_split"] == "test"])
+    summary = splits_mod.manifest_summary(man, "kaggle", 0, "")
+    assert summary["test_with_copy_in_train"] > 0  # the archive's own leakage is reported
+
+
+def test_kaggle_protocol_without_folders_says_what_to_use(real_like_tree):
+    inv = build_inventory(discover(real_like_tree, copy="ecg_data_new_version/ecg data new version"),
+                          workers=1, progress=False)
+    # 3 files per class: too few for a grouped split, but the kaggle error must come first
+    with pytest.raises(UserError, match="protocol paper or grouped"):
+        make_manifest(run_audit(inv).files, "kaggle")
+
+
+# ---------------------------------------------------------------- preprocessing
+def _page(w=442, h=314):
+    """A page with black header/footer bands and a red grid area (DESIGN.md geometry)."""
+    arr = np.full((h, w, 3), 255, np.uint8)
+    l, t, r, b = crop_box(w, h)
+    arr[:t] = 0
+    arr[b:] = 0
+    arr[t:b, l:r] = (255, 0, 0)
+    return Image.fromarray(arr)
+
+
+def test_crop_drops_the_text_bands(tmp_path):
+    p = tmp_path / "page.jpg"
+    _page().save(p, quality=95)
+    full = load_image(p, PreprocessSettings(64, "resize", crop=False)).astype(int)
+    crop = load_image(p, PreprocessSettings(64, "resize", crop=True)).astype(int)
+    assert full.shape == crop.shape == (64, 64, 3)
+    assert full[:3].mean() < 40  # header band is there without crop ...
+    assert crop[2:-2, 2:-2, 0].mean() > 200 and crop[2:-2, 2:-2, 1].mean() < 60  # ... and gone with it
+
+
+def test_letterbox_keeps_the_aspect_ratio(tmp_path):
+    p = tmp_path / "page.png"
+    Image.new("RGB", (400, 200), (0, 0, 0)).save(p)
+    out = load_image(p, PreprocessSettings(64, "letterbox"))
+    assert out[:10].min() == 255 and out[-10:].min() == 255  # white padding top and bottom
+    assert out[20:44].max() == 0  # the page itself in the middle
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "I;16", "P"])
+def test_odd_image_modes_become_rgb(tmp_path, mode):
+    img = Image.new("RGB", (60, 40), (200, 30, 30)).convert(mode)
+    p = tmp_path / ("x.tiff" if mode in ("CMYK", "I;16") else "x.png")
+    img.save(p)
+    out = load_image(p, PreprocessSettings(32))
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+
+
+def test_cache_decodes_each_distinct_image_once_and_is_reused(real_like_tree):
+    d = discover(real_like_tree)
+    inv = build_inventory(d, workers=2, progress=False)
+    settings = PreprocessSettings(32, "resize", crop=False)
+    cache = build_cache(inv, real_like_tree, "arch", settings, workers=2, progress=False)
+    imgs = cache.images()
+    assert imgs.shape == (inv.loc[inv["readable"], "sha256"].nunique(), 32, 32, 3)
+    assert len(cache.index) == 104 and imgs.dtype == np.uint8
+    # byte copies share a row; the row holds the right picture
+    row = cache.rows_for([cache.index["path"][0]])[0]
+    expect = load_image(real_like_tree / cache.index["path"][0], settings)
+    np.testing.assert_array_equal(imgs[row], expect)
+    mtime = cache.array_path.stat().st_mtime_ns
+    again = build_cache(inv, real_like_tree, "arch", settings, workers=2, progress=False)
+    assert again.array_path == cache.array_path and again.array_path.stat().st_mtime_ns == mtime
+    cropped = build_cache(inv, real_like_tree, "arch", PreprocessSettings(32, "resize", crop=True),
+                          workers=1, progress=False)
+    assert cropped.array_path != cache.array_path
+
+
+# ---------------------------------------------------------------- whole stage
+def test_prepare_data_on_a_given_root_writes_every_output(real_like_tree, project_root):
+    prepared = prepare_data(real_like_tree, profile="smoke", workers=2, progress=False, log=lambda *_: None)
+    assert prepared.dataset == "kaggle-archive" and not prepared.is_synthetic
+    assert set(prepared.manifests) == {"paper", "grouped", "kaggle"}
+    for p in prepared.outputs.values():
+        assert p.exists() and str(p).startswith(str(project_root))
+    assert prepared.cache.images().shape[1:] == (64, 64, 3)

@@ -1,0 +1,148 @@
+"""Runs, the registry, resumable experiments and the export (paper sections 3.4, 4, 5.4)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import point_paths
+from ecgpaper.config import PROFILES
+from ecgpaper.errors import UserError
+from ecgpaper.experiments import (EXPERIMENTS, experiment_configs, export_best, read_export,
+                                  run_experiment)
+from ecgpaper.training import RunConfig, append_record, read_registry, registry_path
+
+SMOKE = dict(profile="smoke", verbose=0, log=lambda *_: None)
+
+
+def test_experiments_follow_the_paper_and_profiles_only_scale_them():
+    grid = experiment_configs("grid", profile="smoke", dataset="d")
+    assert [(c.batch_size, c.learning_rate) for c in grid] == [
+        (16, 1e-3), (16, 1e-4), (16, 1e-5), (32, 1e-3), (32, 1e-4), (32, 1e-5)]
+    assert {c.model for c in grid} == {"VGG16"}
+    paper = experiment_configs("multirun", profile="paper", dataset="d", weights="none")
+    assert [c.seed for c in paper] == [0, 1, 2, 3, 4] and {c.epochs for c in paper} == {30}
+    assert {c.image_size for c in paper} == {224}
+    assert {c.epochs for c in experiment_configs("baseline", profile="paper", dataset="d", weights="none")} == {20}
+    assert {c.model for c in experiment_configs("curves", profile="smoke", dataset="d")} == {"VGG16", "ResNet50"}
+    assert all(c.epochs >= 1 and c.image_size == PROFILES["smoke"].image_size for c in grid)
+    assert set(EXPERIMENTS) == {"baseline", "grid", "curves", "multirun"}
+    with pytest.raises(UserError):
+        experiment_configs("nope", profile="smoke", dataset="d")
+
+
+def test_run_id_depends_on_config_and_manifest():
+    a = RunConfig(seed=0)
+    assert a.run_id("m1") == RunConfig(seed=0).run_id("m1")
+    assert a.run_id("m1") != RunConfig(seed=1).run_id("m1") != a.run_id("m2")
+
+
+def test_registry_survives_a_torn_line(project_root):
+    append_record("d", "smoke", {"run_id": "a"})
+    with open(registry_path("d", "smoke"), "a") as fh:
+        fh.write('{"run_id": "half-writ')  # a crash mid-write
+    append_record("d", "smoke", {"run_id": "b"})
+    assert [r["run_id"] for r in read_registry("d", "smoke")] == ["a", "b"]
+
+
+@pytest.fixture(scope="module")
+def _baseline_once(tmp_path_factory):
+    """One real smoke experiment (the twin, 64 px, 1 epoch) shared by the tests below."""
+    root = tmp_path_factory.mktemp("baseline-project")
+    mp = pytest.MonkeyPatch()
+    point_paths(mp, root)
+    t0 = time.perf_counter()
+    records = run_experiment("baseline", **SMOKE)
+    elapsed = time.perf_counter() - t0
+    mp.undo()
+    return root, records, elapsed
+
+
+@pytest.fixture
+def smoke_baseline(_baseline_once, monkeypatch):
+    point_paths(monkeypatch, _baseline_once[0])
+    return _baseline_once
+
+
+def test_a_smoke_run_writes_every_artifact(smoke_baseline):
+    root, records, _ = smoke_baseline
+    assert [r["config"]["model"] for r in records] == ["VGG16", "ResNet50"]
+    for r in records:
+        run = root / "results/synthetic-smoke/smoke/runs" / r["run_id"]
+        names = {p.name for p in run.iterdir()}
+        assert {"config.json", "history.csv", "metrics.json", "confusion.csv", "predictions.csv",
+                "environment.json", "model.keras", "best.keras"} <= names
+        hist = pd.read_csv(run / "history.csv")
+        assert {"loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"} <= set(hist.columns)
+        m = json.loads((run / "metrics.json").read_text())
+        assert 0 <= m["accuracy"] <= 1 and m["ci95"]["accuracy"][0] <= m["accuracy"] <= m["ci95"]["accuracy"][1]
+        pred = pd.read_csv(run / "predictions.csv")
+        assert len(pred) == m["n_test"] == np.array(m["confusion"]).sum()
+        assert abs(pred["correct"].mean() - m["accuracy"]) < 1e-9
+        env = json.loads((run / "environment.json").read_text())
+        assert env["tensorflow"] and env["keras"] and "determinism" in env
+    assert not list((root / "results/synthetic-smoke/smoke/runs").glob(".*partial"))
+
+
+def test_rerunning_skips_finished_runs(smoke_baseline):
+    root, records, first = smoke_baseline
+    messages = []
+    t0 = time.perf_counter()
+    again = run_experiment("baseline", profile="smoke", verbose=0, log=messages.append)
+    assert [r["run_id"] for r in again] == [r["run_id"] for r in records]
+    assert sum("already done, skipped" in m for m in messages) == 2
+    assert len(read_registry("synthetic-smoke", "smoke")) == 2
+    assert time.perf_counter() - t0 < first
+
+
+def test_export_round_trips_and_loads_in_a_fresh_process(smoke_baseline):
+    root, records, _ = smoke_baseline
+    meta = read_export()
+    assert meta["run_id"] in {r["run_id"] for r in records}
+    assert meta["class_codes"] == ["MI", "HMI", "HB", "NORM"]
+    assert meta["input_size"] == 64 and meta["synthetic"] is True and meta["profile"] == "smoke"
+    assert meta["preprocessing"] == {"scaling": "rescale", "fit": "resize", "crop": False, "version": 1}
+    code = ("import json, sys, numpy as np, keras; "
+            "m = keras.models.load_model(sys.argv[1]); "
+            "p = m.predict(np.zeros((2, 64, 64, 3), 'float32'), verbose=0); "
+            "print(json.dumps(p.shape))")
+    res = subprocess.run([sys.executable, "-c", code, str(root / "models/ecg_classifier.keras")],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == [2, 4]
+    with pytest.raises(UserError, match="no finished run"):
+        export_best("synthetic-smoke", "quick")
+
+
+def test_a_killed_grid_resumes_where_it_stopped(tmp_path):
+    """Kill the grid right after its first run is registered, then rerun it."""
+    env = {**os.environ, "ECGPAPER_ROOT": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [sys.executable, "-m", "ecgpaper", "run", "grid", "--profile", "smoke", "--quiet", "--no-export"]
+    registry = tmp_path / "results/synthetic-smoke/smoke/runs.jsonl"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if registry.exists() and registry.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = [json.loads(line)["run_id"] for line in registry.read_text().splitlines()]
+    assert 1 <= len(done_before) < 6
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stdout.count("already done, skipped") == len(done_before)
+    ids = [json.loads(line)["run_id"] for line in registry.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 6 and ids[:len(done_before)] == done_before
+    runs = tmp_path / "results/synthetic-smoke/smoke/runs"
+    assert not list(runs.glob(".*partial"))
+    assert all((runs / i / "metrics.json").exists() for i in ids)
