@@ -31,6 +31,7 @@ from ecgpaper.synthetic import synthesize  # noqa: E402
 
 def measure(n: int, workers: int) -> dict:
     per_class = math.ceil(n / 4)
+    load_before = os.getloadavg()[0]  # other jobs on the machine slow the run down
     with tempfile.TemporaryDirectory(prefix="bench_synth_") as root:
         start = time.perf_counter()
         marker = synthesize(
@@ -49,6 +50,7 @@ def measure(n: int, workers: int) -> dict:
         "page_size": list(REFERENCE_PAGE_SIZE),
         "workers": workers,
         "cpu_count": os.cpu_count(),
+        "load_average_1min_before": round(load_before, 2),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "pillow": PIL.__version__,

@@ -176,6 +176,12 @@ def cmd_export(args) -> None:
     export_best(dataset, args.profile, run_id=args.run_id)
 
 
+def cmd_notebooks(args) -> None:
+    from .runner import run_notebooks
+
+    run_notebooks(args.profile, args.data_root, seed=args.seed, only=args.only)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ecgpaper",
@@ -262,6 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--run-id", help="export this run instead of the best one")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("notebooks", help="execute the notebooks in order with papermill (run_all.sh)",
+                       description="Execute notebooks/NN_*.ipynb in order; executed copies go to "
+                                   "results/<dataset>/<profile>/notebooks/.")
+    p.add_argument("--data-root", metavar="PATH", help="folder holding the images (see `prepare`)")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=list(PROFILES))
+    p.add_argument("--seed", type=int, default=0, help="split seed")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (e.g. 05_report)")
+    p.set_defaults(func=cmd_notebooks)
     return parser
 
 

@@ -48,6 +48,26 @@ def ensure_twin(profile: str, root: Path | None = None, *, seed: int = 0,
     return root
 
 
+def obtain_data(data_root: str | Path | None, profile: str, *, log=print) -> tuple[Path, str]:
+    """Notebook 00: the data root to use, fetched or made if needed.
+
+    A given root is used as is; else the Kaggle download (made now if Kaggle
+    credentials are configured); else the profile's synthetic twin (made now).
+    """
+    from .download import download_kaggle, kaggle_credentials_present
+
+    root, source = resolve_data_root(data_root, profile)
+    if source == "synthetic" and kaggle_credentials_present():
+        try:
+            return download_kaggle(log=log), "kaggle"
+        except UserError as exc:
+            log(f"Kaggle download failed, falling back to the synthetic twin:\n{exc}")
+    if source == "synthetic":
+        log(f"Using the SYNTHETIC twin in {root} (numbers from it are not the paper's).")
+        ensure_twin(profile, root)
+    return root, source
+
+
 def inventory_fingerprint(inventory: pd.DataFrame) -> str:
     """sha256 over (path, label, sha256) of the readable rows: what a manifest depends on."""
     h = hashlib.sha256()

@@ -117,9 +117,40 @@ def run_experiment(name: str, *, profile: str = "quick", data_root=None, dataset
     ids = [c.run_id(data.manifest_sha) for c in configs]
     by_id = {r["run_id"]: r for r in read_registry(prepared.dataset, profile)}
     records = [by_id[i] for i in ids]
+    paths.atomic_write_text(experiment_file(name, prepared.dataset, profile), json.dumps(
+        {"experiment": name, "dataset": prepared.dataset, "profile": profile, "protocol": protocol,
+         "run_ids": ids}, indent=2) + "\n")
     if export:
         export_best(prepared.dataset, profile, log=log)
     return records
+
+
+def experiment_file(name: str, dataset: str, profile: str) -> Path:
+    """``results/<dataset>/<profile>/experiments/<name>.json``: the run ids of an experiment."""
+    return paths.profile_results(dataset, profile) / "experiments" / f"{name}.json"
+
+
+def load_run(dataset: str, profile: str, run_id: str) -> dict:
+    """A finished run's config, full metrics and per-epoch history (a DataFrame)."""
+    import pandas as pd
+
+    folder = paths.profile_results(dataset, profile) / "runs" / run_id
+    if not (folder / "metrics.json").exists():
+        raise UserError(f"run {run_id} has not finished (no {folder / 'metrics.json'})")
+    return {"run_id": run_id, "folder": folder,
+            "config": json.loads((folder / "config.json").read_text()),
+            "metrics": json.loads((folder / "metrics.json").read_text()),
+            "environment": json.loads((folder / "environment.json").read_text()),
+            "history": pd.read_csv(folder / "history.csv")}
+
+
+def experiment_runs(name: str, dataset: str, profile: str) -> list[dict]:
+    """The finished runs of an experiment, in the experiment's order (see :func:`load_run`)."""
+    f = experiment_file(name, dataset, profile)
+    if not f.exists():
+        raise UserError(f"experiment {name!r} has not been run for {dataset}/{profile}; run "
+                        f"`python -m ecgpaper run {name} --profile {profile}` first.")
+    return [load_run(dataset, profile, i) for i in json.loads(f.read_text())["run_ids"]]
 
 
 # --------------------------------------------------------------------------

@@ -136,11 +136,18 @@ class _Waves:
         self.directions.append(direction)
 
     def dipole(self, t: np.ndarray) -> np.ndarray:
-        """The summed dipole, shape (3, len(t))."""
-        centres, widths = np.array(self.centres), np.array(self.widths)
-        shapes = np.exp(-0.5 * ((t[None, :] - centres[:, None]) / widths[:, None]) ** 2)
-        weighted = np.array(self.amplitudes)[:, None] * np.array(self.directions)
-        return weighted.T @ shapes
+        """The summed dipole on the uniform time grid ``t``, shape (3, len(t)).
+
+        Each Gaussian is evaluated within 5 widths of its centre only."""
+        total = np.zeros((3, len(t)))
+        step = t[1] - t[0]
+        for centre, width, amplitude, direction in zip(self.centres, self.widths, self.amplitudes, self.directions):
+            lo = max(0, int((centre - 5 * width - t[0]) / step))
+            hi = min(len(t), int((centre + 5 * width - t[0]) / step) + 2)
+            if lo < hi:
+                shape = np.exp(-0.5 * ((t[lo:hi] - centre) / width) ** 2)
+                total[:, lo:hi] += amplitude * np.asarray(direction)[:, None] * shape
+        return total
 
 
 def _lead_scale(direction) -> float:
@@ -672,7 +679,8 @@ def _plant_corrupt(root: Path, n_corrupt: int, counts: dict) -> list[str]:
     return corrupt
 
 
-def _groups(members: dict[str, list[str]]) -> list[list[str]]:
+def _groups(members: dict) -> list[list[str]]:
+    """The member lists of two or more paths, each and all in natural order."""
     groups = [sorted(paths, key=_natural_key) for paths in members.values() if len(paths) >= 2]
     return sorted(groups, key=lambda group: _natural_key(group[0]))
 

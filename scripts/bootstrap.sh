@@ -11,7 +11,7 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
 else
   TF_EXTRA="cpu"
 fi
-EXTRAS="${ECGPAPER_EXTRAS:-$TF_EXTRA,dev}"
+EXTRAS="${ECGPAPER_EXTRAS:-$TF_EXTRA,web,dev}"
 STAMP="$VENV/.ecgpaper-install-stamp"
 WANT="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16) $EXTRAS"
 

@@ -1,0 +1,284 @@
+"""Every figure and table of the paper, one function each, with a stable file name.
+
+Figures go to ``figures/<dataset>/<profile>/<name>.png`` (300 dpi) and ``.pdf``;
+tables to ``results/<dataset>/<profile>/<name>.csv`` and ``.md``. Every title
+names the dataset and the profile, and a twin's says SYNTHETIC, so a number
+from the twin can never pass for the paper's. Figure functions only read run
+records (``experiments.experiment_runs``): re-plotting never retrains.
+
+| paper | function | file |
+|---|---|---|
+| Fig. 1 | :func:`fig01_samples` | fig01_samples |
+| Fig. 5 | :func:`table_environment` | table_environment |
+| Fig. 6, 7 | :func:`fig_epoch_times` | fig06_epoch_times_vgg16, fig07_epoch_times_resnet50 |
+| Fig. 8, 9 | :func:`fig_confusion` | fig08_confusion_vgg16, fig09_confusion_resnet50 |
+| section 4 | :func:`table_baseline` | table_baseline |
+| Table 1 | :func:`table1_grid` | table1_grid |
+| Fig. 10 | :func:`fig10_confusion_grid` | fig10_confusion_grid |
+| Fig. 11, 12 | :func:`fig_curves` | fig11_curves_resnet50, fig12_curves_vgg16 |
+| section 5.4 | :func:`table_multirun` | table_multirun |
+| Fig. 13 | :func:`fig13_multirun_bars` | fig13_multirun_bars |
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from . import paths  # noqa: E402
+from .config import CLASS_CODES, CLASS_NAMES, FILE_PREFIXES, PAPER_RESULTS  # noqa: E402
+
+METRICS = ("accuracy", "precision", "recall", "f1")
+METRIC_LABELS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1-score"}
+PAPER_FIG = {"VGG16": {"confusion": "fig08_confusion_vgg16", "curves": "fig12_curves_vgg16",
+                       "epochs": "fig06_epoch_times_vgg16"},
+             "ResNet50": {"confusion": "fig09_confusion_resnet50", "curves": "fig11_curves_resnet50",
+                          "epochs": "fig07_epoch_times_resnet50"}}
+
+
+def use_style() -> None:
+    """One style for every figure."""
+    sns.set_theme(context="paper", style="whitegrid", palette="colorblind", font_scale=1.1)
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 300, "savefig.bbox": "tight",
+                         "axes.titleweight": "bold"})
+
+
+def data_label(dataset: str, profile: str) -> str:
+    """'dataset X, profile Y' plus a SYNTHETIC warning for the twin."""
+    warn = " (SYNTHETIC twin, not the paper's data)" if dataset.startswith("synthetic") else ""
+    return f"dataset {dataset}{warn}, profile {profile}"
+
+
+def save_figure(fig, name: str, dataset: str, profile: str) -> Path:
+    """Write ``name``.png (300 dpi) and ``name``.pdf; return the PNG path."""
+    out = paths.profile_figures(dataset, profile)
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"{name}.png"
+    fig.savefig(png)
+    fig.savefig(out / f"{name}.pdf")
+    plt.close(fig)
+    return png
+
+
+def save_table(df: pd.DataFrame, name: str, dataset: str, profile: str, caption: str) -> Path:
+    """Write ``name``.csv and a Markdown ``name``.md with its caption; return the CSV path."""
+    out = paths.profile_results(dataset, profile)
+    out.mkdir(parents=True, exist_ok=True)
+    csv = out / f"{name}.csv"
+    paths.atomic_write_text(csv, df.to_csv(index=False, lineterminator="\n"))
+    md = f"**{caption}** ({data_label(dataset, profile)})\n\n{df.to_markdown(index=False, floatfmt='.4f')}\n"
+    paths.atomic_write_text(out / f"{name}.md", md)
+    return csv
+
+
+# ------------------------------------------------------------------ Fig. 1
+def fig01_samples(data_root: Path, inventory: pd.DataFrame, dataset: str, profile: str,
+                  per_class: int = 2, seed: int = 0) -> Path:
+    """Fig. 1: sample pages of each class."""
+    from PIL import Image
+
+    use_style()
+    ok = inventory[inventory["readable"]].drop_duplicates("sha256")
+    fig, axes = plt.subplots(len(CLASS_CODES), per_class, figsize=(4.2 * per_class, 3.1 * len(CLASS_CODES)))
+    axes = np.atleast_2d(axes)
+    for r, code in enumerate(CLASS_CODES):
+        rows = ok[ok["label"] == code].sample(frac=1, random_state=seed).head(per_class)
+        for c in range(per_class):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(rows):
+                img = Image.open(Path(data_root) / rows["path"].iloc[c])
+                img.draft("RGB", (900, 640))
+                ax.imshow(img.convert("RGB"))
+                ax.set_title(f"{CLASS_NAMES[code]} ({code}): {Path(rows['path'].iloc[c]).name}", fontsize=9)
+    fig.suptitle(f"Fig. 1: ECG images per class\n{data_label(dataset, profile)}", fontsize=11)
+    return save_figure(fig, "fig01_samples", dataset, profile)
+
+
+# ------------------------------------------------------------------ confusion matrices
+def plot_confusion(ax, confusion, title: str) -> None:
+    """Counts and row-normalised percentages, class names on both axes."""
+    cm = np.asarray(confusion, dtype=float)
+    rows = cm.sum(1, keepdims=True)
+    pct = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    annot = np.array([[f"{int(n)}\n{p:.0%}" for n, p in zip(rc, rp)] for rc, rp in zip(cm, pct)])
+    names = [f"{CLASS_NAMES[c]}\n({c})" for c in CLASS_CODES]
+    sns.heatmap(pct, annot=annot, fmt="", cmap="Blues", vmin=0, vmax=1, cbar=False, ax=ax,
+                xticklabels=names, yticklabels=names, annot_kws={"fontsize": 8}, linewidths=0.5)
+    ax.set_xlabel("Predicted class")
+    ax.set_ylabel("True class")
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(labelsize=7)
+
+
+def fig_confusion(run: dict, dataset: str, profile: str, name: str | None = None) -> Path:
+    """Fig. 8 (VGG16) / Fig. 9 (ResNet50): confusion matrix of a baseline run."""
+    use_style()
+    model = run["config"]["model"]
+    m = run["metrics"]
+    fig, ax = plt.subplots(figsize=(6, 5.2))
+    plot_confusion(ax, m["confusion"],
+                   f"Confusion matrix: {model}, batch {run['config']['batch_size']}, "
+                   f"lr {run['config']['learning_rate']:g}\naccuracy {m['accuracy']:.3f} "
+                   f"(95% CI {m['ci95']['accuracy'][0]:.3f}-{m['ci95']['accuracy'][1]:.3f}), "
+                   f"n = {m['n_test']}\n{data_label(dataset, profile)}")
+    return save_figure(fig, name or PAPER_FIG.get(model, {}).get("confusion", f"confusion_{model.lower()}"),
+                       dataset, profile)
+
+
+def fig10_confusion_grid(runs: list[dict], dataset: str, profile: str) -> Path:
+    """Fig. 10: the six grid-search confusion matrices as one composite."""
+    use_style()
+    fig, axes = plt.subplots(2, 3, figsize=(17, 11))
+    for ax, run in zip(axes.ravel(), runs):
+        c, m = run["config"], run["metrics"]
+        plot_confusion(ax, m["confusion"], f"batch {c['batch_size']}, lr {c['learning_rate']:g}: "
+                                           f"accuracy {m['accuracy']:.3f}")
+    fig.suptitle(f"Fig. 10: VGG16 confusion matrices over the grid\n{data_label(dataset, profile)}",
+                 fontsize=13)
+    fig.tight_layout()
+    return save_figure(fig, "fig10_confusion_grid", dataset, profile)
+
+
+# ------------------------------------------------------------------ curves, epoch times
+def fig_curves(run: dict, dataset: str, profile: str) -> Path:
+    """Fig. 11 (ResNet50) / Fig. 12 (VGG16): training and validation accuracy and loss."""
+    use_style()
+    h = run["history"]
+    epochs = np.arange(1, len(h) + 1)
+    model = run["config"]["model"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((a1, "accuracy", "Accuracy"), (a2, "loss", "Loss")):
+        ax.plot(epochs, h[key], marker="o", ms=3, label=f"training {label.lower()}")
+        ax.plot(epochs, h[f"val_{key}"], marker="s", ms=3, label=f"validation {label.lower()}")
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(label)
+        ax.legend()
+    a1.set_ylim(0, 1.02)
+    name = PAPER_FIG.get(model, {}).get("curves", f"curves_{model.lower()}")
+    fig.suptitle(f"{'Fig. 11' if model == 'ResNet50' else 'Fig. 12'}: accuracy and loss curves of {model} "
+                 f"(batch {run['config']['batch_size']}, lr {run['config']['learning_rate']:g})\n"
+                 f"{data_label(dataset, profile)}", fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, name, dataset, profile)
+
+
+def fig_epoch_times(run: dict, dataset: str, profile: str) -> Path:
+    """Fig. 6 (VGG16) / Fig. 7 (ResNet50): wall time of each training epoch."""
+    use_style()
+    h = run["history"]
+    model = run["config"]["model"]
+    device = ", ".join(g["name"] for g in run["environment"].get("gpus", [])) or \
+        f"CPU, {run['environment'].get('cpu_count')} cores"
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.bar(np.arange(1, len(h) + 1), h["epoch_seconds"], color=sns.color_palette()[0])
+    lo, hi = PAPER_RESULTS["epoch_seconds_t4"]
+    ax.axhspan(lo, hi, color="0.85", zorder=0, label=f"paper: {lo}-{hi} s per epoch on a Tesla T4")
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel("Seconds")
+    ax.legend(loc="upper right")
+    ax.set_title(f"{'Fig. 6' if model == 'VGG16' else 'Fig. 7'}: {model} training time per epoch "
+                 f"({run['metrics']['n_train']} images, {device})\n{data_label(dataset, profile)}", fontsize=10)
+    return save_figure(fig, PAPER_FIG.get(model, {}).get("epochs", f"epoch_times_{model.lower()}"),
+                       dataset, profile)
+
+
+# ------------------------------------------------------------------ tables
+def _ci(m: dict, key: str) -> str:
+    ci = (m.get("ci95") or {}).get(key)
+    return f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else ""
+
+
+def table_baseline(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
+    """Section 4: baseline accuracy of VGG16 and ResNet50 beside the paper's."""
+    rows = []
+    for run in runs:
+        model, m = run["config"]["model"], run["metrics"]
+        paper = PAPER_RESULTS["baseline"][model]["accuracy"]
+        rows.append({"model": model, "epochs": run["config"]["epochs"], "accuracy": m["accuracy"],
+                     "accuracy_ci95": _ci(m, "accuracy"), "f1": m["f1"], "paper_accuracy": paper,
+                     "difference": m["accuracy"] - paper})
+    df = pd.DataFrame(rows)
+    save_table(df, "table_baseline", dataset, profile,
+               "Baseline (section 4): batch 16, lr 1e-4; paper: VGG16 92 %, ResNet50 81 %")
+    return df
+
+
+def table1_grid(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
+    """Table 1: VGG16 accuracy, recall, precision, F1 per batch size x learning rate."""
+    rows = []
+    for run in runs:
+        c, m = run["config"], run["metrics"]
+        paper = PAPER_RESULTS["grid"][(c["batch_size"], c["learning_rate"])]
+        row = {"batch_size": c["batch_size"], "learning_rate": c["learning_rate"]}
+        for k in ("accuracy", "recall", "precision", "f1"):
+            row[k] = m[k]
+            row[f"paper_{k}"] = paper[k]
+        row["accuracy_ci95"] = _ci(m, "accuracy")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    save_table(df, "table1_grid", dataset, profile,
+               "Table 1: VGG16 under different batch sizes and learning rates (ours beside the paper's)")
+    return df
+
+
+def table_multirun(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
+    """Section 5.4: mean +- std over independent runs, beside the paper's."""
+    from .evaluation import mean_std
+
+    stats = mean_std([r["metrics"] for r in runs], METRICS)
+    rows = []
+    for k in METRICS:
+        mean, std = stats[k]
+        pm, ps = PAPER_RESULTS["multirun"][k]
+        rows.append({"metric": k, "mean": mean, "std": std, "runs": len(runs),
+                     "paper_mean": pm, "paper_std": ps, "difference": mean - pm})
+    df = pd.DataFrame(rows)
+    save_table(df, "table_multirun", dataset, profile,
+               f"Section 5.4: VGG16, batch 32, lr 1e-4, {len(runs)} independent runs, mean +- std "
+               "(sample std, ddof=1)")
+    return df
+
+
+def fig13_multirun_bars(table: pd.DataFrame, dataset: str, profile: str) -> Path:
+    """Fig. 13: mean metrics with +-1 std error bars, ours beside the paper's."""
+    use_style()
+    fig, ax = plt.subplots(figsize=(8, 4.4))
+    x = np.arange(len(table))
+    w = 0.38
+    ax.bar(x - w / 2, table["mean"], w, yerr=table["std"].fillna(0), capsize=4, label=f"ours ({dataset})")
+    ax.bar(x + w / 2, table["paper_mean"], w, yerr=table["paper_std"], capsize=4, label="paper", color="0.6")
+    for xi, v in zip(x - w / 2, table["mean"]):
+        ax.text(xi, min(v + 0.02, 1.03), f"{v:.3f}", ha="center", fontsize=8)
+    ax.set_xticks(x, [METRIC_LABELS[m] for m in table["metric"]])
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("Score (mean +- 1 std)")
+    ax.legend(loc="lower right")
+    ax.set_title(f"Fig. 13: VGG16 over {int(table['runs'].iloc[0])} independent runs\n"
+                 f"{data_label(dataset, profile)}", fontsize=10)
+    return save_figure(fig, "fig13_multirun_bars", dataset, profile)
+
+
+def table_environment(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
+    """In the manner of Fig. 5: where the runs ran (device, versions, memory, epoch time)."""
+    rows = []
+    for run in runs:
+        env, m = run["environment"], run["metrics"]
+        rows.append({
+            "run": run["run_id"], "model": run["config"]["model"],
+            "device": ", ".join(g["name"] for g in env.get("gpus", [])) or f"CPU ({env.get('cpu_count')} cores)",
+            "tensorflow": env.get("tensorflow"), "keras": env.get("keras"), "python": env.get("python"),
+            "cuda": env.get("cuda") or "", "gpu_peak_memory_mb": m.get("gpu_peak_memory_mb"),
+            "epoch_seconds_mean": m.get("epoch_seconds_mean"),
+            "train_images_per_second": m.get("train_images_per_second"),
+        })
+    df = pd.DataFrame(rows)
+    save_table(df, "table_environment", dataset, profile,
+               "Environment of the runs (paper section 3.5, Fig. 5: Tesla T4, CUDA 12.4, TF 2.18)")
+    return df
