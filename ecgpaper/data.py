@@ -20,7 +20,7 @@ from .config import SPLIT_PROTOCOLS, get_profile
 from .discovery import Discovery, discover, parse_class_map
 from .download import is_downloaded
 from .errors import UserError
-from .inventory import build_inventory, dataset_id, inventory_path, read_inventory, write_inventory
+from .inventory import build_inventory, dataset_id, inventory_path, previous_inventory, write_inventory
 from .preprocess import ImageCache, PreprocessSettings, build_cache
 from .splits import make_manifest, write_manifest
 
@@ -98,7 +98,7 @@ def load_discovery_and_inventory(root: Path, *, dataset_name=None, copy=None, cl
     """Discover the files and (re)build the inventory, reusing unchanged rows."""
     disc = discover(root, copy=copy, class_map=parse_class_map(class_map))
     dataset = dataset_id(root, dataset_name)
-    previous = read_inventory(dataset) if inventory_path(dataset).exists() else None
+    previous = previous_inventory(dataset)
     inv = build_inventory(disc, previous=previous, workers=workers, progress=progress)
     write_inventory(inv, dataset, disc)
     return dataset, disc, inv

@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -159,6 +160,8 @@ def fig_curves(run: dict, dataset: str, profile: str) -> Path:
         ax.plot(epochs, h[f"val_{key}"], marker="s", ms=3, label=f"validation {label.lower()}")
         ax.set_xlabel("Epoch")
         ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.legend()
     a1.set_ylim(0, 1.02)
     name = PAPER_FIG.get(model, {}).get("curves", f"curves_{model.lower()}")
@@ -178,6 +181,7 @@ def fig_epoch_times(run: dict, dataset: str, profile: str) -> Path:
         f"CPU, {run['environment'].get('cpu_count')} cores"
     fig, ax = plt.subplots(figsize=(8, 3.6))
     ax.bar(np.arange(1, len(h) + 1), h["epoch_seconds"], color=sns.color_palette()[0])
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     lo, hi = PAPER_RESULTS["epoch_seconds_t4"]
     ax.axhspan(lo, hi, color="0.85", zorder=0, label=f"paper: {lo}-{hi} s per epoch on a Tesla T4")
     ax.set_xlabel("Epoch")
@@ -259,7 +263,7 @@ def fig13_multirun_bars(table: pd.DataFrame, dataset: str, profile: str) -> Path
     ax.set_xticks(x, [METRIC_LABELS[m] for m in table["metric"]])
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("Score (mean +- 1 std)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     ax.set_title(f"Fig. 13: VGG16 over {int(table['runs'].iloc[0])} independent runs\n"
                  f"{data_label(dataset, profile)}", fontsize=10)
     return save_figure(fig, "fig13_multirun_bars", dataset, profile)

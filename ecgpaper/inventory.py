@@ -23,11 +23,15 @@ from tqdm.auto import tqdm
 
 from . import paths
 from .discovery import Discovery
+from .preprocess import crop_box
 
-#: imagehash.phash with a 16 x 16 hash (256 bits): pages of ECG reports share
-#: their layout, so the default 8 x 8 hash is too coarse to tell two different
-#: recordings apart; the longer hash still ignores re-encoding.
+#: imagehash.phash with a 16 x 16 hash (256 bits) of the grid area only (the
+#: header crop box): ECG report pages share their layout and text bands, so a
+#: hash of the whole page, or the default 8 x 8 hash, is dominated by what all
+#: pages have in common and brings different recordings within a few bits of
+#: each other; the traces are what tells them apart. Re-encoding moves it little.
 PHASH_SIZE = 16
+PHASH_METHOD = "phash16-cropbox-v1"  # stored with the inventory; a change re-hashes
 #: decode size used for hashing (JPEG draft mode: decoded in the DCT domain)
 HASH_DECODE_SIZE = (512, 512)
 
@@ -61,7 +65,7 @@ def inspect_file(path: str) -> dict:
             out["width"], out["height"] = img.size
             img.draft("RGB", HASH_DECODE_SIZE)  # JPEG only; a no-op for PNG
             img = img.convert("RGB")  # forces a full decode: truncated files fail here
-            out["phash"] = str(imagehash.phash(img, hash_size=PHASH_SIZE))
+            out["phash"] = str(imagehash.phash(img.crop(crop_box(*img.size)), hash_size=PHASH_SIZE))
         out["readable"] = True
     except Exception as exc:  # any decoder error means "skip and report"
         out["error"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -120,6 +124,7 @@ def write_inventory(df: pd.DataFrame, dataset: str, discovery: Discovery) -> Pat
     paths.atomic_write_text(out, df.to_csv(index=False, lineterminator="\n"))
     info = {
         "dataset": dataset,
+        "phash_method": PHASH_METHOD,
         "data_root": str(discovery.root),
         "copy": discovery.copy,
         "copies": discovery.copies,
@@ -131,6 +136,17 @@ def write_inventory(df: pd.DataFrame, dataset: str, discovery: Discovery) -> Pat
     }
     paths.atomic_write_text(out.with_suffix(".json"), json.dumps(info, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def previous_inventory(dataset: str) -> pd.DataFrame | None:
+    """The last inventory of ``dataset`` if its hashes were made the current way."""
+    p = inventory_path(dataset)
+    info = p.with_suffix(".json")
+    if not p.exists() or not info.exists():
+        return None
+    if json.loads(info.read_text()).get("phash_method") != PHASH_METHOD:
+        return None
+    return read_inventory(dataset)
 
 
 def read_inventory(dataset: str) -> pd.DataFrame:

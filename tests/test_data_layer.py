@@ -244,3 +244,18 @@ def test_prepare_data_on_a_given_root_writes_every_output(real_like_tree, projec
     for p in prepared.outputs.values():
         assert p.exists() and str(p).startswith(str(project_root))
     assert prepared.cache.images().shape[1:] == (64, 64, 3)
+
+
+def test_inventory_made_with_another_hash_method_is_not_reused(real_like_tree):
+    import json as _json
+
+    from ecgpaper.inventory import inventory_path, previous_inventory
+
+    d = discover(real_like_tree)
+    write_inventory(build_inventory(d, workers=1, progress=False), "arch", d)
+    assert previous_inventory("arch") is not None
+    info = inventory_path("arch").with_suffix(".json")
+    meta = _json.loads(info.read_text())
+    meta["phash_method"] = "phash8-wholepage"
+    info.write_text(_json.dumps(meta))
+    assert previous_inventory("arch") is None
