@@ -16,6 +16,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 source scripts/bootstrap.sh
+source scripts/build_frontend.sh
 start=$(date +%s)
 python -m ecgpaper notebooks "${ARGS[@]}"
+build_frontend || true
 echo "== run_all.sh finished in $(( $(date +%s) - start )) s"
+echo "web page: .venv/bin/python -m ecgpaper serve   (then open http://127.0.0.1:8000; users: see webapp/README.md)"

@@ -1,12 +1,26 @@
 #!/usr/bin/env bash
 # Set up .venv if needed, then run the whole test suite:
-#   1. every notebook under nbval on the smoke profile, in a temporary project root;
-#   2. the pytest suite (extra arguments go to this step), which also checks the
-#      figures, tables and REPORT.md that step 1 produced.
-# ECGPAPER_SKIP_NOTEBOOKS=1 skips step 1 (tests/test_notebooks.py then runs them itself).
+#   1. the front end: lint, build and Vitest unit tests (webapp/frontend);
+#   2. every notebook under nbval on the smoke profile, in a temporary project root;
+#   3. the pytest suite (extra arguments go to this step): library, CLI, training,
+#      the web API over real HTTP, the page in headless Chromium, and the
+#      figures/tables/REPORT.md that step 2 produced.
+# ECGPAPER_SKIP_NOTEBOOKS=1 skips step 2 (tests/test_notebooks.py then runs them itself).
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/bootstrap.sh
+source scripts/build_frontend.sh
+
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "== installing Debian's chromium for the browser test"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "[warn] could not install chromium: the browser test will be skipped" >&2
+fi
+
+echo "== front end: lint, build, unit tests"
+build_frontend
+(cd webapp/frontend && npm run --silent lint && npm test --silent)
+
 if [ "${ECGPAPER_SKIP_NOTEBOOKS:-0}" != "1" ]; then
   NB_ROOT="$(mktemp -d -t ecgpaper-notebooks-XXXXXX)"
   trap 'rm -rf "$NB_ROOT"' EXIT

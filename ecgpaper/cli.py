@@ -277,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (e.g. 05_report)")
     p.set_defaults(func=cmd_notebooks)
+
+    from .serve import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 

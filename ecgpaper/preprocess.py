@@ -72,17 +72,17 @@ def prepare_image(img: Image.Image, settings: PreprocessSettings) -> np.ndarray:
     (alpha composited on white paper), 16-bit images.
     """
     n = settings.size
-    if img.format == "JPEG":
+    if img.format in ("JPEG", "MPO"):  # MPO: phone cameras' multi-picture JPEG
         # decode at the smallest DCT scale that still leaves >= n pixels in
         # the region we keep (DESIGN.md: never decode 2213 x 1572 to make 224 x 224)
         fw, fh = (HEADER_CROP_FRACTIONS[2] - HEADER_CROP_FRACTIONS[0],
                   HEADER_CROP_FRACTIONS[3] - HEADER_CROP_FRACTIONS[1]) if settings.crop else (1.0, 1.0)
         img.draft("RGB", (math.ceil(n / fw), math.ceil(n / fh)))
     img = ImageOps.exif_transpose(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = arr.max() or 1.0
-        img = Image.fromarray((arr * (255.0 / hi)).astype(np.uint8), "L")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit, 32-bit and float grey
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        lo, hi = min(arr.min(), 0.0), arr.max()
+        img = Image.fromarray(((arr - lo) * (255.0 / ((hi - lo) or 1.0))).astype(np.uint8), "L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, PAPER_WHITE + (255,))

@@ -9,7 +9,8 @@ import sys
 import pandas as pd
 import pytest
 
-COMMANDS = ["download", "synth", "inventory", "audit", "split", "cache", "prepare", "run", "export"]
+COMMANDS = ["download", "synth", "inventory", "audit", "split", "cache", "prepare", "run", "export",
+            "notebooks", "serve"]
 
 
 def ecgpaper(root, *args, timeout=600):
@@ -23,7 +24,7 @@ def test_every_command_has_help(tmp_path, command):
     res = ecgpaper(tmp_path, command, "--help")
     assert res.returncode == 0, res.stderr
     assert "usage: python -m ecgpaper " + command in res.stdout
-    if command not in ("download", "synth"):
+    if command not in ("download", "synth", "serve"):
         assert "--data-root" in res.stdout
 
 

@@ -207,13 +207,14 @@ def test_letterbox_keeps_the_aspect_ratio(tmp_path):
     assert out[20:44].max() == 0  # the page itself in the middle
 
 
-@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "I;16", "P"])
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "I;16", "P", "F"])
 def test_odd_image_modes_become_rgb(tmp_path, mode):
     img = Image.new("RGB", (60, 40), (200, 30, 30)).convert(mode)
-    p = tmp_path / ("x.tiff" if mode in ("CMYK", "I;16") else "x.png")
+    p = tmp_path / ("x.tiff" if mode in ("CMYK", "I;16", "F") else "x.png")
     img.save(p)
     out = load_image(p, PreprocessSettings(32))
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    assert out.max() > 20  # the picture survived the conversion (not all black)
 
 
 def test_cache_decodes_each_distinct_image_once_and_is_reused(real_like_tree):

@@ -3,7 +3,7 @@ import ProbabilityBars from "./ProbabilityBars.jsx";
 const formatMs = (ms) => (ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`);
 
 export default function ResultView({ result }) {
-  // A fresh upload carries the heat map inline; a history entry links to it.
+  // A fresh upload carries the heat map inline, a history entry links to it; null without Grad-CAM.
   const heatmap = result.heatmap_png ?? result.heatmap_url;
   return (
     <section className="card result" aria-labelledby="result-title">
@@ -20,10 +20,12 @@ export default function ResultView({ result }) {
           <img src={result.image_url} alt={`Uploaded 12-lead ECG (${result.filename})`} />
           <figcaption>Uploaded ECG</figcaption>
         </figure>
-        <figure>
-          <img src={heatmap} alt={`Grad-CAM heat map over the ECG for the predicted class ${result.class_name}`} />
-          <figcaption>Grad-CAM: regions that most influenced the prediction</figcaption>
-        </figure>
+        {heatmap && (
+          <figure>
+            <img src={heatmap} alt={`Grad-CAM heat map over the ECG for the predicted class ${result.class_name}`} />
+            <figcaption>Grad-CAM: regions that most influenced the prediction</figcaption>
+          </figure>
+        )}
       </div>
       <dl className="facts">
         <dt>Inference time</dt>

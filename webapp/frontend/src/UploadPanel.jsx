@@ -4,8 +4,10 @@ import ErrorNotice from "./ErrorNotice.jsx";
 
 const ACCEPT = "image/jpeg,image/png,image/webp,image/tiff,.jpg,.jpeg,.png,.webp,.tif,.tiff";
 
-const formatSize = (bytes) =>
-  bytes >= 1024 * 1024 ? `${(bytes / 1024 / 1024).toFixed(1)} MB` : `${Math.max(1, Math.round(bytes / 1024))} kB`;
+function formatSize(bytes) {
+  if (bytes >= 1024 * 1024) return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+  return bytes >= 1024 ? `${Math.round(bytes / 1024)} kB` : `${bytes} B`;
+}
 
 export default function UploadPanel({ onResult }) {
   const [chosen, setChosen] = useState(null); // { file, url, previewFailed }

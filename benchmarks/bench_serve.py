@@ -1,0 +1,305 @@
+"""Speed of the web service (paper section 3.4: "near real time"): end-to-end
+latency of one upload against the bare forward pass, and behaviour under load.
+
+    python benchmarks/bench_serve.py [--build-vgg16] [--models-dir DIR] [--requests 30]
+                                     [--clients 8] [--seconds 30] [--workers 2]
+
+Trains nothing. Uses the model exported to ``models/`` (``python -m ecgpaper
+export``); ``--build-vgg16`` instead builds the paper's 224 px VGG16 (random
+weights: speed does not depend on them) into a temporary models folder.
+
+1. bare forward pass: the Classifier's own compiled ``tf.function`` in this
+   process, on the preprocessed page (with and without Grad-CAM);
+2. the real server (``ecgpaper.serve``: gunicorn, loopback, free port, fresh
+   temporary database) and a user with a token; sequential uploads of a
+   full-size (2213 x 1572) synthetic ECG page as JPEG, with ``?explain=0`` and
+   with the Grad-CAM heat map (section 5.2);
+3. ``--clients`` concurrent clients uploading for ``--seconds`` seconds: p50/p95
+   and error counts (any 5xx fails the target).
+
+Targets: p50 end-to-end <= 1.3 x bare forward without Grad-CAM and <= 2.5 x
+with it; no 5xx under load. Client and server share the machine's cores.
+Writes ``results/benchmarks/serve.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from ecgpaper import __version__, paths  # noqa: E402
+from ecgpaper.config import CLASS_CODES, CLASS_NAMES, PAPER_IMAGE_SIZE  # noqa: E402
+from ecgpaper.errors import UserError  # noqa: E402
+from ecgpaper.experiments import EXPORT_NAME  # noqa: E402
+
+API = "/api/v1"
+
+
+def percentiles(values_ms: list[float]) -> dict:
+    a = np.asarray(values_ms, dtype=float)
+    return {"n": int(a.size), "p50_ms": round(float(np.percentile(a, 50)), 1),
+            "p95_ms": round(float(np.percentile(a, 95)), 1), "mean_ms": round(float(a.mean()), 1)}
+
+
+def build_vgg16(folder: Path) -> None:
+    """The paper's model shape (VGG16, 224 px, 4 classes) with random weights, exported
+    with the same metadata keys as ``experiments.export_best``."""
+    from ecgpaper.models import build_model
+    from ecgpaper.preprocess import PREPROCESS_VERSION
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model_file = folder / f"{EXPORT_NAME}.keras"
+    build_model("VGG16", image_size=PAPER_IMAGE_SIZE, weights="none").save(model_file)
+    meta = {
+        "model_file": model_file.name,
+        "model_sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
+        "model": "VGG16", "run_id": "bench-vgg16-untrained",
+        "class_codes": list(CLASS_CODES), "class_names": [CLASS_NAMES[c] for c in CLASS_CODES],
+        "input_size": PAPER_IMAGE_SIZE,
+        "preprocessing": {"scaling": "rescale", "fit": "resize", "crop": False,
+                          "version": PREPROCESS_VERSION},
+        "dataset": "none (untrained, speed benchmark only)", "synthetic": True, "profile": "bench",
+        "protocol": "none", "metrics": {}, "selected_by": "benchmarks/bench_serve.py --build-vgg16",
+        "ecgpaper_version": __version__, "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    (folder / f"{EXPORT_NAME}.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def sample_upload() -> bytes:
+    """A full-size synthetic ECG page as JPEG, as a scanner or ECG cart would send it."""
+    from ecgpaper.synthetic import render_page
+
+    page = render_page("MI", np.random.default_rng(0), patient_id="BENCH-0001", date="2024-01-01 09:00")
+    buf = io.BytesIO()
+    page.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def bare_forward(models_dir: Path, upload: bytes, repeats: int) -> tuple[dict, dict]:
+    """Median/p95 of the Classifier's compiled forward pass (and with Grad-CAM), in process."""
+    from ecgpaper.inference import Classifier, decode_upload
+    from ecgpaper.preprocess import prepare_image
+
+    clf = Classifier(models_dir)
+    batch = prepare_image(decode_upload(upload, load=False), clf.settings)[np.newaxis]
+    timings = {False: [], True: []}
+    for explain in (False, True):
+        for _ in range(3):
+            clf.forward(batch, explain=explain)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            clf.forward(batch, explain=explain)
+            timings[explain].append((time.perf_counter() - t0) * 1e3)
+    model = {"name": clf.metadata["model"], "input_size": clf.settings.size,
+             "run_id": clf.metadata["run_id"], "dataset": clf.metadata["dataset"],
+             "synthetic": clf.metadata["synthetic"]}
+    return model, {"forward": percentiles(timings[False]),
+                   "forward_with_gradcam": percentiles(timings[True])}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``ecgpaper.serve.serve`` in a subprocess on a loopback port, state in ``root``."""
+
+    def __init__(self, root: Path, models_dir: Path, workers: int):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        self.env.update(ECGPAPER_ROOT=str(root), ECGWEB_MODELS_DIR=str(models_dir),
+                        ECGWEB_THROTTLE_USER="1000000/min", TF_CPP_MIN_LOG_LEVEL="2")
+        self.log = open(root / "server.log", "wb")
+        code = f"from ecgpaper.serve import serve; serve('127.0.0.1', {self.port}, {workers})"
+        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_until_ready(self, timeout: float = 300) -> None:
+        import requests
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise UserError(f"the server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                if requests.get(f"{self.url}{API}/health/", timeout=5).json().get("model_loaded"):
+                    return
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(0.5)
+        raise UserError(f"the server did not load the model within {timeout:.0f} s; see {self.log.name}")
+
+    def create_token(self) -> str:
+        script = ("from django.contrib.auth import get_user_model; "
+                  "from rest_framework.authtoken.models import Token; "
+                  "print(Token.objects.create(user=get_user_model().objects.create_user("
+                  "'bench', password='bench-pw-1234')).key)")
+        res = subprocess.run([sys.executable, str(REPO / "webapp" / "manage.py"), "shell", "-c", script],
+                             cwd=REPO, env=self.env, capture_output=True, text=True, timeout=120, check=True)
+        return res.stdout.strip().splitlines()[-1]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def post(session, url: str, token: str, upload: bytes, explain: bool):
+    t0 = time.perf_counter()
+    r = session.post(f"{url}{API}/classifications/{'' if explain else '?explain=0'}",
+                     headers={"Authorization": f"Token {token}"},
+                     files={"image": ("bench.jpg", upload, "image/jpeg")}, timeout=120)
+    return r, (time.perf_counter() - t0) * 1e3
+
+
+def sequential(url: str, token: str, upload: bytes, n: int, explain: bool) -> dict:
+    import requests
+
+    session = requests.Session()
+    client, server_total, server_inference = [], [], []
+    for i in range(n + 2):
+        r, ms = post(session, url, token, upload, explain)
+        if r.status_code != 201:
+            raise UserError(f"upload answered {r.status_code}: {r.text[:300]}")
+        if i >= 2:  # the first two warm up the worker's code paths
+            client.append(ms)
+            server_total.append(r.json()["total_ms"])
+            server_inference.append(r.json()["inference_ms"])
+    return {"client": percentiles(client), "server_total": percentiles(server_total),
+            "server_inference": percentiles(server_inference)}
+
+
+def under_load(url: str, token: str, upload: bytes, clients: int, seconds: float) -> dict:
+    import requests
+
+    latencies, statuses, failures = [], {}, []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+
+    def client() -> None:
+        session = requests.Session()
+        while time.perf_counter() < stop_at:
+            try:
+                r, ms = post(session, url, token, upload, explain=True)
+                with lock:
+                    latencies.append(ms)
+                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            except requests.RequestException as exc:
+                with lock:
+                    failures.append(type(exc).__name__)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    return {"clients": clients, "seconds": round(elapsed, 1), "requests": len(latencies),
+            "throughput_per_s": round(len(latencies) / elapsed, 2), **percentiles(latencies or [0.0]),
+            "status_counts": {str(k): v for k, v in sorted(statuses.items())},
+            "errors_5xx": sum(v for k, v in statuses.items() if k >= 500),
+            "errors_other_status": sum(v for k, v in statuses.items() if k != 201 and k < 500),
+            "connection_errors": len(failures)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models-dir", default=str(paths.MODELS), help="exported model (default %(default)s)")
+    ap.add_argument("--build-vgg16", action="store_true",
+                    help="benchmark a freshly built 224 px VGG16 (random weights) instead")
+    ap.add_argument("--requests", type=int, default=30, help="sequential uploads per mode")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent clients under load")
+    ap.add_argument("--seconds", type=float, default=30.0, help="duration of the load test")
+    ap.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    ap.add_argument("--out", default=str(paths.BENCHMARKS / "serve.json"))
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
+        tmp = Path(tmp)
+        models_dir = Path(args.models_dir)
+        if args.build_vgg16:
+            models_dir = tmp / "models"
+            build_vgg16(models_dir)
+        elif not (models_dir / f"{EXPORT_NAME}.json").is_file():
+            sys.exit(f"no exported model in {models_dir}: run `python -m ecgpaper run baseline` (it "
+                     "exports the best run), or pass --build-vgg16 to benchmark the paper's 224 px "
+                     "VGG16 with random weights.")
+        upload = sample_upload()
+        model, bare = bare_forward(models_dir, upload, args.requests)
+        print(f"bare forward ({model['name']}, {model['input_size']} px): {bare}", flush=True)
+        if (model["name"], model["input_size"]) != ("VGG16", PAPER_IMAGE_SIZE):
+            print("note: the exported model is not the paper's 224 px VGG16; --build-vgg16 measures that one")
+
+        (tmp / "state").mkdir()
+        server = Server(tmp / "state", models_dir, args.workers)
+        try:
+            server.wait_until_ready()
+            token = server.create_token()
+            plain = sequential(server.url, token, upload, args.requests, explain=False)
+            print(f"end to end, no Grad-CAM: {plain['client']}", flush=True)
+            explained = sequential(server.url, token, upload, args.requests, explain=True)
+            print(f"end to end, Grad-CAM: {explained['client']}", flush=True)
+            load = under_load(server.url, token, upload, args.clients, args.seconds)
+            print(f"{args.clients} clients, {args.seconds:.0f} s: {load}", flush=True)
+        finally:
+            server.stop()
+
+    import tensorflow as tf
+
+    bare_p50 = bare["forward"]["p50_ms"]
+    ratio_plain = plain["client"]["p50_ms"] / bare_p50
+    ratio_gradcam = explained["client"]["p50_ms"] / bare_p50
+    result = {
+        "benchmark": "web service: end-to-end upload latency vs the bare forward pass, and load",
+        "model": {**model, "built_by_benchmark": args.build_vgg16},
+        "upload": {"format": "JPEG", "page_size": [2213, 1572], "bytes": len(upload)},
+        "bare": bare,
+        "end_to_end_no_gradcam": plain,
+        "end_to_end_gradcam": explained,
+        "ratio_p50_no_gradcam": round(ratio_plain, 3),
+        "ratio_p50_gradcam": round(ratio_gradcam, 3),
+        "load": load,
+        "targets": {"ratio_p50_no_gradcam_max": 1.3, "ratio_p50_gradcam_max": 2.5, "errors_5xx_max": 0},
+        "targets_met": {"no_gradcam": ratio_plain <= 1.3, "gradcam": ratio_gradcam <= 2.5,
+                        "no_5xx": load["errors_5xx"] == 0},
+        "gunicorn_workers": args.workers, "cpu_count": os.cpu_count(),
+        "tensorflow": tf.__version__, "python": platform.python_version(),
+        "machine": platform.machine(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as exc:
+        sys.exit(f"error: {exc}")

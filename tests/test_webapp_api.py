@@ -1,0 +1,562 @@
+"""The web service (paper section 3.4) through real HTTP: gunicorn started by
+``ecgpaper.serve.serve`` on a free loopback port, serving a tiny model trained
+here on the synthetic twin. Happy path with Grad-CAM (section 5.2), auth,
+other users' records, throttling, every bad input, odd valid images, no model,
+and persistence across a restart.
+
+The servers run in subprocesses with their own settings, so pytest-django stays
+inactive (no DJANGO_SETTINGS_MODULE in this process).
+"""
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import io
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from conftest import point_paths
+from ecgpaper.config import CLASS_CODES, CLASS_NAMES
+from ecgpaper.experiments import run_experiment
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+MANAGE = REPO / "webapp" / "manage.py"
+API = "/api/v1"
+
+
+# --------------------------------------------------------------------------
+# images: valid, odd and hostile
+# --------------------------------------------------------------------------
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def ecg_page(seed: int = 0, size=(1106, 786)) -> Image.Image:
+    from ecgpaper.synthetic import render_page
+
+    return render_page(CLASS_CODES[seed % 4], np.random.default_rng(seed), size,
+                       patient_id=f"T{seed:04d}", date="2024-01-01 10:00")
+
+
+def noise(width=300, height=200, seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A 100-byte PNG whose header claims ``width`` x ``height`` RGB pixels (a bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + chunk(b"IEND", b""))
+
+
+def exif_rotated(img: Image.Image, fmt: str) -> bytes:
+    """``img`` stored with EXIF orientation 6 (viewers rotate it 90 degrees clockwise)."""
+    exif = img.getexif()
+    exif[0x0112] = 6
+    return encode(img, fmt, exif=exif)
+
+
+def animated_gif() -> bytes:
+    frames = [noise(seed=1), noise(seed=2)]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+
+
+@functools.cache
+def odd_valid_images() -> dict[str, bytes]:
+    page = ecg_page(7, (600, 426))
+    sixteen = (np.asarray(page.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    palette = page.convert("P", palette=Image.Palette.ADAPTIVE)
+    palette.info["transparency"] = 0
+    return {
+        "rgba.png": encode(page.convert("RGBA"), "PNG"),
+        "grey16.png": encode(Image.fromarray(sixteen), "PNG"),
+        "cmyk.jpg": encode(page.convert("CMYK"), "JPEG"),
+        "exif-rotated.jpg": exif_rotated(page, "JPEG"),
+        "grey.jpg": encode(page.convert("L"), "JPEG"),
+        "page.webp": encode(page, "WEBP"),
+        "page.tif": encode(page, "TIFF"),
+        "page.bmp": encode(page, "BMP"),
+        "still.gif": encode(page.convert("P"), "GIF"),
+        "palette-transparent.png": encode(palette, "PNG"),
+        "named-as-jpg-but-png.jpg": encode(page, "PNG"),
+    }
+
+
+def bad_images() -> dict[str, tuple[bytes, int, str]]:
+    """name -> (bytes, expected status, expected error code)"""
+    jpeg = encode(ecg_page(3, (800, 568)), "JPEG")
+    return {
+        "empty.jpg": (b"", 400, "empty_file"),
+        "notes.txt": (b"Patient notes, not an image.\n" * 20, 400, "invalid_image"),
+        "truncated.jpg": (jpeg[: len(jpeg) // 2], 400, "invalid_image"),
+        "page.html": (b"<!DOCTYPE html><html><body><img src=x onerror=alert(1)></body></html>",
+                      400, "invalid_image"),
+        "ecg.svg": (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10" '
+                    b'height="10"><script>alert(document.cookie)</script></svg>', 400, "invalid_image"),
+        "bomb.png": (png_claiming(50_000, 50_000), 400, "too_many_pixels"),
+        "huge.png": (encode(Image.new("L", (9000, 5000), 255), "PNG"), 400, "too_many_pixels"),
+        "animated.gif": (animated_gif(), 400, "animated_image"),
+        "eps.jpg": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
+                    400, "invalid_image"),
+        "too-large.jpg": (b"\xff\xd8" + bytes(20 * 2**20 - 1), 413, "too_large"),
+    }
+
+
+# --------------------------------------------------------------------------
+# a live server, and the model it serves
+# --------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """``ecgpaper.serve.serve`` (migrate, collectstatic, gunicorn) in a subprocess."""
+
+    def __init__(self, root: Path, env: dict, workers: int = 2):
+        self.root, self.workers = root, workers
+        base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
+        self.env = {**base, "ECGPAPER_ROOT": str(root), "TF_CPP_MIN_LOG_LEVEL": "2",
+                    "ECGWEB_SECRET_KEY": "", **env}
+        self.proc = None
+        self.log = root / "server.log"
+
+    def start(self) -> "LiveServer":
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        code = f"from ecgpaper.serve import serve; serve('127.0.0.1', {self.port}, {self.workers})"
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=self.env,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if requests.get(self.url + f"{API}/health/", timeout=5).status_code == 200:
+                    return self
+            except requests.RequestException:  # not listening yet, or workers still loading
+                pass
+            time.sleep(0.3)
+        pytest.fail(f"server did not answer within 180 s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+    def manage(self, *args: str, env: dict | None = None) -> str:
+        res = subprocess.run([sys.executable, str(MANAGE), *args], cwd=REPO, capture_output=True,
+                             text=True, timeout=120, env={**self.env, **(env or {})})
+        assert res.returncode == 0, res.stdout + res.stderr
+        return res.stdout
+
+    def get(self, path: str, token: str | None = None, **kw) -> requests.Response:
+        return requests.get(self.url + path, headers=auth(token), timeout=60, **kw)
+
+    def upload(self, data: bytes, token: str | None, name: str = "ecg.jpg",
+               query: str = "") -> requests.Response:
+        return requests.post(f"{self.url}{API}/classifications/{query}", headers=auth(token),
+                             files={"image": (name, data, "application/octet-stream")}, timeout=120)
+
+
+def auth(token: str | None) -> dict:
+    return {"Authorization": f"Token {token}"} if token else {}
+
+
+@pytest.fixture(scope="module")
+def exported_model(tmp_path_factory) -> Path:
+    """A smoke baseline (VGG16 and ResNet50, 64 px, synthetic twin), the best exported."""
+    root = tmp_path_factory.mktemp("trained")
+    mp = pytest.MonkeyPatch()
+    point_paths(mp, root)
+    try:
+        run_experiment("baseline", profile="smoke", verbose=0, log=lambda *_: None)
+    finally:
+        mp.undo()
+    return root / "models"
+
+
+@pytest.fixture(scope="module")
+def frontend_dist(tmp_path_factory) -> Path:
+    """Stands for the Vite build (``base: "/static/"``)."""
+    dist = tmp_path_factory.mktemp("dist")
+    (dist / "assets").mkdir()
+    (dist / "index.html").write_text('<!doctype html><title>ECG</title><div id="root"></div>'
+                                     '<script type="module" src="/static/assets/index-AbCd1234.js">'
+                                     '</script>\n')
+    (dist / "assets" / "index-AbCd1234.js").write_text("console.log('ecg front end');\n")
+    return dist
+
+
+@pytest.fixture(scope="module")
+def server(exported_model, frontend_dist, tmp_path_factory):
+    srv = LiveServer(tmp_path_factory.mktemp("main-server"),
+                     {"ECGWEB_MODELS_DIR": str(exported_model),
+                      "ECGWEB_FRONTEND_DIST": str(frontend_dist)}, workers=1)
+    try:
+        yield srv.start()
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def users(server) -> dict:
+    """admin (staff, made the documented way), alice and bob, with API tokens."""
+    server.manage("createsuperuser", "--noinput", "--username", "admin", "--email", "a@example.org",
+                  env={"DJANGO_SUPERUSER_PASSWORD": "admin-pw-9876"})
+    out = server.manage("drf_create_token", "admin")
+    admin_token = re.search(r"Generated token (\w+) for user admin", out).group(1)
+    script = ("import json; from django.contrib.auth import get_user_model; "
+              "from rest_framework.authtoken.models import Token; "
+              "print(json.dumps({n: Token.objects.create(user=get_user_model().objects.create_user("
+              "n, password=n + '-pw-1234')).key for n in ('alice', 'bob')}))")
+    tokens = json.loads(server.manage("shell", "-c", script).strip().splitlines()[-1])
+    return {"admin": admin_token, **tokens}
+
+
+@pytest.fixture(scope="module")
+def bare_server(tmp_path_factory):
+    """No model, no front-end build, 3 requests a minute per user."""
+    root = tmp_path_factory.mktemp("bare-server")
+    srv = LiveServer(root, {"ECGWEB_MODELS_DIR": str(root / "no-models"),
+                            "ECGWEB_FRONTEND_DIST": str(root / "no-dist"),
+                            "ECGWEB_THROTTLE_USER": "3/min"})
+    try:
+        srv.start()
+        script = ("from django.contrib.auth import get_user_model; "
+                  "from rest_framework.authtoken.models import Token; "
+                  "print(*[Token.objects.create(user=get_user_model().objects.create_user("
+                  "n, password='x-pw-1234')).key for n in ('carol', 'dave')])")
+        srv.tokens = srv.manage("shell", "-c", script).strip().splitlines()[-1].split()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def assert_error(resp: requests.Response, status: int, code: str) -> dict:
+    assert resp.status_code == status, (resp.status_code, resp.text[:500])
+    body = resp.json()
+    assert set(body) == {"error", "detail"} and body["error"] == code, body
+    assert len(body["detail"]) > 20, body  # a sentence saying what to do
+    return body
+
+
+# --------------------------------------------------------------------------
+# tests
+# --------------------------------------------------------------------------
+
+def test_public_endpoints_schema_docs_and_front_end(server):
+    health = server.get(f"{API}/health/")
+    assert health.json() == {"status": "ok", "model_loaded": True}
+    csrf = requests.get(server.url + f"{API}/auth/csrf/", timeout=10)
+    assert csrf.status_code == 200 and csrf.json()["csrfToken"] and "csrftoken" in csrf.cookies
+
+    schema = server.get(f"{API}/schema/", params={"format": "json"})
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    for p in ("health/", "auth/login/", "model/", "classifications/", "classifications/{id}/",
+              "classifications/{id}/image/", "classifications/{id}/heatmap/"):
+        assert f"{API}/{p}" in paths, p
+    upload = paths[f"{API}/classifications/"]["post"]
+    assert "multipart/form-data" in upload["requestBody"]["content"]
+    assert {"201", "400", "413", "503"} <= set(upload["responses"])
+    docs = server.get(f"{API}/docs/")
+    assert docs.status_code == 200 and "text/html" in docs.headers["Content-Type"]
+    server.manage("spectacular", "--fail-on-warn", "--validate", "--file", str(server.root / "schema.yml"))
+
+    index = server.get("/")
+    assert index.status_code == 200 and 'id="root"' in index.text
+    assert server.get("/history/42").text == index.text  # client-side routes get the page too
+    asset = server.get("/static/assets/index-AbCd1234.js")
+    assert asset.status_code == 200 and "ecg front end" in asset.text
+    assert "immutable" in asset.headers["Cache-Control"]
+    assert server.get("/static/admin/css/base.css").status_code == 200
+    assert_error(server.get(f"{API}/nothing-here/"), 404, "not_found")
+
+
+def test_authentication_is_required(server, users):
+    assert_error(server.get(f"{API}/classifications/"), 401, "not_authenticated")
+    assert_error(server.get(f"{API}/model/"), 401, "not_authenticated")
+    assert_error(server.get(f"{API}/classifications/1/image/"), 401, "not_authenticated")
+    assert_error(server.upload(encode(noise(), "PNG"), None), 401, "not_authenticated")
+    assert_error(server.get(f"{API}/classifications/", token="0" * 40), 401, "authentication_failed")
+    assert_error(server.get(f"{API}/auth/me/"), 403, "not_authenticated")
+    me = server.get(f"{API}/auth/me/", token=users["admin"])
+    assert me.json() == {"username": "admin", "is_staff": True}
+
+
+def test_session_login_with_csrf(server, users):
+    s = requests.Session()
+    login = f"{server.url}{API}/auth/login/"
+    assert_error(s.post(login, json={"username": "alice", "password": "alice-pw-1234"}, timeout=10),
+                 403, "csrf_failed")
+    token = s.get(f"{server.url}{API}/auth/csrf/", timeout=10).json()["csrfToken"]
+    headers = {"X-CSRFToken": token, "Referer": server.url + "/"}
+    assert_error(s.post(login, json={"username": "alice", "password": "wrong"}, headers=headers, timeout=10),
+                 400, "invalid_credentials")
+    r = s.post(login, json={"username": "alice", "password": "alice-pw-1234"}, headers=headers, timeout=10)
+    assert r.status_code == 200 and r.json() == {"username": "alice", "is_staff": False}
+    assert s.get(f"{server.url}{API}/auth/me/", timeout=10).json()["username"] == "alice"
+    # login rotates the CSRF token: unsafe requests need the new one
+    page = encode(ecg_page(1), "JPEG")
+    url = f"{server.url}{API}/classifications/"
+    assert_error(s.post(url, files={"image": ("p.jpg", page)}, timeout=60), 403, "csrf_failed")
+    headers["X-CSRFToken"] = s.cookies["csrftoken"]
+    r = s.post(url, files={"image": ("p.jpg", page)}, headers=headers, timeout=60)
+    assert r.status_code == 201, r.text[:500]
+    assert s.get(f"{server.url}{r.json()['image_url']}", timeout=10).content == page
+    assert s.post(f"{server.url}{API}/auth/logout/", headers=headers, timeout=10).status_code == 204
+    assert_error(s.get(f"{server.url}{API}/auth/me/", timeout=10), 403, "not_authenticated")
+
+
+def test_model_card(server, users, exported_model):
+    meta = json.loads((exported_model / "ecg_classifier.json").read_text())
+    card = server.get(f"{API}/model/", token=users["alice"]).json()
+    assert card["loaded"] is True
+    assert card["model"] == meta["model"] and card["model"] in ("VGG16", "ResNet50")
+    assert card["run_id"] == meta["run_id"] and card["version"] == meta["ecgpaper_version"]
+    assert card["synthetic"] is True and card["dataset"] == "synthetic-smoke"
+    assert card["profile"] == "smoke" and card["input_size"] == 64
+    assert card["class_codes"] == list(CLASS_CODES)
+    assert card["class_names"] == [CLASS_NAMES[c] for c in CLASS_CODES]
+    assert card["metrics"] == meta["metrics"] and card["preprocessing"] == meta["preprocessing"]
+
+
+def test_happy_path_classification_with_heat_map(server, users, exported_model):
+    page = encode(ecg_page(0), "JPEG", quality=90)
+    r = server.upload(page, users["alice"], name="../../etc/MI(1).jpg")
+    assert r.status_code == 201, r.text[:1000]
+    body = r.json()
+    assert set(body) == {"id", "created", "filename", "sha256", "class_code", "class_name",
+                         "probabilities", "model", "inference_ms", "total_ms", "image_url",
+                         "heatmap_url", "heatmap_png"}
+    assert body["filename"] == "MI(1).jpg"  # display only: the directory part is dropped
+    assert body["sha256"] == hashlib.sha256(page).hexdigest()
+    probs = body["probabilities"]
+    assert [p["code"] for p in probs] == list(CLASS_CODES)
+    assert [p["name"] for p in probs] == [CLASS_NAMES[c] for c in CLASS_CODES]
+    assert sum(p["probability"] for p in probs) == pytest.approx(1.0, abs=1e-5)
+    best = max(probs, key=lambda p: p["probability"])
+    assert body["class_code"] == best["code"] and body["class_name"] == best["name"]
+    meta = json.loads((exported_model / "ecg_classifier.json").read_text())
+    assert body["model"] == {"name": meta["model"], "run_id": meta["run_id"], "version": "0.1.0",
+                             "dataset": "synthetic-smoke", "synthetic": True}
+    assert 0 < body["inference_ms"] <= body["total_ms"] < 30_000
+    assert body["image_url"] == f"{API}/classifications/{body['id']}/image/"
+    assert body["heatmap_url"] == f"{API}/classifications/{body['id']}/heatmap/"
+    assert body["heatmap_png"].startswith("data:image/png;base64,")
+    inline = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"].split(",", 1)[1])))
+    assert inline.format == "PNG" and inline.size == (64, 64)  # over the 64 px model input
+
+    # the same answer as the Classifier in this process (serving = training preprocessing)
+    from ecgpaper.inference import Classifier
+
+    local = Classifier(exported_model).classify(page)
+    assert local["class_code"] == body["class_code"]
+    for p in probs:
+        assert p["probability"] == pytest.approx(local["probabilities"][p["code"]], abs=1e-5)
+
+    token = users["alice"]
+    stored = server.get(body["image_url"], token=token)
+    assert stored.content == page and stored.headers["Content-Type"] == "image/jpeg"
+    heat = server.get(body["heatmap_url"], token=token)
+    assert heat.headers["Content-Type"] == "image/png"
+    assert base64.b64decode(body["heatmap_png"].split(",", 1)[1]) == heat.content
+    detail = server.get(f"{API}/classifications/{body['id']}/", token=token).json()
+    assert detail == {k: v for k, v in body.items() if k != "heatmap_png"}
+
+    quick = server.upload(encode(ecg_page(2), "PNG"), token, name="fast.png", query="?explain=0")
+    assert quick.status_code == 201 and quick.json()["heatmap_png"] is None
+    assert quick.json()["heatmap_url"] is None
+    assert_error(server.get(f"{API}/classifications/{quick.json()['id']}/heatmap/", token=token),
+                 404, "not_found")
+    assert_error(server.upload(page, token, query="?explain=maybe"), 400, "invalid_parameter")
+
+    listing = server.get(f"{API}/classifications/", token=token).json()
+    assert set(listing) == {"count", "next", "previous", "results"}
+    ids = [rec["id"] for rec in listing["results"]]
+    assert ids[:2] == [quick.json()["id"], body["id"]] and ids == sorted(ids, reverse=True)
+    assert "heatmap_png" not in listing["results"][0]
+
+    # stored under generated names inside MEDIA_ROOT only; the audit log has the upload's sha256
+    media = server.root / "results" / "webapp" / "uploads"
+    files = [p.relative_to(media).as_posix() for p in media.rglob("*") if p.is_file()]
+    assert files and all(re.fullmatch(r"(images|heatmaps)/\d{4}/\d{2}/[0-9a-f]{32}\.\w+", f) for f in files)
+    audit = (server.root / "results" / "webapp" / "audit.log").read_text()
+    assert re.search(rf'user="alice" method=POST path="{API}/classifications/" status=201 '
+                     rf'ms=[\d.]+ sha256={body["sha256"]}', audit)
+
+
+def test_users_see_only_their_own_records_unless_staff(server, users):
+    mine = server.upload(encode(ecg_page(5), "JPEG"), users["bob"], name="bob.jpg").json()
+    alices = server.get(f"{API}/classifications/", token=users["alice"]).json()["results"]
+    assert alices and mine["id"] not in [r["id"] for r in alices]
+    bobs = server.get(f"{API}/classifications/", token=users["bob"]).json()
+    assert [r["id"] for r in bobs["results"]] == [mine["id"]] and bobs["count"] == 1
+    other = alices[0]["id"]
+    for suffix in ("", "image/", "heatmap/"):
+        assert_error(server.get(f"{API}/classifications/{other}/{suffix}", token=users["bob"]),
+                     404, "not_found")
+    everyone = server.get(f"{API}/classifications/", token=users["admin"]).json()
+    assert {mine["id"], other} <= {r["id"] for r in everyone["results"]}
+    assert server.get(f"{API}/classifications/{other}/image/", token=users["admin"]).status_code == 200
+
+
+def test_bad_inputs_get_clear_4xx_and_the_server_keeps_answering(server, users):
+    token = users["bob"]
+    before = server.get(f"{API}/classifications/", token=token).json()["count"]
+    for name, (data, status, code) in bad_images().items():
+        body = assert_error(server.upload(data, token, name=name), status, code)
+        if name.endswith((".svg", ".html")):
+            assert "SVG or HTML" in body["detail"]
+    url = f"{server.url}{API}/classifications/"
+    assert_error(requests.post(url, headers=auth(token), files={"other": ("x.jpg", b"123")}, timeout=10),
+                 400, "missing_file")
+    assert_error(requests.post(url, headers=auth(token), json={"image": "x"}, timeout=10),
+                 415, "unsupported_media_type")
+    two = [("image", ("a.png", encode(noise(), "PNG"))), ("image", ("b.png", encode(noise(), "PNG")))]
+    assert_error(requests.post(url, headers=auth(token), files=two, timeout=10), 400, "bad_request")
+    # a body announced as 200 MB is refused before it is read
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"POST {API}/classifications/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Token "
+                     f"{token}\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                     f"Content-Length: {200 * 2**20}\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.decode(errors="replace").partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 413") and '{"error": "too_large"' in body
+
+    assert server.get(f"{API}/health/").json()["status"] == "ok"
+    ok = server.upload(encode(ecg_page(4), "JPEG"), token)
+    assert ok.status_code == 201
+    assert server.get(f"{API}/classifications/", token=token).json()["count"] == before + 1
+    assert "Traceback" not in server.log_tail(200_000)
+
+
+@pytest.mark.parametrize("name", list(odd_valid_images()))
+def test_odd_but_valid_images_are_classified(server, users, name):
+    r = server.upload(odd_valid_images()[name], users["alice"], name=name)
+    assert r.status_code == 201, r.text[:500]
+    assert r.json()["class_code"] in CLASS_CODES
+
+
+def test_exif_orientation_is_applied_before_classifying(server, users):
+    page = ecg_page(6, (500, 355))
+    tagged = server.upload(exif_rotated(page, "PNG"), users["alice"], name="tagged.png").json()
+    upright = page.transpose(Image.Transpose.ROTATE_270)  # what a viewer shows for orientation 6
+    plain = server.upload(encode(upright, "PNG"), users["alice"], name="upright.png").json()
+    assert [p["probability"] for p in tagged["probabilities"]] == \
+        pytest.approx([p["probability"] for p in plain["probabilities"]], abs=1e-6)
+
+
+def test_without_a_model_the_api_says_what_to_run(bare_server):
+    health = bare_server.get(f"{API}/health/").json()
+    assert health == {"status": "ok", "model_loaded": False}
+    token = bare_server.tokens[0]
+    body = assert_error(bare_server.get(f"{API}/model/", token=token), 503, "model_unavailable")
+    assert "python -m ecgpaper export" in body["detail"] and "./run_all.sh" in body["detail"]
+    assert_error(bare_server.upload(encode(noise(), "PNG"), token), 503, "model_unavailable")
+    page = bare_server.get("/")
+    assert page.status_code == 200 and "npm ci &amp;&amp; npm run build" in page.text
+
+
+def test_throttling_per_user(bare_server):
+    token = bare_server.tokens[1]  # a user with no requests yet: 3 a minute, over 2 workers
+    for _ in range(3):
+        assert bare_server.get(f"{API}/classifications/", token=token).status_code == 200
+    r = bare_server.get(f"{API}/classifications/", token=token)
+    body = assert_error(r, 429, "throttled")
+    assert "3/min" in body["detail"] and int(r.headers["Retry-After"]) > 0
+    assert bare_server.get(f"{API}/health/").status_code == 200  # health is never throttled
+    # carol's budget is her own (at most 2 requests spent by the test before)
+    assert bare_server.get(f"{API}/classifications/", token=bare_server.tokens[0]).status_code == 200
+
+
+def test_records_survive_a_restart(server, users):
+    token = users["alice"]
+    before = server.get(f"{API}/classifications/", token=token).json()
+    s = requests.Session()
+    csrf = s.get(f"{server.url}{API}/auth/csrf/", timeout=10).json()["csrfToken"]
+    s.post(f"{server.url}{API}/auth/login/", json={"username": "bob", "password": "bob-pw-1234"},
+           headers={"X-CSRFToken": csrf, "Referer": server.url + "/"}, timeout=10).raise_for_status()
+    key_file = server.root / "results" / "webapp" / "secret_key"
+    key = key_file.read_text()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+    server.stop()
+    server.start()
+
+    after = server.get(f"{API}/classifications/", token=token).json()
+    assert after["count"] == before["count"] > 0
+    assert [r["id"] for r in after["results"]] == [r["id"] for r in before["results"]]
+    first = after["results"][0]
+    assert server.get(first["image_url"], token=token).status_code == 200
+    assert key_file.read_text() == key
+    me = s.get(f"{server.url}{API}/auth/me/", timeout=10)  # cookies ignore the (new) port
+    assert me.json()["username"] == "bob"  # the session outlives the restart (same key, DB sessions)
+
+
+def test_serve_subcommand_arguments():
+    import argparse
+
+    from ecgpaper.serve import add_serve_parser
+
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--host", "0.0.0.0", "--port", "9000", "--workers", "3"])
+    assert (args.host, args.port, args.workers) == ("0.0.0.0", 9000, 3) and callable(args.func)
+    defaults = parser.parse_args(["serve"])
+    assert (defaults.host, defaults.port, defaults.workers) == ("127.0.0.1", 8000, 2)
+
+
+def test_classifier_refuses_missing_or_altered_models(exported_model, tmp_path):
+    from ecgpaper.inference import Classifier, ModelUnavailable
+
+    with pytest.raises(ModelUnavailable) as err:
+        Classifier(tmp_path)
+    assert str(err.value) == ("No model has been exported yet: run `python -m ecgpaper export` "
+                              "(after `python -m ecgpaper run baseline`) or `./run_all.sh`.")
+    altered = tmp_path / "altered"
+    altered.mkdir()
+    for f in exported_model.iterdir():
+        (altered / f.name).write_bytes(f.read_bytes())
+    with open(altered / "ecg_classifier.keras", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ModelUnavailable, match="does not match the sha256"):
+        Classifier(altered)

@@ -1,0 +1,197 @@
+"""The React page (paper section 3.4, Fig. 4) in a real browser: Debian's headless
+Chromium, driven by Playwright, against a live server (``ecgpaper.serve``:
+Django + gunicorn) serving a tiny model trained on the synthetic twin.
+
+Sign in, upload a twin ECG image, see its class, four probability bars and the
+Grad-CAM overlay, find it in the history, upload a text file and get a sentence
+a clinician understands. Leaves a screenshot in results/webapp/screenshot.png.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import point_paths
+from ecgpaper.config import CLASS_NAMES
+
+REPO = Path(__file__).resolve().parents[1]
+FRONTEND = REPO / "webapp" / "frontend"
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = REPO / "results" / "webapp" / "screenshot.png"
+USER, PASSWORD = "clinician", "ecg-browser-test-pw"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium "
+                                                     "(apt-get install -y chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def trained_root(tmp_path_factory) -> Path:
+    """A project root holding the synthetic twin and an exported smoke model (~40 s)."""
+    from ecgpaper.experiments import run_experiment
+
+    root = tmp_path_factory.mktemp("webapp-browser")
+    mp = pytest.MonkeyPatch()
+    point_paths(mp, root)
+    try:
+        run_experiment("baseline", profile="smoke", verbose=0, log=lambda *_: None)
+    finally:
+        mp.undo()
+    return root
+
+
+@pytest.fixture(scope="module")
+def frontend_dist() -> Path:
+    """webapp/frontend/dist, built with npm when missing or older than the sources."""
+    index = FRONTEND / "dist" / "index.html"
+    sources = [p for p in (FRONTEND / "src").rglob("*") if p.is_file()]
+    sources += [FRONTEND / "index.html", FRONTEND / "vite.config.js", FRONTEND / "package-lock.json"]
+    if index.exists() and index.stat().st_mtime >= max(p.stat().st_mtime for p in sources):
+        return index.parent
+    steps = [["npm", "run", "build"]]
+    if not (FRONTEND / "node_modules").is_dir():
+        steps.insert(0, ["npm", "ci", "--no-audit", "--no-fund"])
+    for cmd in steps:
+        try:
+            res = subprocess.run(cmd, cwd=FRONTEND, capture_output=True, text=True, timeout=600)
+        except FileNotFoundError:
+            pytest.fail("the front end is not built and npm is missing: install Node.js 20.19+ "
+                        "and run `npm ci && npm run build` in webapp/frontend")
+        assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return index.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def web_server(trained_root, frontend_dist):
+    """``ecgpaper.serve.serve`` (migrate, collectstatic, gunicorn) with the smoke model,
+    plus a user to sign in with; yields the base URL."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
+    env.update(ECGPAPER_ROOT=str(trained_root), ECGWEB_SECRET_KEY="browser-test-key",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = trained_root / "server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-c", f"from ecgpaper.serve import serve; serve('127.0.0.1', {port}, 1)"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, f"the server exited:\n{log_path.read_text()[-4000:]}"
+            try:
+                with urllib.request.urlopen(f"{base}/api/v1/health/", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"no answer from the server:\n{log_path.read_text()[-4000:]}"
+            time.sleep(0.5)
+        create_user = ("from django.contrib.auth import get_user_model; "
+                       f"get_user_model().objects.create_user({USER!r}, password={PASSWORD!r})")
+        res = subprocess.run([sys.executable, str(REPO / "webapp" / "manage.py"), "shell", "-c", create_user],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, f"creating the user failed:\n{res.stdout}\n{res.stderr}"
+        yield base
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def test_a_clinician_classifies_an_ecg_in_the_browser(web_server, trained_root):
+    from playwright.sync_api import expect, sync_playwright
+
+    ecg = sorted((trained_root / "data/raw/synthetic-smoke/ECG_DATA/test").rglob("*.jpg"))[0]
+    page_errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(30_000)
+            page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            page.goto(web_server + "/")
+
+            # sign in (session + CSRF)
+            expect(page.get_by_text("Research tool — not for clinical diagnosis.")).to_be_visible()
+            page.get_by_label("Username").fill(USER)
+            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_text(f"Signed in as {USER}")).to_be_visible()
+            expect(page.get_by_role("note")).to_contain_text("trained on SYNTHETIC ECG images")
+            expect(page.get_by_text(re.compile(r"test accuracy \d+\.\d %"))).to_be_visible()
+
+            # upload a twin ECG through the labelled file input
+            page.get_by_label(re.compile("Choose ECG image")).set_input_files(ecg)
+            expect(page.get_by_alt_text(f"Preview of the chosen file {ecg.name}")).to_be_visible()
+            page.get_by_role("button", name="Analyse ECG").click()
+
+            result = page.get_by_role("region", name="Result")
+            expect(result.get_by_role("meter")).to_have_count(4, timeout=120_000)
+            expect(page.get_by_role("status")).to_contain_text("Analysis complete")
+            predicted = result.locator(".prediction strong").inner_text()
+            assert predicted in CLASS_NAMES.values()
+            labels = result.locator(".bar-label").all_inner_texts()
+            assert sorted(labels) == sorted(f"{name} ({code})" for code, name in CLASS_NAMES.items())
+            assert labels[0].startswith(predicted)  # most probable first
+            percents = [float(re.fullmatch(r"(\d{1,3}\.\d) %", t).group(1))
+                        for t in result.locator(".bar-value").all_inner_texts()]
+            assert percents == sorted(percents, reverse=True) and abs(sum(percents) - 100) < 0.5
+            heatmap = result.get_by_alt_text(re.compile("Grad-CAM heat map"))
+            expect(heatmap).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))
+            expect(result.get_by_text("Grad-CAM: regions that most influenced the prediction")).to_be_visible()
+            loaded = "img => img.complete && img.naturalWidth > 0"
+            page.wait_for_function(loaded, arg=heatmap.element_handle())
+            page.wait_for_function(loaded, arg=result.get_by_alt_text(re.compile("Uploaded 12-lead ECG"))
+                                   .element_handle())
+            expect(result).to_contain_text("Inference time")
+
+            # the history shows the upload; opening it loads the stored heat map
+            history = page.get_by_role("region", name="History")
+            entry = history.get_by_role("button", name=re.compile(re.escape(ecg.name)))
+            expect(entry).to_have_count(1)
+            expect(entry).to_have_attribute("aria-current", "true")
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.mouse.move(0, 0)  # no hover highlight in the picture
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            entry.click()
+            expect(heatmap).to_have_attribute("src", re.compile(r"/api/v1/classifications/\d+/heatmap/$"))
+            page.wait_for_function(loaded, arg=heatmap.element_handle())
+
+            # a text file gets a friendly sentence plus the server's detail
+            page.get_by_label(re.compile("Choose ECG image")).set_input_files(
+                {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an ECG\n"})
+            page.get_by_role("button", name="Analyse ECG").click()
+            alert = page.get_by_role("alert")
+            expect(alert).to_contain_text("This file is not an ECG image we can read "
+                                          "(use JPEG, PNG, WebP or TIFF).")
+            expect(alert).to_contain_text("Details: ")
+
+            page.get_by_role("button", name="Sign out").click()
+            expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+        finally:
+            browser.close()
+    assert page_errors == []

@@ -1,0 +1,31 @@
+"""One row per classified upload: who, when, which file (stored under a generated
+name), its sha256, the result, the model run and the latency (paper section 3.4)."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Classification(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="classifications")
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+    filename = models.CharField(max_length=255, help_text="the uploaded file's name, for display only")
+    sha256 = models.CharField(max_length=64, db_index=True)
+    image = models.FileField(upload_to="images/%Y/%m/", max_length=200)
+    heatmap = models.FileField(upload_to="heatmaps/%Y/%m/", max_length=200, blank=True)
+    class_code = models.CharField(max_length=16)
+    #: class_name, probabilities [{code, name, probability}], model {name, run_id,
+    #: version, dataset, synthetic}, timings {preprocess_ms, inference_ms, ...}
+    result = models.JSONField()
+    model_run_id = models.CharField(max_length=64)
+    inference_ms = models.FloatField()
+    total_ms = models.FloatField()
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [models.Index(fields=["user", "-created"], name="classif_user_created")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.class_code} ({self.filename}, {self.user})"

@@ -1,0 +1,273 @@
+"""API views (paper section 3.4: upload an ECG image, get its class in near real
+time; section 5.2: with a Grad-CAM heat map), plus the React page at ``/``.
+
+No user-controlled value ever becomes a path: uploads are stored under
+generated names and served by record id, after the ownership check.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+import uuid
+
+from django.apps import apps
+from django.conf import settings
+from django.contrib.auth import authenticate, login, logout
+from django.core.files.base import ContentFile
+from django.http import FileResponse, HttpResponse
+from django.middleware.csrf import get_token
+from django.views.decorators.csrf import ensure_csrf_cookie
+from django.utils.decorators import method_decorator
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.decorators import action
+from rest_framework.parsers import MultiPartParser
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from ecgpaper.inference import FORMAT_EXTENSIONS, InvalidImage, ModelUnavailable, decode_upload
+
+from .errors import ApiError
+from .models import Classification
+from .serializers import (ClassificationCreatedSerializer, ClassificationSerializer, CsrfSerializer,
+                          ErrorSerializer, HealthSerializer, LoginSerializer, ModelInfoSerializer,
+                          UploadSerializer, UserSerializer)
+
+CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp",
+                 "tif": "image/tiff", "bmp": "image/bmp", "gif": "image/gif"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _errors(*codes: int) -> dict:
+    return {code: OpenApiResponse(ErrorSerializer) for code in codes}
+
+
+def _classifier():
+    try:
+        return apps.get_app_config("classifier").get_classifier()
+    except ModelUnavailable as exc:
+        raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "model_unavailable", str(exc)) from None
+
+
+def _user_data(user) -> dict:
+    return UserSerializer({"username": user.get_username(), "is_staff": user.is_staff}).data
+
+
+class HealthView(APIView):
+    """Liveness for load balancers and the front end: never throttled, no login."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes: list = []
+
+    @extend_schema(responses=HealthSerializer, auth=[])
+    def get(self, request):
+        loaded = apps.get_app_config("classifier").model_loaded
+        return Response(HealthSerializer({"status": "ok", "model_loaded": loaded}).data)
+
+
+class CsrfTokenView(APIView):
+    """The CSRF token (also set as the ``csrftoken`` cookie) for session clients."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(responses=CsrfSerializer, auth=[])
+    @method_decorator(ensure_csrf_cookie)
+    def get(self, request):
+        return Response({"csrfToken": get_token(request)})
+
+
+class LoginView(APIView):
+    """Session login; CSRF is enforced here too (no login CSRF)."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(request=LoginSerializer, responses={200: UserSerializer, **_errors(400, 403)},
+                   auth=[])
+    def post(self, request):
+        SessionAuthentication().enforce_csrf(request)
+        form = LoginSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        user = authenticate(request, username=form.validated_data["username"],
+                            password=form.validated_data["password"])
+        if user is None:
+            raise ApiError(status.HTTP_400_BAD_REQUEST, "invalid_credentials",
+                           "The user name or password is wrong. Check them and try again.")
+        login(request, user)
+        return Response(_user_data(user))
+
+
+class LogoutView(APIView):
+    """End the session (CSRF enforced for session users)."""
+
+    permission_classes = [AllowAny]
+
+    @extend_schema(request=None, responses={204: None})
+    def post(self, request):
+        logout(request)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class MeView(APIView):
+    """Who is logged in."""
+
+    permission_classes = [AllowAny]
+
+    @extend_schema(responses={200: UserSerializer, **_errors(403)})
+    def get(self, request):
+        if not request.user.is_authenticated:
+            raise ApiError(status.HTTP_403_FORBIDDEN, "not_authenticated",
+                           "You are not logged in. Log in to continue.")
+        return Response(_user_data(request.user))
+
+
+class ModelInfoView(APIView):
+    """The served model's card: backbone, run, data it was trained on, test metrics."""
+
+    @extend_schema(responses={200: ModelInfoSerializer, **_errors(401, 503)})
+    def get(self, request):
+        meta = _classifier().metadata
+        return Response(ModelInfoSerializer({
+            "loaded": True, "model": meta["model"], "run_id": meta["run_id"],
+            "version": meta["ecgpaper_version"], "dataset": meta["dataset"],
+            "synthetic": meta["synthetic"], "profile": meta["profile"],
+            "protocol": meta["protocol"], "metrics": meta["metrics"],
+            "class_codes": meta["class_codes"], "class_names": meta["class_names"],
+            "input_size": meta["input_size"], "preprocessing": meta["preprocessing"],
+        }).data)
+
+
+def _explain_flag(value: str | None) -> bool:
+    value = (value or "1").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ApiError(status.HTTP_400_BAD_REQUEST, "invalid_parameter",
+                   f"explain must be 1 or 0 (true or false), not {value[:20]!r}.")
+
+
+class ClassificationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                            viewsets.GenericViewSet):
+    """Upload an ECG image to classify it; list and fetch your classifications
+    (staff see everyone's), their stored images and heat maps."""
+
+    serializer_class = ClassificationSerializer
+    parser_classes = [MultiPartParser]
+
+    def get_queryset(self):
+        records = Classification.objects.all()
+        if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the types
+            return records.none()
+        return records if self.request.user.is_staff else records.filter(user=self.request.user)
+
+    @extend_schema(
+        request={"multipart/form-data": UploadSerializer},
+        parameters=[OpenApiParameter("explain", OpenApiTypes.BOOL, default=True,
+                                     description="0: skip the Grad-CAM heat map (faster)")],
+        responses={201: ClassificationCreatedSerializer, **_errors(400, 401, 403, 413, 429, 503)})
+    def create(self, request):
+        t0 = time.perf_counter()
+        explain = _explain_flag(request.query_params.get("explain"))
+        upload = request.FILES.get("image")
+        if upload is None:
+            raise ApiError(status.HTTP_400_BAD_REQUEST, "missing_file",
+                           "No image was sent. Send the ECG image as multipart/form-data in the "
+                           "field 'image'.")
+        limit = settings.ECGWEB_MAX_UPLOAD_BYTES
+        if upload.size > limit:
+            raise ApiError(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, "too_large",
+                           f"The file is {upload.size / 2**20:.1f} MB; the limit is "
+                           f"{limit / 2**20:.0f} MB. Upload a smaller (e.g. JPEG) copy of the ECG.")
+        data = upload.read()
+        sha256 = hashlib.sha256(data).hexdigest()
+        request._request.upload_sha256 = sha256  # for the audit log
+        classifier = _classifier()
+        try:
+            image = decode_upload(data, max_bytes=limit, max_pixels=settings.ECGWEB_MAX_PIXELS,
+                                  load=False)
+            result = classifier.classify(image, explain=explain)
+        except InvalidImage as exc:
+            code = (status.HTTP_413_REQUEST_ENTITY_TOO_LARGE if exc.code == "too_large"
+                    else status.HTTP_400_BAD_REQUEST)
+            raise ApiError(code, exc.code, exc.detail) from None
+
+        meta = classifier.metadata
+        record = Classification(
+            user=request.user, filename=(upload.name or "upload")[:255], sha256=sha256,
+            class_code=result["class_code"], model_run_id=meta["run_id"],
+            inference_ms=result["timings"]["inference_ms"], total_ms=0.0,
+            result={
+                "class_name": result["class_name"],
+                "probabilities": [{"code": code, "name": name, "probability": result["probabilities"][code]}
+                                  for code, name in zip(classifier.class_codes, classifier.class_names)],
+                "model": {"name": meta["model"], "run_id": meta["run_id"],
+                          "version": meta["ecgpaper_version"], "dataset": meta["dataset"],
+                          "synthetic": meta["synthetic"]},
+                "timings": result["timings"],
+            })
+        stem = uuid.uuid4().hex
+        record.image.save(f"{stem}.{FORMAT_EXTENSIONS[image.format]}", ContentFile(data), save=False)
+        if result["heatmap_png"] is not None:
+            record.heatmap.save(f"{stem}.png", ContentFile(result["heatmap_png"]), save=False)
+        try:
+            record.total_ms = (time.perf_counter() - t0) * 1e3
+            record.save()
+        except Exception:
+            for stored in (record.image, record.heatmap):
+                if stored:
+                    stored.delete(save=False)
+            raise
+        heatmap_png = (None if result["heatmap_png"] is None else
+                       "data:image/png;base64," + base64.b64encode(result["heatmap_png"]).decode())
+        body = ClassificationCreatedSerializer(record, context={"heatmap_png": heatmap_png}).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    def _stored_file(self, field) -> FileResponse:
+        extension = field.name.rsplit(".", 1)[-1]
+        response = FileResponse(field.open("rb"), content_type=CONTENT_TYPES[extension])
+        response["Cache-Control"] = "private, max-age=86400"
+        return response
+
+    @extend_schema(responses={(200, "image/*"): OpenApiTypes.BINARY, **_errors(401, 404)})
+    @action(detail=True, methods=["get"])
+    def image(self, request, pk=None):
+        """The uploaded image, as stored."""
+        return self._stored_file(self.get_object().image)
+
+    @extend_schema(responses={(200, "image/png"): OpenApiTypes.BINARY, **_errors(401, 404)})
+    @action(detail=True, methods=["get"])
+    def heatmap(self, request, pk=None):
+        """The Grad-CAM overlay (on the preprocessed image the model saw)."""
+        record = self.get_object()
+        if not record.heatmap:
+            raise ApiError(status.HTTP_404_NOT_FOUND, "not_found",
+                           "This classification was made without a heat map (explain=0).")
+        return self._stored_file(record.heatmap)
+
+
+_FRONTEND_MISSING = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ECG classifier: front end not built</title></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 3em auto">
+<h1>The front end is not built yet</h1>
+<p>Build it once, then restart the server:</p>
+<pre>cd webapp/frontend &amp;&amp; npm ci &amp;&amp; npm run build</pre>
+<p>The API works without it: <a href="/api/v1/docs/">/api/v1/docs/</a>.</p>
+</body></html>
+"""
+
+
+def frontend_index(request):
+    """The React page (any non-API path, for client-side routes), or how to build it."""
+    index = settings.FRONTEND_DIST / "index.html"
+    if not index.is_file():
+        return HttpResponse(_FRONTEND_MISSING)
+    response = FileResponse(open(index, "rb"), content_type="text/html; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    return response
