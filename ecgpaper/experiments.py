@@ -58,6 +58,12 @@ def experiment_configs(name: str, *, profile: str, dataset: str, protocol: str =
     if name not in EXPERIMENTS:
         raise UserError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
     prof = get_profile(profile)
+    if profile == "paper" and not {"mixed_precision", "xla"} & set(overrides):
+        from .training import gpu_count
+
+        # GPU niceties, on by default for the paper profile when a GPU is there
+        fast = gpu_count() > 0
+        overrides = {**overrides, "mixed_precision": fast, "xla": fast}
     configs = []
     for spec in EXPERIMENTS[name]:
         spec = dict(spec)
