@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 from . import paths
+from .beyond import FIGURE_CAPTIONS as BEYOND_FIGURE_CAPTIONS
+from .beyond import report_lines as beyond_report_lines
 from .config import PAPER_RESULTS
 from .errors import UserError
 from .experiments import experiment_runs
@@ -29,6 +31,7 @@ FIGURE_CAPTIONS = {
     "fig11_curves_resnet50": "Fig. 11: accuracy and loss curves of ResNet50",
     "fig12_curves_vgg16": "Fig. 12: accuracy and loss curves of VGG16",
     "fig13_multirun_bars": "Fig. 13: mean +- std over independent VGG16 runs",
+    **BEYOND_FIGURE_CAPTIONS,  # notebook 06: fig14-fig17
 }
 
 
@@ -130,6 +133,8 @@ def write_report(dataset: str, profile: str, *, data_root: str | None = None) ->
                           f"{curves[0]['config']['image_size']} px; the paper: a T4, ~2,765 images of 224 px"))
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)} (`python -m ecgpaper run NAME --profile {profile}`)."]
+    # notebook 06: leakage, Grad-CAM, robustness, lightweight models, statistics (never raises)
+    lines += beyond_report_lines(dataset, profile)
 
     fig_dir = paths.profile_figures(dataset, profile)
     lines += ["", "## Figures", ""]

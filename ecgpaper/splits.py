@@ -43,15 +43,19 @@ def _paper_split(files: pd.DataFrame, seed: int) -> pd.Series:
     return pd.Series(subset, index=files.index)
 
 
-def _group_folds(y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
+def _group_folds(y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> tuple[np.ndarray, int]:
     """Fold number of each sample, from StratifiedGroupKFold (groups never split)."""
     n_splits = int(min(n_splits, len(np.unique(groups))))
     if n_splits < 2:
         raise UserError("too few distinct images to split by group; synthesise or download more data")
     fold = np.empty(len(y), dtype=int)
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    for k, (_, held) in enumerate(sgkf.split(np.zeros(len(y)), y, groups)):
-        fold[held] = k
+    try:
+        for k, (_, held) in enumerate(sgkf.split(np.zeros(len(y)), y, groups)):
+            fold[held] = k
+    except ValueError as exc:  # e.g. a class with fewer distinct images than folds
+        raise UserError(f"cannot split {len(y)} files into {n_splits} group-aware folds ({exc}); "
+                        "use more data (synthesise a larger twin) or the paper protocol") from None
     return fold, n_splits
 
 

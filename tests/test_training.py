@@ -78,7 +78,7 @@ def test_a_smoke_run_writes_every_artifact(smoke_baseline):
         run = root / "results/synthetic-smoke/smoke/runs" / r["run_id"]
         names = {p.name for p in run.iterdir()}
         assert {"config.json", "history.csv", "metrics.json", "confusion.csv", "predictions.csv",
-                "environment.json", "model.keras", "best.keras"} <= names
+                "environment.json", "model.keras", "best.weights.h5"} <= names
         hist = pd.read_csv(run / "history.csv")
         assert {"loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"} <= set(hist.columns)
         m = json.loads((run / "metrics.json").read_text())

@@ -1,0 +1,390 @@
+"""Leakage study (beyond the paper, section 5.2): how much of the accuracy is
+recognising copies of training images?
+
+The Kaggle archive holds many byte-identical copies of each ECG, so the
+paper's random 70/15/15 split (section 3.1) tests the model on images it was
+trained on. This module runs the paper's best VGG16 setting (batch 32, lr
+1e-4, 20 epochs scaled by the profile; section 4, Table 1) under three split
+protocols (``paper``: random; ``grouped``: every group of copies in one
+subset; ``kaggle``: the archive's own folders), with and without the header
+crop (the crop under ``paper`` and ``grouped``), over several seeds
+(replicate ``r`` uses split seed ``seed + r`` and model seed ``r``, so both
+the test images and the initialisation vary).
+
+Beside the CNN it runs a model-free probe: a 1-nearest-neighbour classifier
+on the cached pixels (scikit-learn, seconds). It learns nothing about ECGs;
+it can only find the most similar training picture, so a test image with an
+exact copy in train is answered right by construction. Its gap between the
+``paper`` and ``grouped`` protocols measures the leakage effect of the split
+itself, whatever the CNN learnt. Conclusions are computed from the numbers
+(:func:`conclusions`), including "no gap measurable because the models did
+not learn" when the CNN stays at the majority-class rate.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from . import paths
+from .beyond import (DataSource, acc_f1, bootstrap_sets, fmt_ci, label_indices, load_predictions,
+                     majority_rate, percentile_ci, record_experiment, run_configs, scaled_configs)
+from .config import SPLIT_PROTOCOLS
+
+#: The paper's best VGG16 cell (section 4, Table 1: batch 32, lr 1e-4, 20 epochs).
+LEAKAGE_SPEC = dict(model="VGG16", batch_size=32, learning_rate=1e-4, epochs=20)
+CNN_LABEL = "VGG16"
+PROBE_LABEL = "1-NN probe"
+PROBE_SIZE = 32  # the probe compares images block-averaged to 32 x 32 (exact copies stay exact)
+N_BOOTSTRAP = 1000
+#: protocols that also run with the header crop: the two whose gap is the question
+#: (the ``kaggle`` x crop cell would add two CNN runs per profile and answer nothing new)
+CROP_PROTOCOLS = ("paper", "grouped")
+
+
+def n_replicates(profile: str) -> int:
+    """Seeds per cell: 3 on the paper profile, 2 on the CPU profiles (time)."""
+    return 3 if profile == "paper" else 2
+
+
+# --------------------------------------------------------------------------
+# duplicates across subsets, measured from file contents
+# --------------------------------------------------------------------------
+
+def duplicate_crossings(manifest: pd.DataFrame, files: pd.DataFrame) -> dict:
+    """How many duplicates cross subsets, from the files' sha256 (exact) and
+    the audit's groups (exact or near), independently of ``copy_in_train``.
+
+    ``files``: a table with ``path``, ``sha256`` and ``group`` (``audit.files``).
+    Returns ``exact_groups_crossing`` (contents found in more than one subset),
+    ``groups_crossing`` (audit groups in more than one subset),
+    ``test_exact_copy_in_train`` and ``test_copy_in_train`` (test images whose
+    exact content / group also occurs in train), and ``n_test``.
+    """
+    m = manifest[["path", "subset"]].merge(files[["path", "sha256", "group"]], on="path", how="left")
+    if m["sha256"].isna().any():
+        raise ValueError("some manifest paths are not in the files table")
+    train_sha = set(m.loc[m["subset"] == "train", "sha256"])
+    train_groups = set(m.loc[m["subset"] == "train", "group"])
+    test = m[m["subset"] == "test"]
+    return {
+        "exact_groups_crossing": int((m.groupby("sha256")["subset"].nunique() > 1).sum()),
+        "groups_crossing": int((m.groupby("group")["subset"].nunique() > 1).sum()),
+        "test_exact_copy_in_train": int(test["sha256"].isin(train_sha).sum()),
+        "test_copy_in_train": int(test["group"].isin(train_groups).sum()),
+        "n_test": int(len(test)),
+    }
+
+
+# --------------------------------------------------------------------------
+# the 1-nearest-neighbour probe
+# --------------------------------------------------------------------------
+
+def probe_features(images: np.ndarray, size: int = PROBE_SIZE, chunk: int = 256) -> np.ndarray:
+    """uint8 (n, N, N, 3) -> float32 (n, size*size*3): block averages in [0, 1]
+    (in chunks, so 224 px training sets never need a float copy in memory)."""
+    from PIL import Image
+
+    x = np.asarray(images)
+    n = x.shape[1]
+    out = np.empty((len(x), size * size * 3), np.float32)
+    for start in range(0, len(x), chunk):
+        part = np.asarray(x[start:start + chunk])
+        if n == size:
+            small = part.astype(np.float32)
+        elif n % size == 0:
+            k = n // size
+            small = part.reshape(len(part), size, k, size, k, 3).mean(axis=(2, 4), dtype=np.float32)
+        else:
+            small = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BOX),
+                                         np.float32) for im in part])
+        out[start:start + len(part)] = (small / 255.0).reshape(len(part), -1)
+    return out
+
+
+def fit_probe(x_train: np.ndarray, y_train: np.ndarray):
+    """A 1-nearest-neighbour classifier (Euclidean, on :func:`probe_features`)
+    fitted on the training images; predict with ``probe.predict(probe_features(x))``."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    knn = KNeighborsClassifier(n_neighbors=1, algorithm="brute")
+    return knn.fit(probe_features(x_train), np.asarray(y_train))
+
+
+def nn_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    """Predicted labels of the 1-nearest-neighbour probe: the label of the most
+    similar training image."""
+    return fit_probe(x_train, y_train).predict(probe_features(x_test))
+
+
+# --------------------------------------------------------------------------
+# the study
+# --------------------------------------------------------------------------
+
+def run_leakage(profile: str, data_root=None, *, seed: int = 0, n_seeds: int | None = None,
+                protocols=SPLIT_PROTOCOLS, crops=(False, True), crop_protocols=CROP_PROTOCOLS,
+                source: DataSource | None = None, verbose: int = 0, log=print) -> dict:
+    """Train (or reuse) the leakage runs and run the probe on the same splits.
+
+    The header-crop variant runs under ``crop_protocols`` only (default
+    ``paper`` and ``grouped``, where the gap is measured); ``None``: under all.
+
+    Returns ``{"dataset", "profile", "replicates": DataFrame, "sets": {(classifier,
+    protocol, crop): [(y, pred, groups), ...]}, "copies": {protocol: [crossings
+    per replicate]}, "run_ids"}``; also writes ``experiments/leakage.json``.
+    """
+    source = source or DataSource(profile, data_root, log=log, verbose=verbose)
+    n_seeds = n_seeds or n_replicates(profile)
+    dataset = source.dataset
+    rows, sets, copies, run_ids = [], {}, {}, []
+    for r in range(n_seeds):
+        split_seed = seed + r
+        present = [p for p in protocols if source.has_protocol(p, split_seed)]
+        for protocol in present:
+            files = source.prepared(split_seed).audit.files
+            crossing = duplicate_crossings(source.manifest(protocol, split_seed), files)
+            copies.setdefault(protocol, []).append(crossing)
+            for crop in crops:
+                if crop and crop_protocols is not None and protocol not in crop_protocols:
+                    continue
+                data = source.run_data(protocol, split_seed, crop)
+                config = scaled_configs([LEAKAGE_SPEC], profile=profile, dataset=dataset,
+                                        protocol=protocol, split_seed=split_seed, crop=crop,
+                                        seed=r)[0]
+                record = run_configs([config], data, name=f"leakage {protocol} crop={crop} r{r}",
+                                     verbose=verbose, log=log)[0]
+                run_ids.append(record["run_id"])
+                test_rows = data.test[2]
+                pred = load_predictions(dataset, profile, record["run_id"]).set_index("path")
+                pred = pred.loc[test_rows["path"]]
+                y = data.test[1]
+                groups = test_rows["group"].astype(str).to_numpy()
+                cnn_pred = label_indices(pred["pred"])
+                probe_pred = nn_probe(data.train[0], data.train[1], data.test[0])
+                for classifier, p, run_id in ((CNN_LABEL, cnn_pred, record["run_id"]),
+                                              (PROBE_LABEL, probe_pred, "")):
+                    acc, f1 = acc_f1(y, p)
+                    sets.setdefault((classifier, protocol, crop), []).append((y, p, groups))
+                    rows.append({"classifier": classifier, "protocol": protocol, "crop": crop,
+                                 "replicate": r, "split_seed": split_seed,
+                                 "model_seed": r if classifier == CNN_LABEL else None,
+                                 "run_id": run_id, "epochs": config.epochs if classifier == CNN_LABEL else None,
+                                 "weights": config.weights if classifier == CNN_LABEL else None,
+                                 "n_test": len(y),
+                                 "test_with_copy_in_train": int(test_rows["copy_in_train"].sum()),
+                                 "test_exact_copy_in_train": crossing["test_exact_copy_in_train"],
+                                 "accuracy": acc, "f1": f1, "majority_rate": majority_rate(y)})
+    replicates = pd.DataFrame(rows)
+    paths.atomic_write_text(paths.profile_results(dataset, profile) / "leakage_replicates.csv",
+                            replicates.to_csv(index=False, lineterminator="\n"))
+    record_experiment("leakage", dataset, profile, run_ids, seeds=n_seeds, split_seed=seed,
+                      protocols=list(copies), crops=[bool(c) for c in crops],
+                      crop_protocols=None if crop_protocols is None else list(crop_protocols))
+    return {"dataset": dataset, "profile": profile, "replicates": replicates, "sets": sets,
+            "copies": copies, "run_ids": run_ids, "n_seeds": n_seeds}
+
+
+def _cells(study: dict) -> list[dict]:
+    """Per (classifier, protocol, crop): means, group-bootstrap CIs, learned?"""
+    reps = study["replicates"]
+    out = []
+    for (classifier, protocol, crop), sets in study["sets"].items():
+        boot = bootstrap_sets(sets, n_bootstrap=N_BOOTSTRAP, seed=0)
+        sub = reps[(reps["classifier"] == classifier) & (reps["protocol"] == protocol) & (reps["crop"] == crop)]
+        acc_ci, f1_ci = percentile_ci(boot[:, 0]), percentile_ci(boot[:, 3])
+        majority = float(sub["majority_rate"].mean())
+        out.append({
+            "classifier": classifier, "protocol": protocol, "crop": bool(crop), "replicates": len(sub),
+            "n_test": float(sub["n_test"].mean()),
+            "test_with_copy_in_train": float(sub["test_with_copy_in_train"].mean()),
+            "accuracy": float(sub["accuracy"].mean()), "accuracy_ci95": acc_ci,
+            "accuracy_std": float(sub["accuracy"].std(ddof=1)) if len(sub) > 1 else None,
+            "f1": float(sub["f1"].mean()), "f1_ci95": f1_ci,
+            "majority_rate": majority, "learned": bool(acc_ci[0] > majority),
+            "_boot": boot,
+        })
+    return out
+
+
+def table_leakage(study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """``table_leakage`` (one row per classifier x protocol x crop),
+    ``table_leakage_gap`` (paper and kaggle minus grouped) and the summary
+    (also written to ``leakage_summary.json``)."""
+    from .figures import save_table
+
+    dataset, profile = study["dataset"], study["profile"]
+    cells = _cells(study)
+    table = pd.DataFrame([{
+        "classifier": c["classifier"], "protocol": c["protocol"], "crop": c["crop"],
+        "seeds": c["replicates"], "n_test": c["n_test"],
+        "test_with_copy_in_train": c["test_with_copy_in_train"],
+        "accuracy": c["accuracy"], "accuracy_ci95": fmt_ci(c["accuracy_ci95"]),
+        "accuracy_std": c["accuracy_std"], "f1": c["f1"], "f1_ci95": fmt_ci(c["f1_ci95"]),
+        "majority_rate": c["majority_rate"], "above_majority": c["learned"],
+    } for c in cells])
+    save_table(table, "table_leakage", dataset, profile,
+               f"Leakage study (section 5.2): {CNN_LABEL} batch 32, lr 1e-4 and a 1-NN pixel probe per "
+               f"split protocol, full page and (crop=True) header cropped; means over {study['n_seeds']} seeds, "
+               "95 % CI from a bootstrap over duplicate groups; test images with a copy in train (mean)")
+    by_key = {(c["classifier"], c["protocol"], c["crop"]): c for c in cells}
+    gaps = []
+    rng_seed = 1
+    for (classifier, protocol, crop), c in by_key.items():
+        ref = by_key.get((classifier, "grouped", crop))
+        if protocol == "grouped" or ref is None:
+            continue
+        rng_seed += 1
+        other = bootstrap_sets(study["sets"][(classifier, "grouped", crop)], n_bootstrap=N_BOOTSTRAP,
+                               seed=rng_seed)
+        diff_acc = c["_boot"][:, 0] - other[:, 0]
+        diff_f1 = c["_boot"][:, 3] - other[:, 3]
+        ci = percentile_ci(diff_acc)
+        gaps.append({
+            "classifier": classifier, "crop": crop, "protocol": protocol, "versus": "grouped",
+            "accuracy_gap": c["accuracy"] - ref["accuracy"], "accuracy_gap_ci95": ci,
+            "f1_gap": c["f1"] - ref["f1"], "f1_gap_ci95": percentile_ci(diff_f1),
+            "measurable": bool(ci[0] > 0 or ci[1] < 0),
+            "learned": bool(c["learned"] or ref["learned"]),
+            "accuracy": c["accuracy"], "accuracy_grouped": ref["accuracy"],
+            "majority_rate": (c["majority_rate"] + ref["majority_rate"]) / 2,
+        })
+    gap_table = pd.DataFrame([{**g, "accuracy_gap_ci95": fmt_ci(g["accuracy_gap_ci95"]),
+                               "f1_gap_ci95": fmt_ci(g["f1_gap_ci95"])} for g in gaps])
+    save_table(gap_table, "table_leakage_gap", dataset, profile,
+               "Leakage gap: accuracy and macro F1 of each protocol minus the grouped protocol's "
+               "(95 % CI: independent group bootstraps of both test sets); 'learned': above the "
+               "majority-class rate under either protocol")
+    copies = {p: {"n_test": [c["n_test"] for c in v],
+                  "test_with_copy_in_train": [c["test_copy_in_train"] for c in v],
+                  "test_exact_copy_in_train": [c["test_exact_copy_in_train"] for c in v],
+                  "groups_crossing": [c["groups_crossing"] for c in v]}
+              for p, v in study["copies"].items()}
+    epochs = study["replicates"]["epochs"].dropna()
+    summary = {
+        "dataset": dataset, "profile": profile, "seeds": study["n_seeds"],
+        "cnn": CNN_LABEL, "cnn_epochs": int(epochs.iloc[0]) if len(epochs) else None,
+        "cnn_weights": (str(study["replicates"]["weights"].dropna().iloc[0])
+                        if "weights" in study["replicates"] and study["replicates"]["weights"].notna().any()
+                        else None),
+        "copies": copies,
+        "cells": [{k: v for k, v in c.items() if k != "_boot"} for c in cells],
+        "gaps": gaps,
+    }
+    paths.atomic_write_text(paths.profile_results(dataset, profile) / "leakage_summary.json",
+                            json.dumps(summary, indent=2) + "\n")
+    return table, gap_table, summary
+
+
+def _pct(a, b) -> str:
+    return f"{a:.0f}/{b:.0f}" if b else "0/0"
+
+
+def conclusions(summary: dict) -> list[str]:
+    """What the numbers show, in sentences computed from the summary."""
+    out = []
+    copies = summary["copies"]
+    parts = []
+    for protocol in ("paper", "grouped", "kaggle"):
+        if protocol in copies:
+            c = copies[protocol]
+            parts.append(f"`{protocol}` {_pct(np.mean(c['test_with_copy_in_train']), np.mean(c['n_test']))}"
+                         f" (exact byte copies: {np.mean(c['test_exact_copy_in_train']):.0f})")
+    out.append(f"Test images with a copy (exact or near) in train, mean over {summary['seeds']} split "
+               "seeds: " + ", ".join(parts) + ".")
+    for g in summary["gaps"]:
+        if g["protocol"] != "paper":
+            continue
+        crop = "header cropped" if g["crop"] else "full page"
+        ci = g["accuracy_gap_ci95"]
+        head = (f"{g['classifier']} ({crop}): accuracy {g['accuracy']:.3f} under `paper` vs "
+                f"{g['accuracy_grouped']:.3f} under `grouped`, gap {g['accuracy_gap']:+.3f} "
+                f"(95 % CI {ci[0]:+.3f} to {ci[1]:+.3f})")
+        if g["classifier"] == CNN_LABEL and not g["learned"]:
+            epochs, weights = summary.get("cnn_epochs"), summary.get("cnn_weights")
+            setting = ", ".join(x for x in (
+                f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs else "",
+                {"none": "random initialisation", "imagenet": "ImageNet weights"}.get(weights, weights or ""))
+                if x)
+            out.append(f"{head}: the models did not score above the majority-class rate "
+                       f"({g['majority_rate']:.3f}) under either protocol, i.e. they did not learn in "
+                       f"this profile ({setting}), so no gap is measurable from them; this gap is noise.")
+        elif g["measurable"] and g["accuracy_gap"] > 0:
+            what = ("the split itself leaks: this classifier can only match pictures, and copies of "
+                    "its test images sit in its training set" if g["classifier"] == PROBE_LABEL else
+                    "accuracy under the random split is inflated by copies of training images")
+            out.append(f"{head}: a measurable gap; {what}.")
+        elif g["measurable"]:
+            out.append(f"{head}: measurable, but `grouped` scores higher, so copies did not inflate "
+                       "this number.")
+        else:
+            out.append(f"{head}: no measurable gap (the interval includes 0).")
+    kaggle = [g for g in summary["gaps"] if g["protocol"] == "kaggle" and g["classifier"] == PROBE_LABEL
+              and not g["crop"]]
+    for g in kaggle:
+        ci = g["accuracy_gap_ci95"]
+        out.append(f"{PROBE_LABEL} under `kaggle` (the archive's own folders) vs `grouped`: "
+                   f"{g['accuracy_gap']:+.3f} (95 % CI {ci[0]:+.3f} to {ci[1]:+.3f}).")
+    probe_gaps = [g for g in summary["gaps"] if g["classifier"] == PROBE_LABEL and g["protocol"] == "paper"]
+    if any(g["measurable"] and g["accuracy_gap"] > 0 for g in probe_gaps):
+        out.append("What the gap means: under the random split, part of the test set is answered by "
+                   "recognising a training image, not by reading an ECG. Only the `grouped` number "
+                   "estimates accuracy on ECGs the model has never seen; a random-split accuracy such "
+                   "as the paper's 98 % is an upper bound until it is measured that way.")
+    return out
+
+
+def fig14_leakage(table: pd.DataFrame, summary: dict, dataset: str, profile: str):
+    """Fig. 14: accuracy and macro F1 per protocol, CNN and probe, full page and
+    cropped, with 95 % intervals; x labels say how many test images have a
+    copy in train."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from .figures import data_label, save_figure, use_style
+
+    use_style()
+    protocols = [p for p in ("paper", "grouped", "kaggle") if p in set(table["protocol"])]
+    series = [(c, crop) for c in (CNN_LABEL, PROBE_LABEL) for crop in (False, True)
+              if ((table["classifier"] == c) & (table["crop"] == crop)).any()]
+    colours = sns.color_palette("colorblind", len(series))
+    cells = {(c["classifier"], c["protocol"], c["crop"]): c for c in summary["cells"]}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    width = 0.8 / max(len(series), 1)
+    for ax, metric, label in ((axes[0], "accuracy", "Accuracy"), (axes[1], "f1", "Macro F1")):
+        for k, (classifier, crop) in enumerate(series):
+            xs, ys, lo, hi = [], [], [], []
+            for i, protocol in enumerate(protocols):
+                c = cells.get((classifier, protocol, crop))
+                if c is None:
+                    continue
+                xs.append(i - 0.4 + width * (k + 0.5))
+                ys.append(c[metric])
+                lo.append(c[metric] - c[f"{metric}_ci95"][0])
+                hi.append(c[f"{metric}_ci95"][1] - c[metric])
+            name = f"{classifier}, {'header cropped' if crop else 'full page'}"
+            ax.bar(xs, ys, width * 0.95, yerr=[lo, hi], capsize=3, color=colours[k], label=name)
+        majority = float(np.mean([c["majority_rate"] for c in summary["cells"]]))
+        if metric == "accuracy":
+            ax.axhline(majority, ls="--", color="0.4", lw=1, label=f"majority class ({majority:.2f})")
+        ticks = []
+        for protocol in protocols:
+            cp = summary["copies"][protocol]
+            ticks.append(f"{protocol}\n{np.mean(cp['test_with_copy_in_train']):.0f} of "
+                         f"{np.mean(cp['n_test']):.0f} test images\nhave a copy in train")
+        ax.set_xticks(range(len(protocols)), ticks, fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel(f"{label} (mean over seeds, 95 % CI)")
+    axes[0].legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"Fig. 14: leakage study, {CNN_LABEL} (batch 32, lr 1e-4) and a 1-NN pixel probe per "
+                 f"split protocol, {summary['seeds']} seeds\n{data_label(dataset, profile)}", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, "fig14_leakage", dataset, profile)
+
+
+def cnn_learned(summary: dict) -> bool:
+    return any(c["learned"] for c in summary["cells"] if c["classifier"] == CNN_LABEL)
+
+
+__all__ = ["LEAKAGE_SPEC", "duplicate_crossings", "probe_features", "nn_probe", "run_leakage",
+           "table_leakage", "conclusions", "fig14_leakage", "n_replicates", "cnn_learned"]

@@ -1,0 +1,466 @@
+"""Beyond the paper (notebook 06): leakage, Grad-CAM regions, robustness,
+lightweight models, statistics, ensemble, and the outputs of notebook 06.
+
+The fast tests run on a tiny synthetic twin (duplicates planted like the real
+archive's) or on hand-made predictions; the last test checks what the smoke
+run of notebook 06 left behind (the shared nbval run of ./run_tests.sh, or a
+papermill run of notebook 06 alone in a temporary root).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import binomtest
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+from conftest import point_paths
+from ecgpaper import beyond, leakage, lightweight, robustness, significance
+from ecgpaper.config import CLASS_CODES
+
+
+def _quiet(*_args, **_kwargs):
+    pass
+
+
+@pytest.fixture(scope="module")
+def tiny_twin(tmp_path_factory) -> Path:
+    """A small twin with the real archive's planted copies (about 47 % of files)."""
+    from ecgpaper.synthetic import synthesize
+
+    root = tmp_path_factory.mktemp("twin") / "synthetic-tiny"
+    synthesize(root, distinct_per_class=12, page_size=(320, 227), workers=1, progress=False)
+    return root
+
+
+def _prepare(root, seed=0):
+    from ecgpaper.data import prepare_data
+
+    return prepare_data(root, profile="smoke", seed=seed, image_size=32, progress=False, log=_quiet)
+
+
+# --------------------------------------------------------------------------
+# 1. leakage
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_grouped_split_has_no_cross_subset_duplicates_and_paper_has_some(tiny_twin, seed):
+    from ecgpaper.splits import read_manifest
+
+    prepared = _prepare(tiny_twin, seed)
+    files = prepared.audit.files
+    paper = leakage.duplicate_crossings(read_manifest(prepared.dataset, "paper", seed), files)
+    grouped = leakage.duplicate_crossings(read_manifest(prepared.dataset, "grouped", seed), files)
+    # measured from the bytes (sha256) and the audit groups, not from the manifest's own flag
+    assert grouped["exact_groups_crossing"] == 0 and grouped["groups_crossing"] == 0
+    assert grouped["test_exact_copy_in_train"] == 0 and grouped["test_copy_in_train"] == 0
+    assert paper["exact_groups_crossing"] > 0
+    assert paper["test_exact_copy_in_train"] > 0
+    # and the manifest summary written for the report agrees with the contents
+    summary = json.loads(prepared.manifests["paper"].with_suffix(".json").read_text())
+    assert summary["test_with_copy_in_train"] == paper["test_copy_in_train"]
+
+
+def test_duplicate_crossings_counts_a_planted_copy():
+    files = pd.DataFrame({"path": list("abcd"), "sha256": ["x", "x", "y", "z"], "group": ["g1", "g1", "g2", "g3"]})
+    man = pd.DataFrame({"path": list("abcd"), "subset": ["train", "test", "test", "val"]})
+    c = leakage.duplicate_crossings(man, files)
+    assert c == {"exact_groups_crossing": 1, "groups_crossing": 1, "test_exact_copy_in_train": 1,
+                 "test_copy_in_train": 1, "n_test": 2}
+    man["subset"] = ["test", "test", "train", "val"]
+    assert leakage.duplicate_crossings(man, files)["exact_groups_crossing"] == 0
+
+
+def test_nn_probe_scores_higher_under_paper_than_grouped(tiny_twin):
+    from ecgpaper.experiments import load_run_data
+    from ecgpaper.splits import read_manifest
+
+    acc = {"paper": [], "grouped": []}
+    for seed in (0, 1, 2):
+        prepared = _prepare(tiny_twin, seed)
+        sha = prepared.audit.files.set_index("path")["sha256"]
+        for protocol in acc:
+            data = load_run_data(prepared, protocol, seed)
+            pred = leakage.nn_probe(data.train[0], data.train[1], data.test[0])
+            acc[protocol].append(float((pred == data.test[1]).mean()))
+            if protocol == "paper":
+                man = read_manifest(prepared.dataset, protocol, seed)
+                train_sha = set(sha[man.loc[man["subset"] == "train", "path"]])
+                copied = sha[data.test[2]["path"]].isin(train_sha).to_numpy()
+                assert copied.any()
+                # a test image whose exact bytes are in train is found at distance 0
+                assert (pred[copied] == data.test[1][copied]).all()
+    assert np.mean(acc["paper"]) > np.mean(acc["grouped"]) + 0.2, acc
+
+
+def test_probe_features_keep_exact_copies_exact_and_shrink():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    x[2] = x[0]
+    f = leakage.probe_features(x)
+    assert f.shape == (3, 32 * 32 * 3) and f.dtype == np.float32
+    assert np.array_equal(f[0], f[2]) and not np.array_equal(f[0], f[1])
+    assert leakage.probe_features(rng.integers(0, 256, (2, 50, 50, 3), dtype=np.uint8)).shape == (2, 3072)
+
+
+def _fake_study(cnn_acc: dict, probe_acc: dict, n=40, seeds=2):
+    """A leakage study whose CNN/probe get the given accuracy per protocol."""
+    rng = np.random.default_rng(0)
+    sets, rows = {}, []
+    for classifier, accs in ((leakage.CNN_LABEL, cnn_acc), (leakage.PROBE_LABEL, probe_acc)):
+        for protocol, a in accs.items():
+            for r in range(seeds):
+                y = np.repeat(np.arange(4), n // 4)
+                pred = y.copy()
+                wrong = rng.choice(n, int(round((1 - a) * n)), replace=False)
+                pred[wrong] = (y[wrong] + 1) % 4
+                sets.setdefault((classifier, protocol, False), []).append((y, pred, np.arange(n)))
+                s = beyond.scores(y, pred)
+                rows.append({"classifier": classifier, "protocol": protocol, "crop": False, "replicate": r,
+                             "n_test": n, "test_with_copy_in_train": 30 if protocol == "paper" else 0,
+                             "accuracy": s[0], "f1": s[3], "majority_rate": 0.25,
+                             "epochs": 5 if classifier == leakage.CNN_LABEL else None})
+    copies = {p: [{"n_test": n, "test_copy_in_train": 30 if p == "paper" else 0,
+                   "test_exact_copy_in_train": 25 if p == "paper" else 0, "groups_crossing": 0}] * seeds
+              for p in cnn_acc}
+    return {"dataset": "synthetic-fake", "profile": "smoke", "replicates": pd.DataFrame(rows), "sets": sets,
+            "copies": copies, "run_ids": [], "n_seeds": seeds}
+
+
+def test_leakage_conclusions_are_computed_from_the_numbers():
+    # CNN at chance under both protocols, probe with a large gap
+    study = _fake_study({"paper": 0.25, "grouped": 0.25}, {"paper": 0.9, "grouped": 0.3})
+    table, gaps, summary = leakage.table_leakage(study)
+    assert set(table["protocol"]) == {"paper", "grouped"} and len(gaps) == 2
+    text = "\n".join(leakage.conclusions(summary))
+    assert "did not learn" in text and "no gap is measurable" in text
+    assert "the split itself leaks" in text and "What the gap means" in text
+    probe = gaps[gaps["classifier"] == leakage.PROBE_LABEL].iloc[0]
+    assert probe["measurable"] and probe["accuracy_gap"] == pytest.approx(0.6, abs=0.03)
+    # a CNN that learns and is inflated by copies: measurable gap, no "did not learn"
+    study = _fake_study({"paper": 0.95, "grouped": 0.6}, {"paper": 0.5, "grouped": 0.45})
+    _, gaps, summary = leakage.table_leakage(study)
+    text = "\n".join(leakage.conclusions(summary))
+    assert "did not learn" not in text and "inflated by copies" in text
+    assert "no measurable gap" in text  # the probe's 0.05 gap on 2 x 40 images is not measurable
+    assert "What the gap means" not in text
+    assert (Path(os.environ["ECGPAPER_ROOT"]) / "results/synthetic-fake/smoke/leakage_summary.json").exists()
+
+
+def test_leakage_runs_reuse_the_grid_run_and_lightweight_reuses_the_baseline():
+    from ecgpaper.experiments import experiment_configs
+
+    grid = [c for c in experiment_configs("grid", profile="quick", dataset="d")
+            if (c.batch_size, c.learning_rate) == (32, 1e-4)][0]
+    ours = beyond.scaled_configs([leakage.LEAKAGE_SPEC], profile="quick", dataset="d", seed=0)[0]
+    assert ours == grid and ours.run_id("sha") == grid.run_id("sha")
+    cropped = beyond.scaled_configs([leakage.LEAKAGE_SPEC], profile="quick", dataset="d", crop=True)[0]
+    assert cropped.run_id("sha") != grid.run_id("sha")
+    light = lightweight.lightweight_configs("quick", "d")
+    assert light[:2] == experiment_configs("baseline", profile="quick", dataset="d")
+    assert [c.model for c in light[2:]] == ["MobileNetV2", "EfficientNetB0"]
+    assert all(c.batch_size == 16 and c.learning_rate == 1e-4 and c.epochs == 5 for c in light)
+
+
+# --------------------------------------------------------------------------
+# statistics helpers
+# --------------------------------------------------------------------------
+
+def test_scores_match_scikit_learn():
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        n = int(rng.integers(1, 30))
+        y, p = rng.integers(0, 4, n), rng.integers(0, int(rng.integers(1, 5)), n)
+        pr, rc, f1, _ = precision_recall_fscore_support(y, p, average="macro", zero_division=0)
+        assert np.allclose(beyond.scores(y, p), [accuracy_score(y, p), pr, rc, f1])
+
+
+def test_group_bootstrap_counts_copies_once():
+    y = np.repeat(np.arange(4), 10)
+    pred = y.copy()
+    pred[:10] = 1  # class 0 always wrong
+    boot = beyond.bootstrap_sets([(y, pred, np.arange(40))], n_bootstrap=300)
+    lo, hi = beyond.percentile_ci(boot[:, 0])
+    assert lo < 0.75 < hi
+    perfect = beyond.bootstrap_sets([(y, y, np.arange(40))], n_bootstrap=50)
+    assert np.allclose(perfect, 1.0)
+    # ten copies of each of 4 ECGs are 4 pieces of evidence: a much wider interval
+    groups = np.repeat(np.arange(4), 10)
+    wide = beyond.bootstrap_sets([(y, pred, groups)], n_bootstrap=300)
+    assert np.ptp(beyond.percentile_ci(wide[:, 0])) > 2 * (hi - lo)
+    # paired: two runs on the same images, resampled together
+    paired = beyond.bootstrap_sets([(y, pred, np.arange(40)), (y, pred, np.arange(40))],
+                                   n_bootstrap=50, paired=True)
+    single = beyond.bootstrap_sets([(y, pred, np.arange(40))], n_bootstrap=50)
+    assert np.allclose(paired, single)
+
+
+def _fake_run(dataset, profile, run_id, y, proba, paths_, *, val_accuracy=0.5, model="VGG16"):
+    from ecgpaper.evaluation import predictions_table
+
+    folder = beyond.run_folder(dataset, profile, run_id)
+    folder.mkdir(parents=True)
+    predictions_table(paths_, y, proba).to_csv(folder / "predictions.csv", index=False)
+    config = {"model": model, "protocol": "paper", "split_seed": 0, "crop": False}
+    return {"run_id": run_id, "folder": folder, "config": config, "metrics": {"val_accuracy": val_accuracy}}
+
+
+def _fake_manifest(dataset, paths_, y, groups):
+    from ecgpaper.splits import write_manifest
+
+    man = pd.DataFrame({"path": paths_, "label": [CLASS_CODES[i] for i in y], "subset": "test",
+                        "group": groups, "copy_in_train": False})
+    train = pd.DataFrame({"path": [f"train{i}.jpg" for i in range(4)], "label": list(CLASS_CODES),
+                          "subset": "train", "group": ["t0", "t1", "t2", "t3"], "copy_in_train": False})
+    man = pd.concat([man, train], ignore_index=True)
+    man.loc[man["group"] == "g0", "group"] = "t0"  # group g0's images have a copy in train
+    man.loc[man["group"] == "t0", "copy_in_train"] = man["subset"] != "train"
+    write_manifest(man.sort_values("path").reset_index(drop=True), dataset, "paper", 0, "sha")
+
+
+def test_mcnemar_row_pairs_the_same_test_images():
+    dataset, profile = "synthetic-fake", "smoke"
+    n = 30
+    y = np.arange(n) % 4
+    paths_ = [f"img{i:02d}.jpg" for i in range(n)]
+    _fake_manifest(dataset, paths_, y, [f"g{i // 2}" for i in range(n)])
+    ok_a = np.ones(n, bool)
+    ok_a[:3] = False
+    ok_b = np.ones(n, bool)
+    ok_b[3:11] = False
+    runs = []
+    for name, ok in (("a", ok_a), ("b", ok_b)):
+        pred = np.where(ok, y, (y + 1) % 4)
+        runs.append(_fake_run(dataset, profile, name, y, np.eye(4)[pred], paths_,
+                              model="VGG16" if name == "a" else "ResNet50"))
+    row = significance.mcnemar_row("A vs B", dataset, profile, runs[0], runs[1], n_bootstrap=200)
+    assert (row["mcnemar_b"], row["mcnemar_c"]) == (8, 3)
+    assert row["p_value"] == pytest.approx(binomtest(8, 11, 0.5).pvalue)
+    assert row["ours"] == pytest.approx(ok_a.mean() - ok_b.mean())
+    assert row["distinct_ecgs_in_test"] == 15 and row["test_with_copy_in_train"] == 2  # img00, img01
+    head = significance.headline_row("A acc", dataset, profile, [runs[0]], "accuracy", 0.5, n_bootstrap=200)
+    assert head["ours"] == pytest.approx(27 / 30) and head["paper_inside_ci_groups"] is False
+    lo, hi = (float(v) for v in head["ci95_groups"].split("-"))
+    assert lo <= 27 / 30 <= hi
+    lines = significance.report_lines(pd.DataFrame([head, row]))
+    assert any("McNemar: 8 images only VGG16 gets right, 3 only ResNet50" in s for s in lines)
+    other = _fake_run(dataset, profile, "c", y[::-1], np.eye(4)[y[::-1]], paths_[::-1])
+    with pytest.raises(ValueError, match="same images"):
+        significance.mcnemar_row("A vs C", dataset, profile, runs[0], other)
+
+
+def test_soft_vote_averages_probabilities_and_members_are_chosen_by_validation():
+    dataset, profile = "synthetic-fake", "smoke"
+    y = np.array([0, 1, 2, 3])
+    paths_ = [f"p{i}.jpg" for i in range(4)]
+    p1 = np.array([[.6, .4, 0, 0], [.6, .4, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    p2 = np.array([[.45, .55, 0, 0], [0, 1, 0, 0], [0, 0, .4, .6], [0, 0, 0, 1]])
+    for name, p in (("r1", p1), ("r2", p2)):
+        _fake_run(dataset, profile, name, y, p, paths_)
+    vote = lightweight.soft_vote(dataset, profile, ["r1", "r2"], n_bootstrap=50)
+    assert np.allclose(vote["proba"], (p1 + p2) / 2)
+    assert list(vote["pred"]) == [0, 1, 2, 3] and vote["accuracy"] == 1.0  # alone: 3 and 2 of 4
+    table = pd.DataFrame({"run_id": ["a", "b", "c"], "val_accuracy": [0.5, 0.9, 0.9],
+                          "val_loss": [0.1, 0.8, 0.3], "params_millions": [1, 1, 1], "accuracy": [1.0, 0.1, 0.1]})
+    assert lightweight.choose_members(table, 2) == ["c", "b"]  # never by test accuracy
+    _fake_run(dataset, profile, "r3", y[::-1], p1, paths_[::-1])
+    with pytest.raises(ValueError, match="same test images"):
+        lightweight.soft_vote(dataset, profile, ["r1", "r3"])
+
+
+def test_latency_and_deployable_size_of_a_small_model(tmp_path):
+    import keras
+
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(4, activation="softmax")(x))
+    lat = lightweight.measure_latency(model, 32, n_calls=10, warmup=2)
+    assert 0 < lat["latency_ms"] <= lat["latency_p90_ms"] and lat["latency_calls"] == 10
+    size = lightweight.deployable_size_mb(model)
+    model.compile("adam", "categorical_crossentropy")
+    model.fit(np.zeros((4, 32, 32, 3)), np.eye(4), epochs=1, verbose=0)
+    model.save(tmp_path / "with_optimizer.keras")
+    assert 0 < size * 2**20 < (tmp_path / "with_optimizer.keras").stat().st_size
+
+
+# --------------------------------------------------------------------------
+# 2. Grad-CAM regions
+# --------------------------------------------------------------------------
+
+def test_page_regions_split_the_input_into_header_grid_and_footer():
+    from ecgpaper.config import HEADER_CROP_FRACTIONS
+    from ecgpaper.interpretability import heat_shares, page_regions
+
+    full = page_regions(crop=False)
+    assert full["header"] == (0.0, 0.0, 1.0, HEADER_CROP_FRACTIONS[1])
+    assert full["grid"] == pytest.approx(HEADER_CROP_FRACTIONS)
+    cropped = page_regions(crop=True)
+    assert cropped["header"] is None and cropped["grid"] == (0.0, 0.0, 1.0, 1.0)
+    letter = page_regions(crop=False, fit="letterbox")
+    assert 0 < letter["header"][1] < letter["header"][3] < 0.5 and letter["header"][2] == 1.0
+    heat = np.zeros((10, 10))
+    heat[0, :] = 1.0  # all heat in the top tenth: inside the header band (top 18 %)
+    shares = heat_shares(np.stack([heat, np.zeros((10, 10))]), crop=False)
+    assert shares.loc[0, "header"] == pytest.approx(1.0) and shares.loc[0, "grid"] == pytest.approx(0.0)
+    assert shares.loc[1].isna().all()  # an empty heat map has no shares
+    assert heat_shares(heat[None], crop=True).loc[0, "header"] == 0.0
+
+
+# --------------------------------------------------------------------------
+# 3. robustness
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pages():
+    from ecgpaper.synthetic import render_page
+
+    return np.stack([np.asarray(render_page(code, np.random.default_rng(i), (256, 182), patient_id="0000-0000",
+                                            date="2020-01-01 10:00"), np.float32)
+                     for i, code in enumerate(("MI", "NORM"))])
+
+
+@pytest.mark.parametrize("name", list(robustness.CORRUPTIONS))
+def test_corruptions_change_pages_monotonically_with_severity(pages, name):
+    from ecgpaper.preprocess import PreprocessSettings
+
+    assert np.array_equal(robustness.corrupt(pages, name, 0), pages)
+    diffs, inputs = [], []
+    clean = robustness.to_model_inputs(pages, PreprocessSettings(64)).astype(float)
+    for severity in robustness.SEVERITIES:
+        out = robustness.corrupt(pages, name, severity, seed=3)
+        assert out.shape == pages.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 255
+        diffs.append(float(np.abs(out - pages).mean()))
+        inputs.append(float(np.abs(robustness.to_model_inputs(out, PreprocessSettings(64)) - clean).mean()))
+    assert diffs[0] > 0
+    assert all(b >= a for a, b in zip(diffs, diffs[1:])), (name, diffs)
+    assert inputs[-1] > inputs[0] >= 0, (name, inputs)  # 0.25 mm of blur is below one input pixel
+    assert np.array_equal(robustness.corrupt(pages, name, 3, seed=3), robustness.corrupt(pages, name, 3, seed=3))
+
+
+def test_corruption_levels_are_validated():
+    with pytest.raises(ValueError, match="unknown corruption"):
+        robustness.level("fog", 1)
+    with pytest.raises(ValueError, match="severity"):
+        robustness.level("blur", 9)
+    assert robustness.level("jpeg", 5) == 5 and robustness.level("jpeg", 0) == 0
+
+
+def test_robustness_summary_says_when_a_curve_is_flat_by_construction():
+    rows = []
+    for model, clean in (("VGG16", 0.25), ("1-NN probe", 0.9)):
+        for c in ("blur", "jpeg"):
+            for s in range(3):
+                rows.append({"model": model, "corruption": c, "severity": s,
+                             "accuracy": clean if model == "VGG16" else clean - 0.2 * s, "majority_rate": 0.25})
+    text = robustness.summary_sentences(pd.DataFrame(rows))
+    assert "flat by construction" in text[0] and "flat by construction" not in text[1]
+    assert "worst blur (0.500)" in text[1]
+
+
+# --------------------------------------------------------------------------
+# REPORT.md and notebook 06
+# --------------------------------------------------------------------------
+
+def test_report_builds_without_notebook_06_and_says_so():
+    from ecgpaper.report import write_report
+
+    text = write_report("synthetic-none", "smoke").read_text()
+    assert "## Beyond the paper" in text and "Not run yet: notebook `06_beyond_the_paper`" in text
+
+
+FIGURES, TABLES = beyond.output_names()
+
+
+@pytest.fixture(scope="module")
+def notebook_run_root(tmp_path_factory):
+    """The shared smoke run of ./run_tests.sh, else notebook 06 alone via papermill."""
+    given = os.environ.get("ECGPAPER_NOTEBOOK_RUN")
+    if given:
+        return Path(given)
+    from ecgpaper.runner import run_notebooks
+
+    root = tmp_path_factory.mktemp("notebook06-run")
+    mp = pytest.MonkeyPatch()
+    point_paths(mp, root)
+    try:
+        run_notebooks("smoke", only=["06_beyond_the_paper"], log=_quiet)
+    finally:
+        mp.undo()
+    return root
+
+
+@pytest.mark.slow
+def test_notebook_06_leaves_every_figure_table_and_report_section(notebook_run_root):
+    figs = notebook_run_root / "figures/synthetic-smoke/smoke"
+    results = notebook_run_root / "results/synthetic-smoke/smoke"
+    assert FIGURES == ["fig14_leakage", "fig15_gradcam_grid", "fig16_robustness", "fig17_accuracy_vs_latency"]
+    for name in FIGURES:
+        for ext in ("png", "pdf"):
+            f = figs / f"{name}.{ext}"
+            assert f.exists() and f.stat().st_size > 1000, f
+    for name in TABLES:
+        for ext in ("csv", "md"):
+            f = results / f"{name}.{ext}"
+            assert f.exists() and f.stat().st_size > 0, f
+        assert "synthetic-smoke" in (results / f"{name}.md").read_text()
+    report = (results / "REPORT.md").read_text()
+    assert "## Beyond the paper" in report and "Not run yet: notebook `06" not in report
+    for name in FIGURES:
+        assert f"{name}.png" in report
+    # the Done-when numbers on the twin with planted duplicates
+    summary = json.loads((results / "leakage_summary.json").read_text())
+    assert all(n == 0 for n in summary["copies"]["grouped"]["test_with_copy_in_train"])
+    assert all(n > 0 for n in summary["copies"]["paper"]["test_exact_copy_in_train"])
+    probe = [g for g in summary["gaps"] if g["classifier"] == leakage.PROBE_LABEL and g["protocol"] == "paper"]
+    assert probe and all(g["measurable"] and g["accuracy_gap"] > 0.2 for g in probe), probe
+    light = pd.read_csv(results / "table_lightweight.csv", keep_default_na=False)
+    assert {"VGG16", "ResNet50", "MobileNetV2", "EfficientNetB0"} <= set(light["model"])
+    assert light["model"].str.startswith("Ensemble").sum() == 1
+    rob = pd.read_csv(results / "table_robustness.csv")
+    assert set(rob["corruption"]) == set(robustness.CORRUPTIONS)
+    assert set(rob["severity"]) == {0, *robustness.SEVERITIES}
+    stats = pd.read_csv(results / "table_statistics.csv", keep_default_na=False)
+    assert stats["test"].str.startswith("McNemar").any() and (stats["number"] == "baseline VGG16 accuracy").any()
+
+
+def test_leakage_study_trains_each_cell_once_and_resumes(tiny_twin, monkeypatch):
+    """The orchestration, with training replaced by a constant classifier."""
+    from ecgpaper import paths
+    from ecgpaper.evaluation import predictions_table
+    from ecgpaper.training import append_record
+
+    calls = []
+
+    def fake_train_run(config, data, verbose=0, log=print):
+        run_id = config.run_id(data.manifest_sha)
+        folder = paths.profile_results(config.dataset, config.profile) / "runs" / run_id
+        folder.mkdir(parents=True)
+        y = data.test[1]
+        predictions_table(data.test[2]["path"], y, np.eye(4)[np.zeros_like(y)]).to_csv(
+            folder / "predictions.csv", index=False)
+        (folder / "metrics.json").write_text("{}")
+        append_record(config.dataset, config.profile, {"run_id": run_id, "config": config.to_dict()})
+        calls.append(config)
+
+    monkeypatch.setattr(beyond, "train_run", fake_train_run)
+    study = leakage.run_leakage("smoke", tiny_twin, n_seeds=2, log=_quiet)
+    cells = {(c.protocol, c.crop, c.seed, c.split_seed) for c in calls}
+    assert len(calls) == len(cells) == 2 * (3 + 2)  # crop under paper and grouped only
+    assert {(c.model, c.batch_size, c.learning_rate) for c in calls} == {("VGG16", 32, 1e-4)}
+    reps = study["replicates"]
+    assert len(reps) == 2 * len(calls)
+    cnn = reps[reps["classifier"] == leakage.CNN_LABEL]
+    assert (cnn["accuracy"] <= cnn["majority_rate"] + 1e-9).all()  # a constant answer cannot beat it
+    assert (reps.loc[reps["protocol"] == "grouped", "test_exact_copy_in_train"] == 0).all()
+    assert (reps.loc[reps["protocol"] == "paper", "test_exact_copy_in_train"] > 0).all()
+    leakage.run_leakage("smoke", tiny_twin, n_seeds=2, log=_quiet)
+    assert len(calls) == 10  # everything reused
+    from ecgpaper.experiments import experiment_file
+
+    recorded = json.loads(experiment_file("leakage", study["dataset"], "smoke").read_text())
+    assert recorded["run_ids"] == study["run_ids"] and len(set(recorded["run_ids"])) == 10
