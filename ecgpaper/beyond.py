@@ -65,28 +65,6 @@ def output_names() -> tuple[list[str], list[str]]:
 # runs
 # --------------------------------------------------------------------------
 
-def scaled_configs(specs: list[dict], *, profile: str, dataset: str, protocol: str = "paper",
-                   split_seed: int = 0, crop: bool = False, fit: str = "resize",
-                   weights: str | None = None, early_stopping: bool = False,
-                   **overrides) -> list[RunConfig]:
-    """RunConfigs for explicit run specs, scaled by ``profile`` exactly as
-    ``experiments.experiment_configs`` scales the paper's experiments (epochs
-    times ``epochs_scale``, the profile's image size and weights), so the same
-    setting gets the same run id and a finished run is reused."""
-    from .experiments import resolve_weights
-
-    prof = get_profile(profile)
-    configs = []
-    for spec in specs:
-        spec = dict(spec)
-        spec["epochs"] = max(prof.min_epochs, round(spec["epochs"] * prof.epochs_scale))
-        configs.append(RunConfig(
-            **spec, weights=resolve_weights(weights or prof.weights, spec["model"], prof.image_size),
-            image_size=prof.image_size, protocol=protocol, split_seed=split_seed, crop=crop,
-            fit=fit, dataset=dataset, profile=profile, early_stopping=early_stopping, **overrides))
-    return configs
-
-
 def run_configs(configs: list[RunConfig], data: RunData, *, name: str = "beyond",
                 verbose: int = 0, log=print) -> list[dict]:
     """Train the configs that have no finished run yet (resume as in

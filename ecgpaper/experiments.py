@@ -51,12 +51,13 @@ def resolve_weights(weights: str, model: str, image_size: int) -> str:
     return "imagenet" if weights_status(model, image_size=image_size).get("usable") else "none"
 
 
-def experiment_configs(name: str, *, profile: str, dataset: str, protocol: str = "paper",
-                       split_seed: int = 0, weights: str | None = None, crop: bool = False,
-                       fit: str = "resize", early_stopping: bool = False, **overrides) -> list[RunConfig]:
-    """The runs of experiment ``name``, scaled by ``profile``."""
-    if name not in EXPERIMENTS:
-        raise UserError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
+def scaled_configs(specs: list[dict], *, profile: str, dataset: str, protocol: str = "paper",
+                   split_seed: int = 0, weights: str | None = None, crop: bool = False,
+                   fit: str = "resize", early_stopping: bool = False, **overrides) -> list[RunConfig]:
+    """RunConfigs for run specs (model, batch_size, learning_rate, epochs[, seed]) scaled by
+    ``profile``: the paper's epochs times ``epochs_scale``, the profile's image size and
+    weights. Every experiment goes through here, so one setting has one run id and a
+    finished run is reused by any experiment that needs it."""
     prof = get_profile(profile)
     if profile == "paper" and not {"mixed_precision", "xla"} & set(overrides):
         from .training import gpu_count
@@ -65,7 +66,7 @@ def experiment_configs(name: str, *, profile: str, dataset: str, protocol: str =
         fast = gpu_count() > 0
         overrides = {**overrides, "mixed_precision": fast, "xla": fast}
     configs = []
-    for spec in EXPERIMENTS[name]:
+    for spec in specs:
         spec = dict(spec)
         spec["epochs"] = max(prof.min_epochs, round(spec["epochs"] * prof.epochs_scale))
         configs.append(RunConfig(
@@ -73,6 +74,13 @@ def experiment_configs(name: str, *, profile: str, dataset: str, protocol: str =
             image_size=prof.image_size, protocol=protocol, split_seed=split_seed, crop=crop,
             fit=fit, dataset=dataset, profile=profile, early_stopping=early_stopping, **overrides))
     return configs
+
+
+def experiment_configs(name: str, **kwargs) -> list[RunConfig]:
+    """The runs of the paper's experiment ``name`` (see :func:`scaled_configs` for kwargs)."""
+    if name not in EXPERIMENTS:
+        raise UserError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
+    return scaled_configs(EXPERIMENTS[name], **kwargs)
 
 
 def load_run_data(prepared, protocol: str, split_seed: int = 0,

@@ -19,7 +19,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from conftest import point_paths
-from ecgpaper import beyond, leakage, lightweight, robustness, significance
+from ecgpaper import beyond, experiments, leakage, lightweight, robustness, significance
 from ecgpaper.config import CLASS_CODES
 
 
@@ -156,9 +156,9 @@ def test_leakage_runs_reuse_the_grid_run_and_lightweight_reuses_the_baseline():
 
     grid = [c for c in experiment_configs("grid", profile="quick", dataset="d")
             if (c.batch_size, c.learning_rate) == (32, 1e-4)][0]
-    ours = beyond.scaled_configs([leakage.LEAKAGE_SPEC], profile="quick", dataset="d", seed=0)[0]
+    ours = experiments.scaled_configs([leakage.LEAKAGE_SPEC], profile="quick", dataset="d", seed=0)[0]
     assert ours == grid and ours.run_id("sha") == grid.run_id("sha")
-    cropped = beyond.scaled_configs([leakage.LEAKAGE_SPEC], profile="quick", dataset="d", crop=True)[0]
+    cropped = experiments.scaled_configs([leakage.LEAKAGE_SPEC], profile="quick", dataset="d", crop=True)[0]
     assert cropped.run_id("sha") != grid.run_id("sha")
     light = lightweight.lightweight_configs("quick", "d")
     assert light[:2] == experiment_configs("baseline", profile="quick", dataset="d")
