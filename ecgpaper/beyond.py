@@ -35,7 +35,7 @@ import pandas as pd
 from . import paths
 from .config import CLASS_CODES, get_profile
 from .errors import UserError
-from .training import RunConfig, RunData, finished_run_ids, read_registry, train_run
+from .training import RunData
 
 #: Every output of notebook 06, by stage: (figures, tables). Stable names.
 OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -64,36 +64,6 @@ def output_names() -> tuple[list[str], list[str]]:
 # --------------------------------------------------------------------------
 # runs
 # --------------------------------------------------------------------------
-
-def run_configs(configs: list[RunConfig], data: RunData, *, name: str = "beyond",
-                verbose: int = 0, log=print) -> list[dict]:
-    """Train the configs that have no finished run yet (resume as in
-    ``run_experiment``); return their registry records in order."""
-    if not configs:
-        return []
-    dataset, profile = configs[0].dataset, configs[0].profile
-    done = finished_run_ids(dataset, profile)
-    for i, config in enumerate(configs, 1):
-        run_id = config.run_id(data.manifest_sha)
-        if run_id in done:
-            log(f"[{name} {i}/{len(configs)}] {run_id}: already done, reused")
-            continue
-        log(f"[{name} {i}/{len(configs)}] training {run_id}")
-        train_run(config, data, verbose=verbose, log=log)
-    by_id = {r["run_id"]: r for r in read_registry(dataset, profile)}
-    return [by_id[c.run_id(data.manifest_sha)] for c in configs]
-
-
-def record_experiment(name: str, dataset: str, profile: str, run_ids: list[str], **info) -> Path:
-    """Write ``experiments/<name>.json`` like ``run_experiment`` does, so
-    ``experiments.experiment_runs(name, ...)`` loads the runs."""
-    from .experiments import experiment_file
-
-    out = experiment_file(name, dataset, profile)
-    paths.atomic_write_text(out, json.dumps({"experiment": name, "dataset": dataset, "profile": profile,
-                                             "run_ids": list(run_ids), **info}, indent=2) + "\n")
-    return out
-
 
 class DataSource:
     """Prepared data per (split seed, crop), made once (``data.prepare_data``

@@ -104,7 +104,8 @@ def load_run_data(prepared, protocol: str, split_seed: int = 0,
 
 
 def run_experiment(name: str, *, profile: str = "quick", data_root=None, dataset_name=None,
-                   copy: str | None = None, class_map=None, protocol: str = "paper", split_seed: int = 0, weights: str | None = None,
+                   copy: str | None = None, class_map=None, protocol: str = "paper",
+                   split_seed: int = 0, weights: str | None = None,
                    crop: bool = False, fit: str = "resize", early_stopping: bool = False,
                    export: bool = True, verbose: int = 2, log=print, **overrides) -> list[dict]:
     """Run (or resume) an experiment; return its registry records in order."""
@@ -112,14 +113,29 @@ def run_experiment(name: str, *, profile: str = "quick", data_root=None, dataset
 
     prof = get_profile(profile)
     prepared = prepare_data(data_root, profile=profile, dataset_name=dataset_name, copy=copy,
-                            class_map=class_map, seed=split_seed, image_size=prof.image_size, fit=fit, crop=crop,
-                            progress=verbose > 0, log=log)
+                            class_map=class_map, seed=split_seed, image_size=prof.image_size,
+                            fit=fit, crop=crop, progress=verbose > 0, log=log)
     configs = experiment_configs(name, profile=profile, dataset=prepared.dataset, protocol=protocol,
                                  split_seed=split_seed, weights=weights, crop=crop, fit=fit,
                                  early_stopping=early_stopping, **overrides)
     data = load_run_data(prepared, protocol, split_seed, configs[0].limit_train_per_class)
-    done = finished_run_ids(prepared.dataset, profile)
     t0 = time.perf_counter()
+    records = run_configs(configs, data, name=name, verbose=verbose, log=log)
+    log(f"experiment {name} ({profile}, dataset {prepared.dataset}): {time.perf_counter() - t0:.0f} s")
+    record_experiment(name, prepared.dataset, profile, [r["run_id"] for r in records], protocol=protocol)
+    if export:
+        export_best(prepared.dataset, profile, log=log)
+    return records
+
+
+def run_configs(configs: list[RunConfig], data: RunData, *, name: str = "runs",
+                verbose: int = 0, log=print) -> list[dict]:
+    """Train the configs that have no finished run yet (a killed run is redone);
+    return their registry records in order."""
+    if not configs:
+        return []
+    dataset, profile = configs[0].dataset, configs[0].profile
+    done = finished_run_ids(dataset, profile)
     for i, config in enumerate(configs, 1):
         run_id = config.run_id(data.manifest_sha)
         if run_id in done:
@@ -127,16 +143,17 @@ def run_experiment(name: str, *, profile: str = "quick", data_root=None, dataset
             continue
         log(f"[{name} {i}/{len(configs)}] training {run_id}")
         train_run(config, data, verbose=verbose, log=log)
-    log(f"experiment {name} ({profile}, dataset {prepared.dataset}): {time.perf_counter() - t0:.0f} s")
-    ids = [c.run_id(data.manifest_sha) for c in configs]
-    by_id = {r["run_id"]: r for r in read_registry(prepared.dataset, profile)}
-    records = [by_id[i] for i in ids]
-    paths.atomic_write_text(experiment_file(name, prepared.dataset, profile), json.dumps(
-        {"experiment": name, "dataset": prepared.dataset, "profile": profile, "protocol": protocol,
-         "run_ids": ids}, indent=2) + "\n")
-    if export:
-        export_best(prepared.dataset, profile, log=log)
-    return records
+    by_id = {r["run_id"]: r for r in read_registry(dataset, profile)}
+    return [by_id[c.run_id(data.manifest_sha)] for c in configs]
+
+
+def record_experiment(name: str, dataset: str, profile: str, run_ids: list[str], **info) -> Path:
+    """Write ``experiments/<name>.json`` (the run ids, in order) so that
+    :func:`experiment_runs` and the figures find an experiment's runs."""
+    out = experiment_file(name, dataset, profile)
+    paths.atomic_write_text(out, json.dumps({"experiment": name, "dataset": dataset, "profile": profile,
+                                             "run_ids": list(run_ids), **info}, indent=2) + "\n")
+    return out
 
 
 def experiment_file(name: str, dataset: str, profile: str) -> Path:

@@ -33,7 +33,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from . import paths  # noqa: E402
-from .config import CLASS_CODES, CLASS_NAMES, FILE_PREFIXES, PAPER_RESULTS  # noqa: E402
+from .config import CLASS_CODES, CLASS_NAMES, PAPER_RESULTS  # noqa: E402
 
 METRICS = ("accuracy", "precision", "recall", "f1")
 METRIC_LABELS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1-score"}

@@ -29,9 +29,9 @@ import pandas as pd
 
 from . import paths
 from .beyond import (DataSource, acc_f1, bootstrap_sets, fmt_ci, label_indices, load_predictions,
-                     majority_rate, percentile_ci, record_experiment, run_configs)
+                     majority_rate, percentile_ci)
 from .config import SPLIT_PROTOCOLS
-from .experiments import scaled_configs
+from .experiments import record_experiment, run_configs, scaled_configs
 
 #: The paper's best VGG16 cell (section 4, Table 1: batch 32, lr 1e-4, 20 epochs).
 LEAKAGE_SPEC = dict(model="VGG16", batch_size=32, learning_rate=1e-4, epochs=20)

@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from .beyond import (DataSource, acc_f1, bootstrap_sets, fmt_ci, label_indices, load_predictions,
-                     percentile_ci, probabilities, record_experiment, run_configs, same_test_images)
-from .experiments import scaled_configs
+                     percentile_ci, probabilities, same_test_images)
+from .experiments import record_experiment, run_configs, scaled_configs
 
 #: the paper's baseline setting (section 4) for the lighter backbones
 LIGHT_SPECS = [dict(model=m, batch_size=16, learning_rate=1e-4, epochs=20)

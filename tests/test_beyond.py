@@ -447,7 +447,7 @@ def test_leakage_study_trains_each_cell_once_and_resumes(tiny_twin, monkeypatch)
         append_record(config.dataset, config.profile, {"run_id": run_id, "config": config.to_dict()})
         calls.append(config)
 
-    monkeypatch.setattr(beyond, "train_run", fake_train_run)
+    monkeypatch.setattr(experiments, "train_run", fake_train_run)
     study = leakage.run_leakage("smoke", tiny_twin, n_seeds=2, log=_quiet)
     cells = {(c.protocol, c.crop, c.seed, c.split_seed) for c in calls}
     assert len(calls) == len(cells) == 2 * (3 + 2)  # crop under paper and grouped only
