@@ -17,7 +17,6 @@ image, SVG/HTML, damaged, animated).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import struct
@@ -127,14 +126,6 @@ def decode_upload(data: bytes, *, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels:
     return img
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 #: metadata keys the classifier and the web service read
 _METADATA_KEYS = ("model_file", "model_sha256", "model", "run_id", "class_codes", "class_names",
                   "input_size", "preprocessing", "dataset", "synthetic", "profile", "protocol",
@@ -173,7 +164,7 @@ class Classifier:
         if not model_file.is_file():
             raise ModelUnavailable(f"{meta_path} names {model_file.name}, which is missing. "
                                    + NO_MODEL_MESSAGE)
-        if _sha256_file(model_file) != meta["model_sha256"]:
+        if paths.file_digest(model_file) != meta["model_sha256"]:
             raise ModelUnavailable(f"{model_file} does not match the sha256 in {meta_path} (a "
                                    "partial copy, or a model from another export). Export again: "
                                    "`python -m ecgpaper export`.")

@@ -13,7 +13,6 @@ file to put where (``weights_status`` reports the same facts).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import keras
 
 from .errors import UserError
+from .paths import file_digest
 
 MODEL_NAMES: tuple[str, ...] = ("VGG16", "ResNet50", "MobileNetV2", "EfficientNetB0")
 
@@ -92,14 +92,6 @@ def _keras_home_from_env() -> str:
     return os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def weights_status(name: str, *, image_size: int = 224) -> dict:
     """Where Keras looks for ``name``'s ImageNet notop file and whether it is usable.
 
@@ -116,7 +108,7 @@ def weights_status(name: str, *, image_size: int = 224) -> dict:
     folder = _keras_models_dir(_keras_home_from_env())
     path = folder / file_name
     present = path.is_file()
-    md5_ok = (_md5(path) == spec.md5) if present and spec.md5 else None
+    md5_ok = (file_digest(path, "md5") == spec.md5) if present and spec.md5 else None
     return {
         "model": name, "file_name": file_name, "folder": str(folder), "path": str(path),
         "url": spec.url_folder + file_name, "present": present,

@@ -54,6 +54,17 @@ def cache_dir(dataset: str) -> Path:
     return CACHE / dataset
 
 
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB chunks (model files are hundreds of MB)."""
+    import hashlib
+
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that a crash never leaves half a file."""
     path = Path(path)

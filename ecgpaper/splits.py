@@ -16,7 +16,6 @@ files that have a copy in train, and the hash of the inventory it came from.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -148,7 +147,3 @@ def read_manifest(dataset: str, protocol: str, seed: int = 0) -> pd.DataFrame:
     man = pd.read_csv(p, keep_default_na=False)
     man["copy_in_train"] = man["copy_in_train"].astype(str).str.lower().eq("true")
     return man
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -31,6 +31,24 @@ def point_paths(monkeypatch, root: Path) -> Path:
     return root
 
 
+def smoke_notebook_run(tmp_path_factory, only=None) -> Path:
+    """Where the smoke-profile notebook run lives: the one ./run_tests.sh made under
+    nbval (ECGPAPER_NOTEBOOK_RUN), else a fresh papermill run of ``only`` (all if None)."""
+    given = os.environ.get("ECGPAPER_NOTEBOOK_RUN")
+    if given:
+        return Path(given)
+    from ecgpaper.runner import run_notebooks
+
+    root = tmp_path_factory.mktemp("notebook-run")
+    mp = pytest.MonkeyPatch()
+    point_paths(mp, root)
+    try:
+        run_notebooks("smoke", only=only, log=lambda *_: None)
+    finally:
+        mp.undo()
+    return root
+
+
 @pytest.fixture(autouse=True)
 def project_root(tmp_path, monkeypatch):
     """Point data/, results/, figures/, models/ at a fresh temporary folder."""

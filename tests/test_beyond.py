@@ -18,7 +18,7 @@ import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-from conftest import point_paths
+from conftest import smoke_notebook_run
 from ecgpaper import beyond, experiments, leakage, lightweight, robustness, significance
 from ecgpaper.config import CLASS_CODES
 
@@ -379,19 +379,7 @@ FIGURES, TABLES = beyond.output_names()
 @pytest.fixture(scope="module")
 def notebook_run_root(tmp_path_factory):
     """The shared smoke run of ./run_tests.sh, else notebook 06 alone via papermill."""
-    given = os.environ.get("ECGPAPER_NOTEBOOK_RUN")
-    if given:
-        return Path(given)
-    from ecgpaper.runner import run_notebooks
-
-    root = tmp_path_factory.mktemp("notebook06-run")
-    mp = pytest.MonkeyPatch()
-    point_paths(mp, root)
-    try:
-        run_notebooks("smoke", only=["06_beyond_the_paper"], log=_quiet)
-    finally:
-        mp.undo()
-    return root
+    return smoke_notebook_run(tmp_path_factory, only=["06_beyond_the_paper"])
 
 
 @pytest.mark.slow

@@ -9,12 +9,11 @@ it, this module executes them itself with papermill.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from conftest import point_paths
+from conftest import smoke_notebook_run
 from ecgpaper.report import paper_numbers
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -40,19 +39,7 @@ def test_notebooks_are_committed_without_outputs_and_have_one_parameters_cell():
 
 @pytest.fixture(scope="module")
 def smoke_run_root(tmp_path_factory):
-    given = os.environ.get("ECGPAPER_NOTEBOOK_RUN")
-    if given:
-        return Path(given)
-    from ecgpaper.runner import run_notebooks
-
-    root = tmp_path_factory.mktemp("notebook-run")
-    mp = pytest.MonkeyPatch()
-    point_paths(mp, root)
-    try:
-        run_notebooks("smoke", log=lambda *_: None)
-    finally:
-        mp.undo()
-    return root
+    return smoke_notebook_run(tmp_path_factory)
 
 
 def test_a_smoke_run_of_all_notebooks_leaves_every_figure_table_and_report_row(smoke_run_root):
