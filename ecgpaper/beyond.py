@@ -44,6 +44,7 @@ OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "robustness": (("fig16_robustness",), ("table_robustness",)),
     "lightweight": (("fig17_accuracy_vs_latency",), ("table_lightweight",)),
     "statistics": ((), ("table_statistics",)),
+    "input_ablation": ((), ("table_input_ablation",)),
 }
 
 FIGURE_CAPTIONS = {
@@ -281,6 +282,11 @@ def report_lines(dataset: str, profile: str) -> list[str]:
 
             lines += ["### Lightweight models and the ensemble", ""]
             lines += [f"- {s}" for s in light_sentences(light)] + [""]
+        ablation = _read_table(dataset, profile, "table_input_ablation")
+        if ablation is not None:
+            found = True
+            lines += ["### Inputs that match the weights: scaling x BatchNorm (3.1.1, 3.5)", "",
+                      ablation.drop(columns=["run"]).to_markdown(index=False, floatfmt=".3f"), ""]
     except Exception as exc:  # the report must build even if one table is malformed
         lines += [f"(the beyond-the-paper section could not be built: {type(exc).__name__}: {exc})", ""]
     if not found:

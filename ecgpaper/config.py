@@ -56,6 +56,10 @@ BATCH_SIZES = (16, 32)  # 3.3, Table 1
 LEARNING_RATES = (1e-3, 1e-4, 1e-5)  # 3.3, Table 1
 EARLY_STOPPING_PATIENCE = 5  # 3.1
 SPLIT_PROTOCOLS = ("paper", "grouped", "kaggle")
+#: Training images of the paper's runs: 70 % of the 3,951 files of the archive's
+#: ECG_DATA copy (3.1). With it the package states each experiment's optimizer
+#: steps beside the paper's (e.g. baseline: ceil(2765 / 16) x 20 = 3,460).
+PAPER_TRAIN_IMAGES = 2765
 
 #: Numbers the paper reports, machine-readable, for side-by-side tables.
 PAPER_RESULTS = {
@@ -86,6 +90,20 @@ PAPER_RESULTS = {
 # --------------------------------------------------------------------------
 
 
+#: Training recipes (docs/training_recipe.md). "paper": the paper's single phase,
+#: the whole network fine-tuned from the first step (3.5). "transfer": the
+#: keras.io transfer-learning recipe, a named deviation for CPU budgets: the
+#: head is first trained on the frozen backbone's cached features (standardised),
+#: then the backbone's top block is fine-tuned at the run's learning rate.
+RECIPES = ("paper", "transfer")
+#: Head of the classifier. "paper": GAP -> Dense(256, relu) -> Dropout -> Dense(4)
+#: (3.2). "standardized": the same with a Normalization layer after the pooling,
+#: fitted to the training images' features (the paper's "batch normalization may
+#: be incorporated" of 3.2): without it the head sees features whose scale is
+#: 1e-3 (random VGG16, /255) to 1e2 (pretrained, caffe scaling) and cannot learn.
+HEADS = ("paper", "standardized")
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -93,9 +111,17 @@ class Profile:
     #: synthetic twin: distinct images per class and page size
     synth_distinct_per_class: int
     synth_page_size: tuple[int, int]
-    weights: str  # "imagenet" | "none" | "auto" (imagenet if present, else none)
-    epochs_scale: float  # multiply the paper's epoch counts (20, 30)
+    #: "imagenet" | "none" | "auto": ImageNet (fetched when reachable), else the
+    #: offline stand-in of the backbone if it has one (weights.STANDIN_FOR), else none
+    weights: str
+    epochs_scale: float  # multiply the paper's epoch counts (20, 30): fine-tuning epochs
     min_epochs: int = 1
+    recipe: str = "paper"
+    #: "auto": the scaling the weights were trained with (preprocess_input) for
+    #: pretrained weights, the paper's /255 for random ones; or "rescale" | "preprocess_input"
+    scaling: str = "auto"
+    #: transfer recipe, head phase: at most this many optimizer steps on cached features
+    head_steps: int = 0
     description: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -107,20 +133,27 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", image_size=64, synth_distinct_per_class=12,
         synth_page_size=(1106, 786), weights="none", epochs_scale=0.05,
-        description="CI and nbval: tiny twin, 64 px, 1-2 epochs, minutes on 2 CPU cores",
+        recipe="transfer", head_steps=300,
+        description="CI and nbval: tiny twin, 64 px, head phase of 300 steps on cached "
+                    "features + 1-2 fine-tuning epochs, minutes on 2 CPU cores",
     ),
     # DESIGN.md planned 128 px for quick; measured on 2 CPU cores VGG16 trains
     # at ~14 images/s at 128 px and ~25 at 64 px (benchmarks/bench_training.py),
     # so 64 px is what keeps the default ./run_all.sh (15 runs) under 30 minutes.
     "quick": Profile(
         name="quick", image_size=64, synth_distinct_per_class=40,
-        synth_page_size=(2213, 1572), weights="auto", epochs_scale=0.25,
-        description="a CPU in about half an hour: full-size twin pages, 64 px, 5-8 epochs",
+        synth_page_size=(2213, 1572), weights="auto", epochs_scale=0.2,
+        recipe="transfer", head_steps=800,
+        description="a CPU in about half an hour: full-size twin pages, 64 px, transfer recipe "
+                    "(head phase of up to 800 steps on cached features, then up to 4-6 epochs "
+                    "fine-tuning the backbone's top block, early stopping with patience 2)",
     ),
     "paper": Profile(
         name="paper", image_size=PAPER_IMAGE_SIZE, synth_distinct_per_class=250,
         synth_page_size=(2213, 1572), weights="imagenet", epochs_scale=1.0,
-        description="the paper's protocol: 224 px, ImageNet weights, full epochs (GPU)",
+        recipe="paper", scaling="rescale",
+        description="the paper's protocol: 224 px, ImageNet weights, /255, whole network "
+                    "fine-tuned for the paper's epochs (GPU)",
     ),
 }
 DEFAULT_PROFILE = "quick"

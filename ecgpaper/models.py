@@ -7,20 +7,23 @@ output, so every backbone layer (``LAST_CONV_LAYER`` for Grad-CAM included) is
 reachable from ``model.input``; a backbone nested in ``Sequential`` or called as
 one layer would hide them ("Graph disconnected").
 
-ImageNet weights never trigger a download: the builder looks for the file in
-Keras's cache first and, when it is missing, raises ``UserError`` saying which
-file to put where (``weights_status`` reports the same facts).
+ImageNet weights never trigger a download here: the builder looks for the file
+in Keras's cache first and, when it is missing, raises ``UserError`` saying which
+file to put where (``weights_status`` reports the same facts). Fetching them,
+and the offline VGG16 stand-in, live in ``ecgpaper.weights``
+(``python -m ecgpaper download --weights``).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 
 from .errors import UserError
-from .paths import file_digest
+# where backbone weights come from lives in .weights; re-exported for callers of models
+from .weights import (_BACKBONES, _MOBILENET_V2_SIZES, _keras_home_from_env,  # noqa: F401
+                      _keras_models_dir, _require_imagenet_file, weights_status)
 
 MODEL_NAMES: tuple[str, ...] = ("VGG16", "ResNet50", "MobileNetV2", "EfficientNetB0")
 
@@ -33,113 +36,26 @@ LAST_CONV_LAYER: dict[str, str] = {
     "EfficientNetB0": "top_activation",
 }
 
-#: Sizes for which Keras publishes MobileNetV2 ImageNet files; any other size
-#: loads the 224 file (Keras's own rule, keras/src/applications/mobilenet_v2.py).
-_MOBILENET_V2_SIZES = (96, 128, 160, 192, 224)
-
-
-@dataclass(frozen=True)
-class _Backbone:
-    """Where Keras gets a backbone's ImageNet "notop" file (copied from
-    keras/src/applications/*.py: file name, URL folder, the md5 Keras checks)."""
-
-    file_name: str  # "{rows}" is filled in for MobileNetV2
-    url_folder: str
-    md5: str | None  # None: Keras checks no hash for this file
-
-
-_BACKBONES: dict[str, _Backbone] = {
-    "VGG16": _Backbone(
-        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/",
-        "6d6bbae143d832006294945121d1f1fc"),
-    "ResNet50": _Backbone(
-        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        "https://storage.googleapis.com/tensorflow/keras-applications/resnet/",
-        "4d473c1dd8becc155b73f8504c6f6626"),
-    "MobileNetV2": _Backbone(
-        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
-        "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/",
-        None),
-    "EfficientNetB0": _Backbone(
-        "efficientnetb0_notop.h5",
-        "https://storage.googleapis.com/keras-applications/",
-        "50bc09e76180e00e4465e1a485ddc09d"),
+#: First layer of each backbone's top block: what the transfer recipe fine-tunes
+#: (``finetune="top"``); names checked on Keras 3.15 by tests/test_models.py.
+TOP_BLOCK_START: dict[str, str] = {
+    "VGG16": "block5_conv1",
+    "ResNet50": "conv5_block1_1_conv",
+    "MobileNetV2": "block_16_expand",
+    "EfficientNetB0": "block7a_expand_conv",
 }
+#: Values of ``finetune``: the whole backbone (paper 3.5), its top block, or none.
+FINETUNE_MODES = ("all", "top", "none")
+#: Values of ``bn_mode`` for the backbone's BatchNormalization layers when it trains.
+BN_MODES = ("frozen", "trainable")
+
+HEAD_POOL = "head_pool"
+HEAD_NORM = "head_norm"
 
 
 def _check_name(name: str) -> None:
     if name not in MODEL_NAMES:
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-
-
-def _keras_models_dir(keras_home: str) -> Path:
-    """The folder ``keras.utils.get_file(..., cache_subdir="models")`` uses for
-    ``keras_home``: Keras falls back to /tmp/.keras when the folder is missing or
-    read-only."""
-    base = os.path.expanduser(keras_home)
-    if not os.access(base, os.W_OK):
-        base = os.path.join("/tmp", ".keras")
-    return Path(base) / "models"
-
-
-def _keras_home_from_env() -> str:
-    """Keras's home as Keras derives it: ``$KERAS_HOME``, else ``~/.keras``
-    (``/tmp/.keras`` when the home folder is read-only); read now, not at import."""
-    if "KERAS_HOME" in os.environ:
-        return os.environ["KERAS_HOME"]
-    home = os.path.expanduser("~")
-    return os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
-
-
-def weights_status(name: str, *, image_size: int = 224) -> dict:
-    """Where Keras looks for ``name``'s ImageNet notop file and whether it is usable.
-
-    Keys: ``model``, ``file_name``, ``folder``, ``path``, ``url``, ``present``,
-    ``md5_expected`` (None where Keras checks none), ``md5_ok`` (None when absent
-    or unchecked) and ``usable`` (present and not failing the md5 check: what
-    ``build_model(weights="imagenet")`` needs). ``image_size`` matters only for
-    MobileNetV2, whose file depends on it.
-    """
-    _check_name(name)
-    spec = _BACKBONES[name]
-    rows = image_size if image_size in _MOBILENET_V2_SIZES else 224
-    file_name = spec.file_name.format(rows=rows)
-    folder = _keras_models_dir(_keras_home_from_env())
-    path = folder / file_name
-    present = path.is_file()
-    md5_ok = (file_digest(path, "md5") == spec.md5) if present and spec.md5 else None
-    return {
-        "model": name, "file_name": file_name, "folder": str(folder), "path": str(path),
-        "url": spec.url_folder + file_name, "present": present,
-        "md5_expected": spec.md5, "md5_ok": md5_ok, "usable": present and md5_ok is not False,
-    }
-
-
-def _require_imagenet_file(name: str, image_size: int) -> None:
-    """Fail fast, with what to do, unless Keras will find the ImageNet file in
-    its cache and accept it (then it loads it without touching the network)."""
-    st = weights_status(name, image_size=image_size)
-    alternatives = ("or build without them: weights='none' (--weights none), or give a "
-                    "weights file: weights=PATH (--weights PATH)")
-    if not st["present"]:
-        raise UserError(
-            f"ImageNet weights for {name} are not in Keras's cache and cannot be downloaded "
-            f"offline. Download {st['url']} and place it as {st['path']} (folder {st['folder']}; "
-            f"set KERAS_HOME to use another folder), {alternatives}.")
-    if not st["usable"]:
-        # Keras would treat the file as a failed download: delete it and try the network.
-        raise UserError(
-            f"{st['path']} is not the file Keras expects for {name} (md5 differs from "
-            f"{st['md5_expected']}): it is damaged or another file, and Keras would delete it "
-            f"and try to download. Replace it with {st['url']}, {alternatives}.")
-    from keras.src.backend.config import keras_home  # what Keras read at import
-
-    if _keras_models_dir(keras_home()) != Path(st["folder"]):
-        raise UserError(
-            f"KERAS_HOME changed after Keras was imported: the file is in {st['folder']} but "
-            f"Keras looks in {_keras_models_dir(keras_home())}. Set KERAS_HOME before starting "
-            f"Python (or the notebook kernel), or pass weights={st['path']!r}.")
 
 
 def _load_weights_file(model: keras.Model, base: keras.Model, head: list, path: Path) -> None:
@@ -172,21 +88,31 @@ def _load_weights_file(model: keras.Model, base: keras.Model, head: list, path: 
             "backbone, or weights='none'") from err
 
 
+def is_pretrained(weights) -> bool:
+    """True for weights that carry learnt features (ImageNet, a stand-in, a file)."""
+    return not (weights is None or str(weights).lower() == "none")
+
+
 def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
                 weights: str | os.PathLike | None = "imagenet", dropout: float = 0.5,
-                dense_units: int = 256, train_base: bool = True) -> keras.Model:
+                dense_units: int = 256, head: str = "paper", finetune: str = "all",
+                bn_mode: str | None = None, train_base: bool | None = None) -> keras.Model:
     """A ``keras.applications`` backbone with a new classification head (paper 3.2, 3.5).
 
     Model: ``<Backbone>(include_top=False, input_shape=(image_size, image_size, 3))``
-    -> GlobalAveragePooling2D ("head_pool") -> Dense(dense_units, relu)
-    ("head_dense") -> Dropout(dropout) ("head_dropout") -> Dense(num_classes,
-    softmax, float32 so mixed precision stays stable) ("predictions"). Named
-    ``<name lower>_ecg``. Pixel scaling stays in the input pipeline, except that
-    EfficientNetB0 carries its own Rescaling(1/255) and Normalization layers and so
-    expects 0-255 pixels.
+    -> GlobalAveragePooling2D ("head_pool") [-> Normalization ("head_norm"), head
+    "standardized"] -> Dense(dense_units, relu) ("head_dense") -> Dropout(dropout)
+    ("head_dropout") -> Dense(num_classes, softmax, float32 so mixed precision stays
+    stable) ("predictions"). Named ``<name lower>_ecg``. Pixel scaling stays in the
+    input pipeline, except that EfficientNetB0 carries its own Rescaling(1/255) and
+    Normalization layers and so expects 0-255 pixels. The "standardized" head's
+    Normalization starts as the identity; ``training.train_run`` fits it to the
+    training images' features (``adapt``), and it is saved with the model.
 
     weights: ``"imagenet"`` (the paper) from Keras's cache only, see
-    ``weights_status``; ``"none"`` or None: random initialisation; a path: a
+    ``weights_status`` (``weights.fetch_imagenet`` downloads them); a stand-in key
+    of ``weights.STANDINS`` (e.g. ``"hed-bsds500"`` for VGG16, labelled as what it
+    is, not ImageNet); ``"none"`` or None: random initialisation; a path: a
     ``.weights.h5`` from ``save_weights`` of a model built here with the same
     settings, or a backbone-only file (Keras-applications notop ``.h5``) loaded
     into the backbone. EfficientNetB0 is built exactly as Keras builds it for the
@@ -194,21 +120,41 @@ def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
     ``"imagenet"``: use that (file in the cache) to start EfficientNetB0 from
     ImageNet.
 
-    train_base: True fine-tunes the whole network (the paper, section 3.5); False
-    freezes the backbone and trains the head only. When fine-tuning from
-    pretrained weights, the backbone's BatchNormalization layers are frozen, so
-    they run in inference mode with their learnt statistics (keras.io
-    transfer-learning guide: small batches would otherwise overwrite them). The
-    guide does it with ``base(x, training=False)``, which would hide the
-    backbone's layers from Grad-CAM; a frozen Keras 3 BatchNormalization layer
-    behaves the same. From random initialisation they train normally.
+    finetune: which backbone layers train: ``"all"`` (the paper, section 3.5),
+    ``"top"`` (from ``TOP_BLOCK_START`` on; the transfer recipe) or ``"none"`` (a
+    frozen backbone). ``train_base=False`` is the old spelling of ``"none"``.
+
+    bn_mode: the backbone's BatchNormalization layers, where they would train:
+    ``"frozen"`` runs them in inference mode with their stored statistics (keras.io
+    transfer-learning guide: small batches would otherwise overwrite them; the guide
+    uses ``base(x, training=False)``, which would hide the backbone's layers from
+    Grad-CAM, and a frozen Keras 3 BatchNormalization layer behaves the same);
+    ``"trainable"`` lets them train. Default: frozen for pretrained weights,
+    trainable for random ones.
     """
     _check_name(name)
+    from .weights import STANDINS, load_standin
+
+    if head not in ("paper", "standardized"):
+        raise UserError(f"head must be 'paper' or 'standardized', not {head!r}")
+    if train_base is False:
+        finetune = "none"
+    if finetune not in FINETUNE_MODES:
+        raise UserError(f"finetune must be one of {FINETUNE_MODES}, not {finetune!r}")
+    bn_mode = bn_mode or ("frozen" if is_pretrained(weights) else "trainable")
+    if bn_mode not in BN_MODES:
+        raise UserError(f"bn_mode must be one of {BN_MODES}, not {bn_mode!r}")
+    standin = None
     if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
         source = None
     elif isinstance(weights, str) and weights.lower() == "imagenet":
         _require_imagenet_file(name, image_size)
         source = "imagenet"
+    elif isinstance(weights, str) and weights in STANDINS:
+        if STANDINS[weights].model != name:
+            raise UserError(f"the stand-in {weights!r} holds {STANDINS[weights].model} weights, "
+                            f"not {name}; use weights='none' or 'imagenet' for {name}")
+        source, standin = None, weights
     else:
         source = Path(weights).expanduser()
         legacy_h5 = source.suffix in (".h5", ".hdf5") and not source.name.endswith(".weights.h5")
@@ -222,23 +168,51 @@ def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
     base = getattr(keras.applications, name)(
         include_top=False, weights="imagenet" if source == "imagenet" else None,
         input_shape=(image_size, image_size, 3))
-    head = [
-        keras.layers.GlobalAveragePooling2D(name="head_pool"),
+    if standin:
+        load_standin(base, standin)
+    layers = [keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)]
+    if head == "standardized":
+        layers.append(keras.layers.Normalization(name=HEAD_NORM))
+    layers += [
         keras.layers.Dense(dense_units, activation="relu", name="head_dense"),
         keras.layers.Dropout(dropout, name="head_dropout"),
         keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions"),
     ]
     x = base.output
-    for layer in head:
+    for layer in layers:
         x = layer(x)
     model = keras.Model(base.input, x, name=f"{name.lower()}_ecg")
+    if head == "standardized":  # identity until adapted (mean 0, variance 1)
+        norm = model.get_layer(HEAD_NORM)
+        norm.adapt(keras.ops.zeros((2, int(base.output.shape[-1]))) +
+                   keras.ops.convert_to_tensor([[-1.0], [1.0]]))
 
     if isinstance(source, Path):
-        _load_weights_file(model, base, head, source)
-    if not train_base:
-        base.trainable = False
-    elif source is not None:
-        for layer in base.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
+        _load_weights_file(model, base, layers, source)
+    set_trainable_backbone(model, name, finetune, bn_mode)
     return model
+
+
+def backbone_layers(model: keras.Model) -> list:
+    """The backbone's layers of a model built by :func:`build_model` (all before the head)."""
+    out = []
+    for layer in model.layers:
+        if layer.name == HEAD_POOL:
+            break
+        out.append(layer)
+    return out
+
+
+def set_trainable_backbone(model: keras.Model, name: str, finetune: str, bn_mode: str) -> None:
+    """Make the backbone's layers trainable as ``finetune`` / ``bn_mode`` say (see
+    :func:`build_model`); the head always trains, except a fitted Normalization."""
+    layers = backbone_layers(model)
+    start = {"all": 0, "none": len(layers)}.get(finetune)
+    if start is None:
+        names = [layer.name for layer in layers]
+        start = names.index(TOP_BLOCK_START[name])
+    for i, layer in enumerate(layers):
+        trainable = i >= start
+        if isinstance(layer, keras.layers.BatchNormalization) and bn_mode == "frozen":
+            trainable = False
+        layer.trainable = trainable

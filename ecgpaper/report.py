@@ -59,6 +59,41 @@ def _row(label, ours, paper, verdict) -> str:
     return f"| {label} | {fmt(ours)} | {fmt(paper)} | {diff} | {verdict} |"
 
 
+def recipe_lines(dataset: str, profile: str) -> list[str]:
+    """REPORT.md section: how the models were trained, every deviation from the paper's
+    protocol (each run's config.json lists them), and optimizer steps beside the paper's."""
+    from .training import deviations, RunConfig
+
+    runs = []
+    for name in ("baseline", "grid", "curves", "multirun"):
+        try:
+            runs += [(name, r) for r in experiment_runs(name, dataset, profile)]
+        except UserError:
+            continue
+    if not runs:
+        return []
+    lines = ["", "## How the models were trained (deviations from the paper's protocol)", ""]
+    fields = set(RunConfig.__dataclass_fields__)
+    seen = []
+    for _, run in runs:
+        for d in deviations(RunConfig(**{k: v for k, v in run["config"].items() if k in fields})):
+            if d not in seen:
+                seen.append(d)
+    lines += [f"- {d}" for d in seen] or ["- none: the paper's protocol"]
+    lines += ["", "| experiment | model | batch | lr | optimizer steps (head + fine-tune) | paper's steps "
+                  "| train acc | test acc | evaluated checkpoint |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name, run in runs:
+        c, m = run["config"], run["metrics"]
+        st = m.get("optimizer_steps") or {}
+        ft = st.get("finetune", st.get("paper", 0))
+        sel = m.get("selected_checkpoint") or {}
+        lines.append(f"| {name} | {c['model']} | {c['batch_size']} | {c['learning_rate']:g} | "
+                     f"{st.get('total', '?')} ({st.get('head', 0)} + {ft}) | {m.get('paper_steps') or '?'} | "
+                     f"{m.get('train_accuracy', float('nan')):.3f} | {m['accuracy']:.3f} | "
+                     f"{sel.get('phase', '?')} epoch {sel.get('epoch', '?')} |")
+    return lines
+
+
 def write_report(dataset: str, profile: str, *, data_root: str | None = None) -> Path:
     """Gather the finished experiments into REPORT.md; return its path."""
     synthetic = dataset.startswith("synthetic")
@@ -133,6 +168,7 @@ def write_report(dataset: str, profile: str, *, data_root: str | None = None) ->
                           f"{curves[0]['config']['image_size']} px; the paper: a T4, ~2,765 images of 224 px"))
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)} (`python -m ecgpaper run NAME --profile {profile}`)."]
+    lines += recipe_lines(dataset, profile)
     # notebook 06: leakage, Grad-CAM, robustness, lightweight models, statistics (never raises)
     lines += beyond_report_lines(dataset, profile)
 

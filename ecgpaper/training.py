@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -29,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__, paths
-from .config import CLASS_CODES, EARLY_STOPPING_PATIENCE
+from .config import CLASS_CODES, EARLY_STOPPING_PATIENCE, PAPER_TRAIN_IMAGES
 from .errors import UserError
 
 REGISTRY_NAME = "runs.jsonl"
@@ -55,8 +56,19 @@ class RunConfig:
     split_seed: int = 0
     dataset: str = "synthetic-quick"
     profile: str = "quick"
-    train_base: bool = True
+    train_base: bool = True  # False: the backbone never trains (finetune "none")
     dropout: float = 0.5
+    # the training recipe (config.RECIPES; docs/training_recipe.md): every deviation
+    # from the paper's protocol is one of these named settings
+    recipe: str = "paper"  # "paper": one phase, the whole network | "transfer": head, then top block
+    head: str = "paper"  # "paper" | "standardized" (Normalization fitted to the training features)
+    head_steps: int = 0  # transfer: at most this many head-phase steps on cached features
+    head_learning_rate: float = 1e-3  # transfer: Adam, head phase (profiles: 10 x learning_rate)
+    finetune: str = "all"  # backbone layers that train: "all" | "top" | "none"
+    bn_mode: str = ""  # "frozen" | "trainable"; "": frozen for pretrained weights, else trainable
+    weights_requested: str = ""  # what was asked ("auto"...) when it differs from ``weights``
+    label_control: str = "none"  # "shuffled": training labels permuted (sanity control)
+    paper_epochs: int = 0  # the paper's epochs for this setting, before the profile scaled them
     limit_train_per_class: int | None = None  # smoke profile: fewer images
     mixed_precision: bool = False
     xla: bool = False
@@ -182,6 +194,51 @@ def _optimizer(config: RunConfig):
     raise UserError(f"optimizer must be 'adam' or 'sgd', not {config.optimizer!r}")
 
 
+def _better(a: tuple[float, float], b: tuple[float, float] | None) -> bool:
+    """(val_accuracy, val_loss) a beats b: higher accuracy, ties broken by lower loss."""
+    return b is None or a[0] > b[0] + 1e-9 or (abs(a[0] - b[0]) <= 1e-9 and a[1] < b[1])
+
+
+def _best_checkpoint(path: Path, best: tuple[float, float] | None, patience: int | None):
+    """Keep the weights of the epoch with the best validation accuracy, ties broken by
+    validation loss (paper 3.1: "a final model checkpoint, representing the highest
+    validation performance"); stop after ``patience`` epochs without a better one.
+
+    Hand-written because Keras's ModelCheckpoint and EarlyStopping monitor one
+    quantity: by accuracy alone, ties (46 validation images) keep the first epoch;
+    by loss alone, a collapsed model predicting 1/4 everywhere (loss 1.386) beats
+    an accurate but overconfident one.
+    """
+    import keras
+
+    class BestCheckpoint(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best, self.wait = best, 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            score = (float(logs["val_accuracy"]), float(logs["val_loss"]))
+            if _better(score, self.best):
+                self.best, self.wait = score, 0
+                self.model.save_weights(path)
+            else:
+                self.wait += 1
+                if patience is not None and self.wait >= patience:
+                    self.model.stop_training = True
+
+    return BestCheckpoint()
+
+
+def _best_row(hist: pd.DataFrame) -> int:
+    """Index of the history row the best checkpoint holds (see :func:`_best_checkpoint`)."""
+    best = None
+    for i, (acc, loss) in enumerate(zip(hist["val_accuracy"], hist["val_loss"])):
+        if _better((float(acc), float(loss)), None if best is None else
+                   (float(hist["val_accuracy"][best]), float(hist["val_loss"][best]))):
+            best = i
+    return best
+
+
 @dataclass
 class RunData:
     """The three subsets of a manifest as uint8 arrays (see pipeline.subset_arrays)."""
@@ -192,15 +249,136 @@ class RunData:
     extra: dict = field(default_factory=dict)
 
 
+def paper_steps(batch_size: int, paper_epochs: int, n_train: int = PAPER_TRAIN_IMAGES) -> int:
+    """Optimizer steps of the paper's run with this batch size and epoch count (3.1, 4)."""
+    return math.ceil(n_train / batch_size) * paper_epochs
+
+
+def _backbone_fingerprint(model) -> str:
+    """A cheap digest of the backbone's first and last weights: cached features are
+    reused only by an identical backbone (same weights source, same random init)."""
+    from .models import backbone_layers
+
+    weighted = [layer for layer in backbone_layers(model) if layer.weights]
+    h = hashlib.sha256()
+    for layer in (weighted[0], weighted[-1]):
+        for w in layer.get_weights():
+            h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()[:16]
+
+
+def backbone_features(model, config: RunConfig, arrays: list[np.ndarray], *, batch_size: int = 32,
+                      log=print) -> list[np.ndarray]:
+    """Pooled features of the frozen backbone (inference mode) for each uint8 array.
+
+    The transfer recipe's head phase trains on these instead of the images, so
+    its hundreds of steps take seconds on a CPU (keras.io transfer-learning guide,
+    "feature extraction"). Cached on disk under ``data/cache/<dataset>/features/``
+    by backbone fingerprint, scaling and image bytes: the grid's six VGG16 runs
+    share one forward pass.
+    """
+    import keras
+
+    from .models import HEAD_POOL
+    from .pipeline import scaling_fn
+
+    h = hashlib.sha256(json.dumps([config.model, config.scaling, config.image_size,
+                                   _backbone_fingerprint(model)]).encode())
+    for a in arrays:
+        h.update(hashlib.sha1(np.ascontiguousarray(a).tobytes()).digest())
+    path = paths.CACHE / config.dataset / "features" / f"{config.model.lower()}-{h.hexdigest()[:20]}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return [z[f"a{i}"] for i in range(len(arrays))]
+    extractor = keras.Model(model.input, model.get_layer(HEAD_POOL).output)
+    scale = scaling_fn(config.scaling, config.model)
+    t0 = time.perf_counter()
+    out = []
+    for a in arrays:
+        parts = [np.asarray(extractor(scale(a[i:i + batch_size]), training=False))
+                 for i in range(0, len(a), batch_size)]
+        out.append(np.concatenate(parts).astype(np.float32))
+    log(f"  backbone features of {sum(len(a) for a in arrays)} images in "
+        f"{time.perf_counter() - t0:.1f} s (cached in {path.parent})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+    np.savez(tmp, **{f"a{i}": f for i, f in enumerate(out)})
+    os.replace(tmp, path)
+    return out
+
+
+def head_model(model):
+    """The head of a model built by ``models.build_model`` as a model of its own on
+    pooled features, sharing the layers (and so the weights) with ``model``."""
+    import keras
+
+    from .models import HEAD_NORM, HEAD_POOL
+
+    names = [layer.name for layer in model.layers]
+    start = names.index(HEAD_POOL) + 1
+    inp = keras.Input(model.get_layer(HEAD_POOL).output.shape[1:], name="pooled_features")
+    x = inp
+    for layer in model.layers[start:]:
+        x = layer(x)
+    assert model.layers[start].name == HEAD_NORM or HEAD_NORM not in names
+    return keras.Model(inp, x, name=f"{model.name}_head")
+
+
+def _history_frame(history, phase: str, steps_per_epoch: int) -> pd.DataFrame:
+    h = pd.DataFrame(history.history)
+    h.insert(0, "phase", phase)
+    h.insert(0, "epoch", np.arange(1, len(h) + 1))
+    h["steps"] = steps_per_epoch
+    return h
+
+
+def _fit_head_phase(model, config: RunConfig, features, y_tr, y_va, best_file: Path, *,
+                    verbose: int, log) -> pd.DataFrame:
+    """Transfer recipe, phase 1: the head alone on the cached features, Adam at
+    ``head_learning_rate`` for ``head_steps`` steps; the weights of the best
+    validation epoch are kept (keras.io transfer-learning guide)."""
+    import keras
+
+    head_file = best_file.with_name("head.weights.h5")
+    f_tr, f_va = features[0], features[1]
+    hm = head_model(model)
+    hm.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate),
+               loss="categorical_crossentropy", metrics=["accuracy"])
+    steps_per_epoch = math.ceil(len(f_tr) / config.batch_size)
+    epochs = max(1, math.ceil(config.head_steps / steps_per_epoch))
+    n_classes = len(CLASS_CODES)
+    history = hm.fit(f_tr, keras.utils.to_categorical(y_tr, n_classes), batch_size=config.batch_size,
+                     epochs=epochs, validation_data=(f_va, keras.utils.to_categorical(y_va, n_classes)),
+                     callbacks=[_epoch_timer(), _best_checkpoint(head_file, None, None)],
+                     verbose=0, shuffle=True)
+    hm.load_weights(head_file)  # the head's best epoch, in the layers it shares with ``model``
+    head_file.unlink()
+    model.save_weights(best_file)
+    frame = _history_frame(history, "head", steps_per_epoch)
+    best = _best_row(frame)
+    log(f"  head phase: {epochs * steps_per_epoch} steps on cached features at lr "
+        f"{config.head_learning_rate:g}; best validation epoch {best + 1}: validation accuracy "
+        f"{frame['val_accuracy'][best]:.3f}, loss {frame['val_loss'][best]:.3f}")
+    return frame
+
+
 def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) -> dict:
-    """Train, evaluate on the test subset, write the run folder and registry record."""
+    """Train with the config's recipe, evaluate the best-validation checkpoint on the
+    test subset, write the run folder and registry record (paper 3.1, 3.5, 4)."""
     import keras
     import tensorflow as tf
 
+    from .config import HEADS, RECIPES
     from .evaluation import evaluate_predictions, predictions_table
-    from .models import build_model
+    from .models import HEAD_NORM, build_model
     from .pipeline import make_dataset
 
+    if config.recipe not in RECIPES:
+        raise UserError(f"recipe must be one of {RECIPES}, not {config.recipe!r}")
+    if config.head not in HEADS:
+        raise UserError(f"head must be one of {HEADS}, not {config.head!r}")
+    if config.label_control not in ("none", "shuffled"):
+        raise UserError(f"label_control must be 'none' or 'shuffled', not {config.label_control!r}")
     run_id = config.run_id(data.manifest_sha)
     base = paths.profile_results(config.dataset, config.profile) / "runs"
     final_dir = base / run_id
@@ -215,6 +393,9 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
     keras.backend.clear_session()
 
     (x_tr, y_tr, _), (x_va, y_va, _), (x_te, y_te, test_rows) = data.train, data.val, data.test
+    if config.label_control == "shuffled":
+        # the sanity control: same images, labels permuted; test must stay at chance
+        y_tr = np.random.default_rng(10_000 + config.seed).permutation(y_tr)
     ds = dict(batch_size=config.batch_size, scaling=config.scaling, model_name=config.model)
     train_ds = make_dataset(x_tr, y_tr, shuffle=True, seed=config.seed, **ds)
     val_ds = make_dataset(x_va, y_va, shuffle=False, **ds)
@@ -223,43 +404,83 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
     gpus = tf.config.list_physical_devices("GPU")
     # several GPUs: data-parallel replicas (section 3.5 ran on one T4; this only adds speed)
     strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    finetune = "none" if not config.train_base else config.finetune
     with strategy.scope():
         model = build_model(config.model, image_size=config.image_size, num_classes=len(CLASS_CODES),
-                            weights=config.weights, dropout=config.dropout, train_base=config.train_base)
-        model.compile(optimizer=_optimizer(config), loss="categorical_crossentropy",
-                      metrics=["accuracy"], jit_compile=config.xla)
-    callbacks = [
-        _epoch_timer(),
-        keras.callbacks.CSVLogger(str(work / "history.csv")),
-        # best epoch's weights only: optimizer state would triple the file (section 3.1)
-        keras.callbacks.ModelCheckpoint(str(work / "best.weights.h5"), monitor="val_loss",
-                                        save_best_only=True, save_weights_only=True),
-    ]
-    if config.early_stopping:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
-                                                       restore_best_weights=True))
-    log(f"[{run_id}] {config.model} batch {config.batch_size} lr {config.learning_rate:g} "
-        f"{config.epochs} epochs on {len(x_tr)} train / {len(x_va)} val images")
+                            weights=config.weights, dropout=config.dropout, head=config.head,
+                            finetune=finetune, bn_mode=config.bn_mode or None)
+    log(f"[{run_id}] {config.model} ({config.recipe} recipe, weights {config.weights}, scaling "
+        f"{config.scaling}) batch {config.batch_size} lr {config.learning_rate:g} on {len(x_tr)} "
+        f"train / {len(x_va)} val images{', SHUFFLED LABELS' if config.label_control == 'shuffled' else ''}")
+    best_file = work / "best.weights.h5"
+    frames: list[pd.DataFrame] = []
     t0 = time.perf_counter()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-                        callbacks=callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
-    train_seconds = time.perf_counter() - t0
+    best_so_far = None
+    if config.head == "standardized" or config.recipe == "transfer":
+        features = backbone_features(model, config, [x_tr, x_va], log=log)
+        if config.head == "standardized":
+            model.get_layer(HEAD_NORM).adapt(features[0])
+        if config.recipe == "transfer":
+            frames.append(_fit_head_phase(model, config, features, y_tr, y_va, best_file,
+                                          verbose=verbose, log=log))
+            row = _best_row(frames[0])  # the head phase's best: the first checkpoint candidate
+            best_so_far = (float(frames[0]["val_accuracy"][row]), float(frames[0]["val_loss"][row]))
 
+    phase = "finetune" if config.recipe == "transfer" else "paper"
+    if finetune != "none" and config.epochs > 0:
+        with strategy.scope():
+            model.compile(optimizer=_optimizer(config), loss="categorical_crossentropy",
+                          metrics=["accuracy"], jit_compile=config.xla)
+        # best validation epoch's weights only (optimizer state would triple the file);
+        # with early stopping (3.1; the transfer recipe), stop after ``patience``
+        # epochs that do not beat the best so far, the head phase's included
+        callbacks = [_epoch_timer(), _best_checkpoint(best_file, best_so_far,
+                                                      config.patience if config.early_stopping else None)]
+        history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
+                            verbose=verbose, shuffle=False)  # tf.data shuffles
+        frames.append(_history_frame(history, phase, math.ceil(len(x_tr) / config.batch_size)))
+    train_seconds = time.perf_counter() - t0
+    hist = pd.concat(frames, ignore_index=True)
+    hist.to_csv(work / "history.csv", index=False)
+
+    # evaluate the checkpoint with the best validation accuracy, then loss (paper 3.1 and 5.1)
+    best_row = _best_row(hist)
+    if best_file.exists():
+        import warnings
+
+        with warnings.catch_warnings():  # the file holds no optimizer state, by design
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(best_file)
+    selected = {"phase": str(hist["phase"][best_row]), "epoch": int(hist["epoch"][best_row]),
+                "val_accuracy": float(hist["val_accuracy"][best_row]),
+                "val_loss": float(hist["val_loss"][best_row])}
+    ev = dict(batch_size=64, scaling=config.scaling, model_name=config.model)
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    train_loss, train_accuracy = model.evaluate(make_dataset(x_tr, y_tr, shuffle=False, **ev), verbose=0)
     val_loss, val_accuracy = model.evaluate(val_ds, verbose=0)
-    t0 = time.perf_counter()
+    t1 = time.perf_counter()
     proba = model.predict(test_ds, verbose=0)
-    predict_seconds = time.perf_counter() - t0
+    predict_seconds = time.perf_counter() - t1
     metrics = evaluate_predictions(y_te, proba, seed=config.seed)
-    epoch_seconds = [float(s) for s in history.history.get("epoch_seconds", [])]
+    fit_rows = hist[hist["phase"] != "head"]
+    epoch_seconds = [float(v) for v in fit_rows.get("epoch_seconds", [])]
+    steps = {p: int((hist["phase"] == p).mul(hist["steps"]).sum()) for p in hist["phase"].unique()}
     metrics.update({
         "run_id": run_id,
+        "train_accuracy": float(train_accuracy), "train_loss": float(train_loss),
         "val_accuracy": float(val_accuracy), "val_loss": float(val_loss),
-        "epochs_run": len(history.history["loss"]),
-        "evaluated_weights": "best (early stopping restored them)" if config.early_stopping
-        else "last epoch (fixed epochs, paper section 4)",
+        "epochs_run": int(len(fit_rows)),
+        "head_epochs_run": int((hist["phase"] == "head").sum()),
+        "optimizer_steps": {**steps, "total": int(sum(steps.values()))},
+        "paper_steps": paper_steps(config.batch_size, config.paper_epochs) if config.paper_epochs else None,
+        "selected_checkpoint": selected,
+        "evaluated_weights": (f"best validation accuracy (ties: loss): {selected['phase']} phase, epoch "
+                              f"{selected['epoch']} (paper 3.1, 5.1: the checkpoint with the best "
+                              "validation performance)"),
         "train_seconds": round(train_seconds, 2),
         "epoch_seconds_mean": round(float(np.mean(epoch_seconds)), 3) if epoch_seconds else None,
-        "train_images_per_second": round(len(x_tr) * len(epoch_seconds) / max(sum(epoch_seconds), 1e-9), 2),
+        "train_images_per_second": (round(len(x_tr) * len(epoch_seconds) / max(sum(epoch_seconds), 1e-9), 2)
+                                    if epoch_seconds else None),
         "test_images_per_second": round(len(x_te) / max(predict_seconds, 1e-9), 2),
         "n_train": int(len(x_tr)), "n_val": int(len(x_va)), "n_test": int(len(x_te)),
         "gpu_peak_memory_mb": gpu_peak_memory_mb(),
@@ -274,8 +495,8 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
                    "op_determinism": config.deterministic_ops,
                    "note": "GPU kernels are nondeterministic unless op_determinism is on"}
     (work / "config.json").write_text(json.dumps(
-        {**config.to_dict(), "run_id": run_id, "manifest_sha256": data.manifest_sha, **data.extra},
-        indent=2, sort_keys=True))
+        {**config.to_dict(), "run_id": run_id, "manifest_sha256": data.manifest_sha,
+         "deviations": deviations(config), **data.extra}, indent=2, sort_keys=True))
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     (work / "environment.json").write_text(json.dumps(
         {**environment_info(), "determinism": determinism}, indent=2, sort_keys=True))
@@ -283,12 +504,45 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
     os.replace(work, final_dir)
     record = {"run_id": run_id, "config": config.to_dict(), "manifest_sha256": data.manifest_sha,
               "metrics": {k: metrics[k] for k in ("accuracy", "precision", "recall", "f1", "ci95",
-                                                  "epochs_run", "train_seconds", "epoch_seconds_mean")},
+                                                  "epochs_run", "train_seconds", "epoch_seconds_mean",
+                                                  "train_accuracy", "optimizer_steps", "paper_steps")},
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     append_record(config.dataset, config.profile, record)
-    log(f"[{run_id}] test accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['f1']:.3f} "
-        f"({train_seconds:.0f} s)")
+    log(f"[{run_id}] train accuracy {train_accuracy:.3f}, test accuracy {metrics['accuracy']:.3f}, "
+        f"macro F1 {metrics['f1']:.3f} ({selected['phase']} epoch {selected['epoch']}, "
+        f"{metrics['optimizer_steps']['total']} steps, {train_seconds:.0f} s)")
     return record
+
+
+def deviations(config: RunConfig) -> list[str]:
+    """The ways a run departs from the paper's protocol (3.1, 3.2, 3.5, 4), in words;
+    written to the run's config.json and listed in REPORT.md."""
+    from .config import PAPER_IMAGE_SIZE
+
+    out = []
+    if config.recipe == "transfer":
+        out.append(f"transfer recipe: head trained first on the frozen backbone's cached features "
+                   f"({config.head_steps} steps at most, Adam {config.head_learning_rate:g}), then "
+                   f"{'the top block' if config.finetune == 'top' else config.finetune + ' layers'} "
+                   f"of the backbone fine-tuned for {config.epochs} epochs "
+                   "(paper: the whole network from the first step)")
+    elif config.finetune != "all" or not config.train_base:
+        out.append(f"backbone layers trained: {config.finetune if config.train_base else 'none'} (paper: all)")
+    if config.head == "standardized":
+        out.append("head: Normalization of the pooled features fitted to the training set")
+    if config.weights != "imagenet":
+        from .weights import STANDINS
+
+        label = STANDINS[config.weights].label if config.weights in STANDINS else (
+            "random initialisation" if config.weights == "none" else f"weights from {config.weights}")
+        out.append(f"weights: {label} (paper: ImageNet)")
+    if config.scaling != "rescale":
+        out.append(f"input scaling: {config.scaling} (paper: /255)")
+    if config.image_size != PAPER_IMAGE_SIZE:
+        out.append(f"image size {config.image_size} px (paper: {PAPER_IMAGE_SIZE})")
+    if config.label_control != "none":
+        out.append(f"labels: {config.label_control} (sanity control)")
+    return out
 
 
 def gpu_count() -> int:

@@ -217,3 +217,21 @@ def test_bad_weight_paths_are_user_errors(tmp_path):
         build_model("VGG16", image_size=SIZE, weights=resnet)
     with pytest.raises(UserError, match="weights='imagenet'"):
         build_model("EfficientNetB0", image_size=SIZE, weights=tmp_path / "efficientnetb0_notop.h5")
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_finetune_top_trains_only_the_top_block_and_the_head(name):
+    """The transfer recipe's fine-tune phase (docs/training_recipe.md): layers from
+    TOP_BLOCK_START on train, everything below is frozen, BatchNorm stays frozen."""
+    from ecgpaper.models import TOP_BLOCK_START, backbone_layers
+
+    model = build_model(name, image_size=SIZE, weights="none", head="standardized",
+                        finetune="top", bn_mode="frozen")
+    layers = backbone_layers(model)
+    names = [layer.name for layer in layers]
+    start = names.index(TOP_BLOCK_START[name])
+    assert 0 < start < len(layers)
+    assert not any(layer.trainable for layer in layers[:start] if layer.weights)
+    assert any(layer.trainable for layer in layers[start:] if layer.weights)
+    assert not any(layer.trainable for layer in layers if isinstance(layer, keras.layers.BatchNormalization))
+    assert model.get_layer("head_norm") is not None and model.get_layer("head_dense").trainable

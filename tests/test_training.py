@@ -146,3 +146,41 @@ def test_a_killed_grid_resumes_where_it_stopped(tmp_path):
     runs = tmp_path / "results/synthetic-smoke/smoke/runs"
     assert not list(runs.glob(".*partial"))
     assert all((runs / i / "metrics.json").exists() for i in ids)
+
+
+def test_runs_record_steps_recipe_and_the_best_validation_checkpoint(smoke_baseline):
+    """Every run says how many optimizer steps it made (beside the paper's), which
+    recipe and deviations it used, and evaluates its best-validation checkpoint."""
+    root, records, _ = smoke_baseline
+    for r in records:
+        run = root / "results/synthetic-smoke/smoke/runs" / r["run_id"]
+        m = json.loads((run / "metrics.json").read_text())
+        cfg = json.loads((run / "config.json").read_text())
+        hist = pd.read_csv(run / "history.csv")
+        assert cfg["recipe"] == "transfer" and cfg["head"] == "standardized"
+        assert any("transfer recipe" in d for d in cfg["deviations"])
+        steps = m["optimizer_steps"]
+        assert steps["total"] == steps["head"] + steps.get("finetune", 0) == int(hist["steps"].sum())
+        assert steps["head"] >= PROFILES["smoke"].head_steps
+        assert m["paper_steps"] == 3460  # baseline: ceil(2765 / 16) x 20 epochs
+        # the best validation accuracy, ties broken by the lowest validation loss
+        top = hist[hist["val_accuracy"] >= hist["val_accuracy"].max() - 1e-9]
+        best = top["val_loss"].idxmin()
+        assert m["selected_checkpoint"] == {
+            "phase": hist["phase"][best], "epoch": int(hist["epoch"][best]),
+            "val_accuracy": pytest.approx(float(hist["val_accuracy"][best])),
+            "val_loss": pytest.approx(float(hist["val_loss"][best]))}
+        # the saved model is that checkpoint: evaluated again, it gives the same validation numbers
+        assert m["val_accuracy"] == pytest.approx(float(hist["val_accuracy"][best]), abs=1e-6)
+        assert m["val_loss"] == pytest.approx(float(hist["val_loss"][best]), rel=1e-3, abs=1e-4)
+        assert 0 <= m["train_accuracy"] <= 1
+
+
+def test_profiles_count_optimizer_steps_not_epochs():
+    """The quick profile must make enough updates to fit: hundreds of head steps
+    per run, where 5 epochs of 212 images at batch 32 are only 35 steps."""
+    for name in ("smoke", "quick"):
+        configs = experiment_configs("grid", profile=name, dataset="d", weights="none")
+        assert all(c.recipe == "transfer" and c.head_steps >= 300 for c in configs)
+    paper = experiment_configs("baseline", profile="paper", dataset="d", weights="none")
+    assert all(c.recipe == "paper" and c.scaling == "rescale" and c.finetune == "all" for c in paper)

@@ -1,0 +1,130 @@
+"""The training recipe learns, and the sanity checks that prove it (issue: the
+paper's models must learn). Runs on the smoke twin, CPU-minutes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ecgpaper import experiments, sanity
+from ecgpaper.data import prepare_data
+from ecgpaper.experiments import experiment_configs, load_run_data, resolve_scaling, resolve_weights
+from ecgpaper.models import build_model
+from ecgpaper.training import head_model
+
+keras = pytest.importorskip("keras")
+
+
+def _head_fit(head: str, features, y, steps=300):
+    keras.utils.set_random_seed(0)
+    model = build_model("VGG16", image_size=32, weights="none", head=head)
+    if head == "standardized":
+        model.get_layer("head_norm").adapt(features)
+    hm = head_model(model)
+    hm.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
+    onehot = np.eye(4)[y]
+    hm.fit(features, onehot, batch_size=16, epochs=steps * 16 // len(y), verbose=0)
+    return hm.evaluate(features, onehot, verbose=0)[1]
+
+
+def test_the_standardized_head_learns_features_of_any_scale_the_paper_head_cannot():
+    """The collapse's cause: pooled features of a random VGG16 on /255 pixels are
+    ~1e-3 and vary even less between ECG pages; the paper's head cannot move its
+    logits in a few hundred steps, the standardized head fits them."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 16)
+    signal = rng.normal(size=(4, 512))[y] + 0.3 * rng.normal(size=(64, 512))
+    tiny = (1e-3 + 1e-6 * signal).astype("float32")  # a common part, tiny differences
+    assert _head_fit("standardized", tiny, y) >= 0.95
+    assert _head_fit("paper", tiny, y) <= 0.5
+
+
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory):
+    from conftest import point_paths
+
+    mp = pytest.MonkeyPatch()
+    point_paths(mp, tmp_path_factory.mktemp("recipe-project"))
+    prepared = prepare_data(None, profile="smoke", progress=False, log=lambda *_: None)
+    yield prepared, load_run_data(prepared, "paper", 0)
+    mp.undo()
+
+
+def test_each_backbone_overfits_one_batch(smoke_data):
+    prepared, data = smoke_data
+    for config in experiment_configs("baseline", profile="smoke", dataset=prepared.dataset):
+        result = sanity.overfit_one_batch(config, data)
+        assert result["passed"], result
+        assert result["batch_images"] == 32 and result["steps"] <= sanity.OVERFIT_MAX_STEPS
+
+
+def test_shuffled_label_control_stays_at_chance_and_is_labelled(smoke_data, monkeypatch):
+    from conftest import point_paths
+
+    prepared, data = smoke_data
+    point_paths(monkeypatch, prepared.root.parents[2])
+    config = experiment_configs("baseline", profile="smoke", dataset=prepared.dataset)[0]
+    control = sanity.shuffled_label_control(config, data, log=lambda *_: None)
+    assert control["passed"], control
+    lo, hi = control["test_ci95"]
+    assert lo <= control["majority_rate"] <= hi
+    # the control is a run of its own, labelled as such
+    from ecgpaper.experiments import load_run
+
+    run = load_run(prepared.dataset, "smoke", control["run_id"])
+    assert run["config"]["label_control"] == "shuffled"
+    assert any("shuffled" in d for d in run["config"]["deviations"])
+
+
+def test_weights_auto_falls_back_in_order_and_says_so(monkeypatch):
+    import ecgpaper.weights as w
+
+    said = []
+    monkeypatch.setattr(experiments, "_RESOLVED", {})
+    monkeypatch.setattr(w, "ensure_imagenet", lambda *a, **k: False)
+    monkeypatch.setattr(w, "ensure_standin", lambda *a, **k: True)
+    assert resolve_weights("auto", "VGG16", 64, log=said.append) == "hed-bsds500"
+    assert resolve_weights("auto", "ResNet50", 64, log=said.append) == "none"
+    assert any("stand-in" in s for s in said) and any("random initialisation" in s for s in said)
+    monkeypatch.setattr(experiments, "_RESOLVED", {})
+    monkeypatch.setattr(w, "ensure_imagenet", lambda *a, **k: True)
+    assert resolve_weights("auto", "ResNet50", 64) == "imagenet"
+    assert resolve_weights("none", "ResNet50", 64) == "none"
+
+
+def test_inputs_match_the_weights():
+    assert resolve_scaling("auto", "imagenet") == "preprocess_input"
+    assert resolve_scaling("auto", "hed-bsds500") == "preprocess_input"
+    assert resolve_scaling("auto", "none") == "rescale"
+    assert resolve_scaling("rescale", "imagenet") == "rescale"
+    # the paper's /255 on pretrained weights: BatchNorm trains (its statistics expect other inputs)
+    paper = experiments.scaled_configs([dict(model="ResNet50", batch_size=16, learning_rate=1e-4, epochs=20)],
+                                       profile="paper", dataset="d", weights="imagenet")[0]
+    assert paper.scaling == "rescale" and paper.bn_mode == "trainable"
+    quick = experiments.scaled_configs([dict(model="ResNet50", batch_size=16, learning_rate=1e-4, epochs=20)],
+                                       profile="quick", dataset="d", weights="imagenet")[0]
+    assert quick.scaling == "preprocess_input" and quick.bn_mode == "frozen"
+
+
+def test_stand_in_loads_into_the_vgg16_backbone(tmp_path, monkeypatch):
+    """build_model(weights=<stand-in key>) loads the stand-in's conv layers."""
+    import h5py
+
+    import ecgpaper.weights as w
+
+    base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    f = tmp_path / "standin.weights.h5"
+    rng = np.random.default_rng(1)
+    with h5py.File(f, "w") as h5:
+        for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)):
+            for i in range(n):
+                k, bias = base.get_layer(f"block{b}_conv{i + 1}").get_weights()
+                g = h5.create_group(f"block{b}/layers/conv2d{'' if i == 0 else '_' + str(i)}/vars")
+                g["0"] = rng.normal(size=k.shape).astype("float32")
+                g["1"] = rng.normal(size=bias.shape).astype("float32")
+    real = w.load_standin
+    monkeypatch.setattr(w, "load_standin", lambda base, key: real(base, key, path=f))
+    model = build_model("VGG16", image_size=32, weights="hed-bsds500", head="standardized", finetune="top")
+    with h5py.File(f) as h5:
+        np.testing.assert_array_equal(model.get_layer("block3_conv3").get_weights()[0],
+                                      h5["block3/layers/conv2d_2/vars/0"][()])
+    assert not model.get_layer("block4_conv3").trainable and model.get_layer("block5_conv1").trainable
