@@ -298,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--protocol", default="paper", choices=list(SPLIT_PROTOCOLS))
     p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--weights", help="imagenet | none | PATH to a weights file (default: the profile's)")
+    p.add_argument("--weights", help="auto | imagenet | none | hed-bsds500 (VGG16's offline stand-in) | PATH "
+                                     "to a weights file (default: the profile's; auto: ImageNet, fetched when "
+                                     "reachable, else the stand-in, else random)")
     p.add_argument("--fit", default="resize", choices=["resize", "letterbox"])
     p.add_argument("--crop", action="store_true", help="drop the header/footer text bands")
     p.add_argument("--early-stopping", action="store_true",

@@ -126,6 +126,9 @@ def scaled_configs(specs: list[dict], *, profile: str, dataset: str, protocol: s
 
         settings.setdefault("bn_mode", "frozen" if is_pretrained(resolved) and
                             settings["scaling"] == "preprocess_input" else "trainable")
+        if recipe == "transfer" and not is_pretrained(resolved):
+            # a frozen random backbone needs real BatchNorm statistics (models.calibrate_batchnorm)
+            settings.setdefault("bn_stats", "train_images")
         configs.append(RunConfig(
             **spec, weights=resolved, weights_requested=requested if requested != resolved else "",
             image_size=prof.image_size, protocol=protocol, split_seed=split_seed, crop=crop,

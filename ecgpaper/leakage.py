@@ -36,6 +36,10 @@ from .experiments import record_experiment, run_configs, scaled_configs
 #: The paper's best VGG16 cell (section 4, Table 1: batch 32, lr 1e-4, 20 epochs).
 LEAKAGE_SPEC = dict(model="VGG16", batch_size=32, learning_rate=1e-4, epochs=20)
 CNN_LABEL = "VGG16"
+#: The paper's other model at the same setting, full page, under the two protocols
+#: whose gap is the question: does each CNN's accuracy hold on ECGs it never saw?
+SECOND_CNN_SPEC = dict(LEAKAGE_SPEC, model="ResNet50")
+SECOND_CNN_PROTOCOLS = ("paper", "grouped")
 PROBE_LABEL = "1-NN probe"
 PROBE_SIZE = 32  # the probe compares images block-averaged to 32 x 32 (exact copies stay exact)
 N_BOOTSTRAP = 1000
@@ -125,8 +129,12 @@ def nn_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np
 
 def run_leakage(profile: str, data_root=None, *, seed: int = 0, n_seeds: int | None = None,
                 protocols=SPLIT_PROTOCOLS, crops=(False, True), crop_protocols=CROP_PROTOCOLS,
-                source: DataSource | None = None, verbose: int = 0, log=print) -> dict:
+                source: DataSource | None = None, second_cnn: bool = True, verbose: int = 0,
+                log=print) -> dict:
     """Train (or reuse) the leakage runs and run the probe on the same splits.
+
+    ``second_cnn``: also ResNet50 (same setting, full page) under ``paper`` and
+    ``grouped``, so each of the paper's models has its own gap.
 
     The header-crop variant runs under ``crop_protocols`` only (default
     ``paper`` and ``grouped``, where the gap is measured); ``None``: under all.
@@ -150,28 +158,30 @@ def run_leakage(profile: str, data_root=None, *, seed: int = 0, n_seeds: int | N
                 if crop and crop_protocols is not None and protocol not in crop_protocols:
                     continue
                 data = source.run_data(protocol, split_seed, crop)
-                config = scaled_configs([LEAKAGE_SPEC], profile=profile, dataset=dataset,
-                                        protocol=protocol, split_seed=split_seed, crop=crop,
-                                        seed=r)[0]
-                record = run_configs([config], data, name=f"leakage {protocol} crop={crop} r{r}",
-                                     verbose=verbose, log=log)[0]
-                run_ids.append(record["run_id"])
+                specs = [LEAKAGE_SPEC] + ([SECOND_CNN_SPEC] if second_cnn and not crop
+                                          and protocol in SECOND_CNN_PROTOCOLS else [])
                 test_rows = data.test[2]
-                pred = load_predictions(dataset, profile, record["run_id"]).set_index("path")
-                pred = pred.loc[test_rows["path"]]
                 y = data.test[1]
                 groups = test_rows["group"].astype(str).to_numpy()
-                cnn_pred = label_indices(pred["pred"])
-                probe_pred = nn_probe(data.train[0], data.train[1], data.test[0])
-                for classifier, p, run_id in ((CNN_LABEL, cnn_pred, record["run_id"]),
-                                              (PROBE_LABEL, probe_pred, "")):
+                results = []
+                for spec in specs:
+                    config = scaled_configs([spec], profile=profile, dataset=dataset, protocol=protocol,
+                                            split_seed=split_seed, crop=crop, seed=r, log=log)[0]
+                    record = run_configs([config], data, verbose=verbose, log=log,
+                                         name=f"leakage {spec['model']} {protocol} crop={crop} r{r}")[0]
+                    run_ids.append(record["run_id"])
+                    pred = load_predictions(dataset, profile, record["run_id"]).set_index("path")
+                    pred = pred.loc[test_rows["path"]]
+                    results.append((spec["model"], label_indices(pred["pred"]), record["run_id"], config))
+                results.append((PROBE_LABEL, nn_probe(data.train[0], data.train[1], data.test[0]), "", None))
+                for classifier, p, run_id, config in results:
                     acc, f1 = acc_f1(y, p)
                     sets.setdefault((classifier, protocol, crop), []).append((y, p, groups))
                     rows.append({"classifier": classifier, "protocol": protocol, "crop": crop,
                                  "replicate": r, "split_seed": split_seed,
-                                 "model_seed": r if classifier == CNN_LABEL else None,
-                                 "run_id": run_id, "epochs": config.epochs if classifier == CNN_LABEL else None,
-                                 "weights": config.weights if classifier == CNN_LABEL else None,
+                                 "model_seed": r if config else None,
+                                 "run_id": run_id, "epochs": config.epochs if config else None,
+                                 "weights": config.weights if config else None,
                                  "n_test": len(y),
                                  "test_with_copy_in_train": int(test_rows["copy_in_train"].sum()),
                                  "test_exact_copy_in_train": crossing["test_exact_copy_in_train"],
@@ -225,7 +235,8 @@ def table_leakage(study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         "majority_rate": c["majority_rate"], "above_majority": c["learned"],
     } for c in cells])
     save_table(table, "table_leakage", dataset, profile,
-               f"Leakage study (section 5.2): {CNN_LABEL} batch 32, lr 1e-4 and a 1-NN pixel probe per "
+               f"Leakage study (section 5.2): {CNN_LABEL} (and ResNet50, full page) batch 32, lr 1e-4 and a "
+               "1-NN pixel probe per "
                f"split protocol, full page and (crop=True) header cropped; means over {study['n_seeds']} seeds, "
                "95 % CI from a bootstrap over duplicate groups; test images with a copy in train (mean)")
     by_key = {(c["classifier"], c["protocol"], c["crop"]): c for c in cells}
@@ -265,9 +276,9 @@ def table_leakage(study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     summary = {
         "dataset": dataset, "profile": profile, "seeds": study["n_seeds"],
         "cnn": CNN_LABEL, "cnn_epochs": int(epochs.iloc[0]) if len(epochs) else None,
-        "cnn_weights": (str(study["replicates"]["weights"].dropna().iloc[0])
-                        if "weights" in study["replicates"] and study["replicates"]["weights"].notna().any()
-                        else None),
+        "cnn_weights": _weights_of(study["replicates"], CNN_LABEL),
+        "weights": {c: _weights_of(study["replicates"], c)
+                    for c in study["replicates"]["classifier"].unique() if c != PROBE_LABEL},
         "copies": copies,
         "cells": [{k: v for k, v in c.items() if k != "_boot"} for c in cells],
         "gaps": gaps,
@@ -275,6 +286,13 @@ def table_leakage(study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     paths.atomic_write_text(paths.profile_results(dataset, profile) / "leakage_summary.json",
                             json.dumps(summary, indent=2) + "\n")
     return table, gap_table, summary
+
+
+def _weights_of(replicates: pd.DataFrame, classifier: str) -> str | None:
+    if "weights" not in replicates:
+        return None
+    w = replicates.loc[replicates["classifier"] == classifier, "weights"].dropna()
+    return str(w.iloc[0]) if len(w) else None
 
 
 def _pct(a, b) -> str:
@@ -301,8 +319,9 @@ def conclusions(summary: dict) -> list[str]:
         head = (f"{g['classifier']} ({crop}): accuracy {g['accuracy']:.3f} under `paper` vs "
                 f"{g['accuracy_grouped']:.3f} under `grouped`, gap {g['accuracy_gap']:+.3f} "
                 f"(95 % CI {ci[0]:+.3f} to {ci[1]:+.3f})")
-        if g["classifier"] == CNN_LABEL and not g["learned"]:
-            epochs, weights = summary.get("cnn_epochs"), summary.get("cnn_weights")
+        if g["classifier"] != PROBE_LABEL and not g["learned"]:
+            epochs = summary.get("cnn_epochs")
+            weights = summary.get("weights", {}).get(g["classifier"], summary.get("cnn_weights"))
             setting = ", ".join(x for x in (
                 f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs else "",
                 {"none": "random initialisation", "imagenet": "ImageNet weights"}.get(weights, weights or ""))
@@ -346,7 +365,7 @@ def fig14_leakage(table: pd.DataFrame, summary: dict, dataset: str, profile: str
 
     use_style()
     protocols = [p for p in ("paper", "grouped", "kaggle") if p in set(table["protocol"])]
-    series = [(c, crop) for c in (CNN_LABEL, PROBE_LABEL) for crop in (False, True)
+    series = [(c, crop) for c in (CNN_LABEL, SECOND_CNN_SPEC["model"], PROBE_LABEL) for crop in (False, True)
               if ((table["classifier"] == c) & (table["crop"] == crop)).any()]
     colours = sns.color_palette("colorblind", len(series))
     cells = {(c["classifier"], c["protocol"], c["crop"]): c for c in summary["cells"]}
@@ -377,14 +396,14 @@ def fig14_leakage(table: pd.DataFrame, summary: dict, dataset: str, profile: str
         ax.set_ylim(0, 1.05)
         ax.set_ylabel(f"{label} (mean over seeds, 95 % CI)")
     axes[0].legend(fontsize=7, loc="upper right")
-    fig.suptitle(f"Fig. 14: leakage study, {CNN_LABEL} (batch 32, lr 1e-4) and a 1-NN pixel probe per "
+    fig.suptitle(f"Fig. 14: leakage study, {CNN_LABEL} and ResNet50 (batch 32, lr 1e-4) and a 1-NN pixel probe per "
                  f"split protocol, {summary['seeds']} seeds\n{data_label(dataset, profile)}", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, "fig14_leakage", dataset, profile)
 
 
 def cnn_learned(summary: dict) -> bool:
-    return any(c["learned"] for c in summary["cells"] if c["classifier"] == CNN_LABEL)
+    return any(c["learned"] for c in summary["cells"] if c["classifier"] != PROBE_LABEL)
 
 
 __all__ = ["LEAKAGE_SPEC", "duplicate_crossings", "probe_features", "nn_probe", "run_leakage",

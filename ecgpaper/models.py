@@ -216,3 +216,33 @@ def set_trainable_backbone(model: keras.Model, name: str, finetune: str, bn_mode
         if isinstance(layer, keras.layers.BatchNormalization) and bn_mode == "frozen":
             trainable = False
         layer.trainable = trainable
+
+
+def calibrate_batchnorm(model: keras.Model, images, *, batch_size: int = 256) -> int:
+    """Set the moving statistics of the backbone's BatchNormalization layers to
+    those of ``images`` (float model inputs); returns how many layers were set.
+
+    For a randomly initialised backbone only: its BatchNorm layers start with mean
+    0 and variance 1, which in inference mode normalise nothing, and through the
+    50-odd layers of MobileNetV2 the signal then shrinks to ~1e-12, below float32
+    resolution, so a frozen random backbone gives the head no information (the
+    overfit-one-batch check caught it). One forward pass in training mode with
+    momentum 0 gives each layer the statistics of its real inputs, the same
+    statistics a training run would converge to; no weight is changed.
+    Hand-written: Keras has no BatchNorm recalibration utility.
+    """
+    import numpy as np
+
+    bn = [layer for layer in backbone_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    if not bn:
+        return 0
+    saved = [(layer, layer.trainable, layer.momentum) for layer in bn]
+    for layer in bn:
+        layer.trainable, layer.momentum = True, 0.0
+    sample = np.asarray(images)[:batch_size]
+    try:
+        model(sample, training=True)
+    finally:
+        for layer, trainable, momentum in saved:
+            layer.trainable, layer.momentum = trainable, momentum
+    return len(bn)

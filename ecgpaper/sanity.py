@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .config import CLASS_CODES
-from .training import RunConfig, RunData, backbone_features, head_model, train_run
+from .training import RunConfig, RunData, backbone_features, head_model, prepare_frozen_backbone
 
 #: overfit-a-batch: images per class, the step budget and the accuracy to reach
 OVERFIT_PER_CLASS = 8
@@ -55,6 +55,7 @@ def overfit_one_batch(config: RunConfig, data: RunData, *, per_class: int = OVER
                         finetune=finetune, bn_mode=config.bn_mode or None)
     onehot = keras.utils.to_categorical(y, len(CLASS_CODES))
     if config.recipe == "transfer" or config.head == "standardized":
+        prepare_frozen_backbone(model, config, data.train[0], log=lambda *_: None)
         features = backbone_features(model, config, [x], log=lambda *_: None)[0]
         if config.head == "standardized":
             model.get_layer(HEAD_NORM).adapt(features)

@@ -66,6 +66,7 @@ class RunConfig:
     head_learning_rate: float = 1e-3  # transfer: Adam, head phase (profiles: 10 x learning_rate)
     finetune: str = "all"  # backbone layers that train: "all" | "top" | "none"
     bn_mode: str = ""  # "frozen" | "trainable"; "": frozen for pretrained weights, else trainable
+    bn_stats: str = ""  # "train_images": a random backbone's BatchNorm statistics set from them
     weights_requested: str = ""  # what was asked ("auto"...) when it differs from ``weights``
     label_control: str = "none"  # "shuffled": training labels permuted (sanity control)
     paper_epochs: int = 0  # the paper's epochs for this setting, before the profile scaled them
@@ -307,6 +308,20 @@ def backbone_features(model, config: RunConfig, arrays: list[np.ndarray], *, bat
     return out
 
 
+def prepare_frozen_backbone(model, config: RunConfig, images: np.ndarray, *, log=print) -> None:
+    """A random backbone run frozen (BatchNorm in inference mode) gets BatchNorm
+    statistics from the training images first (``models.calibrate_batchnorm``);
+    pretrained ones keep theirs."""
+    from .models import calibrate_batchnorm, is_pretrained
+    from .pipeline import scaling_fn
+
+    if config.bn_stats != "train_images" or is_pretrained(config.weights):
+        return
+    n = calibrate_batchnorm(model, scaling_fn(config.scaling, config.model)(images).numpy())
+    if n:
+        log(f"  {n} BatchNorm layers of the random {config.model} set to the training images' statistics")
+
+
 def head_model(model):
     """The head of a model built by ``models.build_model`` as a model of its own on
     pooled features, sharing the layers (and so the weights) with ``model``."""
@@ -417,6 +432,7 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
     t0 = time.perf_counter()
     best_so_far = None
     if config.head == "standardized" or config.recipe == "transfer":
+        prepare_frozen_backbone(model, config, x_tr, log=log)
         features = backbone_features(model, config, [x_tr, x_va], log=log)
         if config.head == "standardized":
             model.get_layer(HEAD_NORM).adapt(features[0])
@@ -530,6 +546,8 @@ def deviations(config: RunConfig) -> list[str]:
         out.append(f"backbone layers trained: {config.finetune if config.train_base else 'none'} (paper: all)")
     if config.head == "standardized":
         out.append("head: Normalization of the pooled features fitted to the training set")
+    if config.bn_stats == "train_images" and config.model != "VGG16":
+        out.append("random backbone: BatchNorm statistics computed on the training images, then frozen")
     if config.weights != "imagenet":
         from .weights import STANDINS
 

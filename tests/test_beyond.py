@@ -20,7 +20,7 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from conftest import smoke_notebook_run
 from ecgpaper import beyond, experiments, leakage, lightweight, robustness, significance
-from ecgpaper.config import CLASS_CODES
+from ecgpaper.config import CLASS_CODES, PROFILES
 
 
 def _quiet(*_args, **_kwargs):
@@ -163,7 +163,8 @@ def test_leakage_runs_reuse_the_grid_run_and_lightweight_reuses_the_baseline():
     light = lightweight.lightweight_configs("quick", "d")
     assert light[:2] == experiment_configs("baseline", profile="quick", dataset="d")
     assert [c.model for c in light[2:]] == ["MobileNetV2", "EfficientNetB0"]
-    assert all(c.batch_size == 16 and c.learning_rate == 1e-4 and c.epochs == 5 for c in light)
+    epochs = round(20 * PROFILES["quick"].epochs_scale)
+    assert all(c.batch_size == 16 and c.learning_rate == 1e-4 and c.epochs == epochs for c in light)
 
 
 # --------------------------------------------------------------------------
@@ -437,18 +438,22 @@ def test_leakage_study_trains_each_cell_once_and_resumes(tiny_twin, monkeypatch)
 
     monkeypatch.setattr(experiments, "train_run", fake_train_run)
     study = leakage.run_leakage("smoke", tiny_twin, n_seeds=2, log=_quiet)
-    cells = {(c.protocol, c.crop, c.seed, c.split_seed) for c in calls}
-    assert len(calls) == len(cells) == 2 * (3 + 2)  # crop under paper and grouped only
-    assert {(c.model, c.batch_size, c.learning_rate) for c in calls} == {("VGG16", 32, 1e-4)}
+    cells = {(c.model, c.protocol, c.crop, c.seed, c.split_seed) for c in calls}
+    # VGG16: crop under paper and grouped only; ResNet50: full page under paper and grouped
+    assert len(calls) == len(cells) == 2 * (3 + 2) + 2 * 2
+    assert {(c.model, c.batch_size, c.learning_rate) for c in calls} == {("VGG16", 32, 1e-4),
+                                                                        ("ResNet50", 32, 1e-4)}
+    assert {(c.protocol, c.crop) for c in calls if c.model == "ResNet50"} == {("paper", False),
+                                                                              ("grouped", False)}
     reps = study["replicates"]
-    assert len(reps) == 2 * len(calls)
+    assert len(reps) == len(calls) + 2 * (3 + 2)  # one row per CNN run, one probe row per cell
     cnn = reps[reps["classifier"] == leakage.CNN_LABEL]
     assert (cnn["accuracy"] <= cnn["majority_rate"] + 1e-9).all()  # a constant answer cannot beat it
     assert (reps.loc[reps["protocol"] == "grouped", "test_exact_copy_in_train"] == 0).all()
     assert (reps.loc[reps["protocol"] == "paper", "test_exact_copy_in_train"] > 0).all()
     leakage.run_leakage("smoke", tiny_twin, n_seeds=2, log=_quiet)
-    assert len(calls) == 10  # everything reused
+    assert len(calls) == 14  # everything reused
     from ecgpaper.experiments import experiment_file
 
     recorded = json.loads(experiment_file("leakage", study["dataset"], "smoke").read_text())
-    assert recorded["run_ids"] == study["run_ids"] and len(set(recorded["run_ids"])) == 10
+    assert recorded["run_ids"] == study["run_ids"] and len(set(recorded["run_ids"])) == 14

@@ -235,3 +235,22 @@ def test_finetune_top_trains_only_the_top_block_and_the_head(name):
     assert any(layer.trainable for layer in layers[start:] if layer.weights)
     assert not any(layer.trainable for layer in layers if isinstance(layer, keras.layers.BatchNormalization))
     assert model.get_layer("head_norm") is not None and model.get_layer("head_dense").trainable
+
+
+def test_batchnorm_calibration_gives_a_frozen_random_backbone_usable_features():
+    """Random MobileNetV2 in inference mode (BatchNorm mean 0, variance 1) shrinks
+    every image to ~1e-12; after calibrate_batchnorm its pooled features differ
+    between images, and no trainable weight changed."""
+    from ecgpaper.models import calibrate_batchnorm
+
+    keras.utils.set_random_seed(0)
+    model = build_model("MobileNetV2", image_size=SIZE, weights="none", finetune="none", bn_mode="frozen")
+    pooled = keras.Model(model.input, model.get_layer("head_pool").output)
+    x = np.random.default_rng(0).random((16, SIZE, SIZE, 3)).astype("float32")
+    before = np.asarray(pooled(x, training=False))
+    conv = [w.copy() for w in model.get_layer("Conv1").get_weights()]
+    assert calibrate_batchnorm(model, x) == 52
+    after = np.asarray(pooled(x, training=False))
+    assert before.std(axis=0).max() < 1e-6 < after.std(axis=0).mean()
+    assert same_weights(model.get_layer("Conv1").get_weights(), conv)
+    assert not any(layer.trainable for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
