@@ -167,6 +167,9 @@ def fig_curves(run: dict, dataset: str, profile: str) -> Path:
         ax.ticklabel_format(axis="y", useOffset=False)
         ax.legend()
     a1.set_ylim(0, 1.02)
+    losses = pd.concat([h["loss"], h["val_loss"]])
+    if losses.min() > 0 and losses.max() / losses.min() > 100:  # a diverging epoch would flatten the rest
+        a2.set_yscale("log")
     name = PAPER_FIG.get(model, {}).get("curves", f"curves_{model.lower()}")
     fig.suptitle(f"{'Fig. 11' if model == 'ResNet50' else 'Fig. 12'}: accuracy and loss curves of {model} "
                  f"(batch {run['config']['batch_size']}, lr {run['config']['learning_rate']:g})\n"
