@@ -108,6 +108,8 @@ def scaled_configs(specs: list[dict], *, profile: str, dataset: str, protocol: s
                         "finetune": "top", "bn_mode": "frozen", "early_stopping": True,
                         "patience": 2} if recipe == "transfer" else {"recipe": recipe})
     requested = weights or prof.weights
+    from .models import is_pretrained
+
     configs = []
     for spec in specs:
         spec = dict(spec)
@@ -122,8 +124,6 @@ def scaled_configs(specs: list[dict], *, profile: str, dataset: str, protocol: s
         settings.setdefault("scaling", resolve_scaling(prof.scaling, resolved))
         # BatchNorm statistics fit the input only under the weights' own scaling:
         # under another (the paper's /255 on ImageNet ResNet50) they must train (3.1.1)
-        from .models import is_pretrained
-
         settings.setdefault("bn_mode", "frozen" if is_pretrained(resolved) and
                             settings["scaling"] == "preprocess_input" else "trainable")
         if recipe == "transfer" and not is_pretrained(resolved):

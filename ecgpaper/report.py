@@ -62,8 +62,6 @@ def _row(label, ours, paper, verdict) -> str:
 def recipe_lines(dataset: str, profile: str) -> list[str]:
     """REPORT.md section: how the models were trained, every deviation from the paper's
     protocol (each run's config.json lists them), and optimizer steps beside the paper's."""
-    from .training import deviations, RunConfig
-
     runs = []
     for name in ("baseline", "grid", "curves", "multirun"):
         try:
@@ -73,10 +71,9 @@ def recipe_lines(dataset: str, profile: str) -> list[str]:
     if not runs:
         return []
     lines = ["", "## How the models were trained (deviations from the paper's protocol)", ""]
-    fields = set(RunConfig.__dataclass_fields__)
     seen = []
-    for _, run in runs:
-        for d in deviations(RunConfig(**{k: v for k, v in run["config"].items() if k in fields})):
+    for _, run in runs:  # each run's config.json lists its deviations (training.deviations)
+        for d in run["config"].get("deviations", []):
             if d not in seen:
                 seen.append(d)
     lines += [f"- {d}" for d in seen] or ["- none: the paper's protocol"]

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from .config import CLASS_CODES
-from .training import RunConfig, RunData, backbone_features, head_model, prepare_frozen_backbone
+from .training import (RunConfig, RunData, backbone_features, build_run_model, head_model,
+                       prepare_frozen_backbone)
 
 #: overfit-a-batch: images per class, the step budget and the accuracy to reach
 OVERFIT_PER_CLASS = 8
@@ -43,16 +44,14 @@ def overfit_one_batch(config: RunConfig, data: RunData, *, per_class: int = OVER
     """
     import keras
 
-    from .models import HEAD_NORM, build_model
+    from .models import HEAD_NORM
     from .pipeline import scaling_fn
 
     x, y = _fixed_batch(data.train[0], data.train[1], per_class)
     keras.utils.set_random_seed(config.seed)
     keras.backend.clear_session()
     finetune = "none" if config.recipe == "transfer" or not config.train_base else config.finetune
-    model = build_model(config.model, image_size=config.image_size, num_classes=len(CLASS_CODES),
-                        weights=config.weights, dropout=config.dropout, head=config.head,
-                        finetune=finetune, bn_mode=config.bn_mode or None)
+    model = build_run_model(config, finetune)
     onehot = keras.utils.to_categorical(y, len(CLASS_CODES))
     if config.recipe == "transfer" or config.head == "standardized":
         prepare_frozen_backbone(model, config, data.train[0], log=lambda *_: None)

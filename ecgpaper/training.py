@@ -195,9 +195,9 @@ def _optimizer(config: RunConfig):
     raise UserError(f"optimizer must be 'adam' or 'sgd', not {config.optimizer!r}")
 
 
-def _better(a: tuple[float, float], b: tuple[float, float] | None) -> bool:
-    """(val_accuracy, val_loss) a beats b: higher accuracy, ties broken by lower loss."""
-    return b is None or a[0] > b[0] + 1e-9 or (abs(a[0] - b[0]) <= 1e-9 and a[1] < b[1])
+def _score(logs) -> tuple[float, float]:
+    """A validation epoch's rank key: higher accuracy first, then lower loss."""
+    return float(logs["val_accuracy"]), -float(logs["val_loss"])
 
 
 def _best_checkpoint(path: Path, best: tuple[float, float] | None, patience: int | None):
@@ -218,8 +218,8 @@ def _best_checkpoint(path: Path, best: tuple[float, float] | None, patience: int
             self.best, self.wait = best, 0
 
         def on_epoch_end(self, epoch, logs=None):
-            score = (float(logs["val_accuracy"]), float(logs["val_loss"]))
-            if _better(score, self.best):
+            score = _score(logs)
+            if self.best is None or score > self.best:
                 self.best, self.wait = score, 0
                 self.model.save_weights(path)
             else:
@@ -231,13 +231,9 @@ def _best_checkpoint(path: Path, best: tuple[float, float] | None, patience: int
 
 
 def _best_row(hist: pd.DataFrame) -> int:
-    """Index of the history row the best checkpoint holds (see :func:`_best_checkpoint`)."""
-    best = None
-    for i, (acc, loss) in enumerate(zip(hist["val_accuracy"], hist["val_loss"])):
-        if _better((float(acc), float(loss)), None if best is None else
-                   (float(hist["val_accuracy"][best]), float(hist["val_loss"][best]))):
-            best = i
-    return best
+    """Index of the history row the best checkpoint holds (see :func:`_best_checkpoint`);
+    the first of equal rows, as the callback keeps the first."""
+    return max(range(len(hist)), key=lambda i: _score(hist.iloc[i]))
 
 
 @dataclass
@@ -308,6 +304,16 @@ def backbone_features(model, config: RunConfig, arrays: list[np.ndarray], *, bat
     return out
 
 
+def build_run_model(config: RunConfig, finetune: str):
+    """``models.build_model`` with a run's settings; ``finetune`` says which backbone
+    layers train (the config's, or "none" for a frozen phase)."""
+    from .models import build_model
+
+    return build_model(config.model, image_size=config.image_size, num_classes=len(CLASS_CODES),
+                       weights=config.weights, dropout=config.dropout, head=config.head,
+                       finetune=finetune, bn_mode=config.bn_mode or None)
+
+
 def prepare_frozen_backbone(model, config: RunConfig, images: np.ndarray, *, log=print) -> None:
     """A random backbone run frozen (BatchNorm in inference mode) gets BatchNorm
     statistics from the training images first (``models.calibrate_batchnorm``);
@@ -327,7 +333,7 @@ def head_model(model):
     pooled features, sharing the layers (and so the weights) with ``model``."""
     import keras
 
-    from .models import HEAD_NORM, HEAD_POOL
+    from .models import HEAD_POOL
 
     names = [layer.name for layer in model.layers]
     start = names.index(HEAD_POOL) + 1
@@ -335,7 +341,6 @@ def head_model(model):
     x = inp
     for layer in model.layers[start:]:
         x = layer(x)
-    assert model.layers[start].name == HEAD_NORM or HEAD_NORM not in names
     return keras.Model(inp, x, name=f"{model.name}_head")
 
 
@@ -348,7 +353,7 @@ def _history_frame(history, phase: str, steps_per_epoch: int) -> pd.DataFrame:
 
 
 def _fit_head_phase(model, config: RunConfig, features, y_tr, y_va, best_file: Path, *,
-                    verbose: int, log) -> pd.DataFrame:
+                    log) -> pd.DataFrame:
     """Transfer recipe, phase 1: the head alone on the cached features, Adam at
     ``head_learning_rate`` for ``head_steps`` steps; the weights of the best
     validation epoch are kept (keras.io transfer-learning guide)."""
@@ -385,7 +390,7 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
 
     from .config import HEADS, RECIPES
     from .evaluation import evaluate_predictions, predictions_table
-    from .models import HEAD_NORM, build_model
+    from .models import HEAD_NORM
     from .pipeline import make_dataset
 
     if config.recipe not in RECIPES:
@@ -421,9 +426,7 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
     strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
     finetune = "none" if not config.train_base else config.finetune
     with strategy.scope():
-        model = build_model(config.model, image_size=config.image_size, num_classes=len(CLASS_CODES),
-                            weights=config.weights, dropout=config.dropout, head=config.head,
-                            finetune=finetune, bn_mode=config.bn_mode or None)
+        model = build_run_model(config, finetune)
     log(f"[{run_id}] {config.model} ({config.recipe} recipe, weights {config.weights}, scaling "
         f"{config.scaling}) batch {config.batch_size} lr {config.learning_rate:g} on {len(x_tr)} "
         f"train / {len(x_va)} val images{', SHUFFLED LABELS' if config.label_control == 'shuffled' else ''}")
@@ -437,10 +440,9 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
         if config.head == "standardized":
             model.get_layer(HEAD_NORM).adapt(features[0])
         if config.recipe == "transfer":
-            frames.append(_fit_head_phase(model, config, features, y_tr, y_va, best_file,
-                                          verbose=verbose, log=log))
+            frames.append(_fit_head_phase(model, config, features, y_tr, y_va, best_file, log=log))
             row = _best_row(frames[0])  # the head phase's best: the first checkpoint candidate
-            best_so_far = (float(frames[0]["val_accuracy"][row]), float(frames[0]["val_loss"][row]))
+            best_so_far = _score(frames[0].iloc[row])
 
     phase = "finetune" if config.recipe == "transfer" else "paper"
     if finetune != "none" and config.epochs > 0:
