@@ -2,20 +2,26 @@
 # Regenerate every table and figure: set up .venv if needed, then execute the
 # notebooks in order with papermill.
 #   ./run_all.sh [--profile smoke|quick|paper] [--data-root PATH]
+#   ./run_all.sh --lab      set up .venv, then open JupyterLab on notebooks/ instead
 # Default: the quick profile on the Kaggle data in data/raw/kaggle if it was
 # downloaded (python -m ecgpaper download), else on the SYNTHETIC twin.
 set -euo pipefail
 cd "$(dirname "$0")"
 ARGS=()
+LAB=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile|--data-root) ARGS+=("$1" "$2"); shift 2 ;;
     --profile=*|--data-root=*) ARGS+=("$1"); shift ;;
+    --lab) LAB=1; shift ;;
     -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see ./run_all.sh --help)" >&2; exit 2 ;;
   esac
 done
 source scripts/bootstrap.sh
+if [ "$LAB" = 1 ]; then
+  exec python -m ecgpaper lab
+fi
 source scripts/build_frontend.sh
 start=$(date +%s)
 python -m ecgpaper notebooks "${ARGS[@]}"

@@ -203,6 +203,26 @@ def cmd_notebooks(args) -> None:
     run_notebooks(args.profile, args.data_root, seed=args.seed, only=args.only)
 
 
+def cmd_lab(args) -> None:
+    from .lab import launch_lab
+
+    launch_lab(port=args.port, ip=args.ip, open_browser=not args.no_browser)
+
+
+def cmd_clean(args) -> None:
+    from .housekeeping import clean
+
+    clean(runs=args.runs, cache=args.cache, dry_run=args.dry_run, profile=args.profile)
+
+
+def cmd_reference_run(args) -> None:
+    from .reference_run import build_reference_run
+    from .runner import current_data
+
+    dataset = args.dataset or current_data(args.data_root, args.profile)[2]
+    build_reference_run(dataset, args.profile, Path(args.out))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ecgpaper",
@@ -324,6 +344,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (e.g. 05_report)")
     p.set_defaults(func=cmd_notebooks)
+
+    p = sub.add_parser("lab", help="open JupyterLab on the notebooks with the project's kernel",
+                       description="Register the Jupyter kernel 'ecgpaper' for this Python if needed, "
+                                   "then start JupyterLab on notebooks/ (loopback only by default).")
+    p.add_argument("--port", type=int, default=8888, help="port (default %(default)s)")
+    p.add_argument("--ip", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser (print the URL)")
+    p.set_defaults(func=cmd_lab)
+
+    from .housekeeping import __doc__ as clean_doc
+
+    p = sub.add_parser("clean", help="delete run folders and/or image caches, reporting the sizes freed",
+                       description=clean_doc.split("\n\n", 1)[1],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", action="store_true", help="results/<dataset>/<profile>/runs/ (retrained "
+                                                       "by the next ./run_all.sh)")
+    p.add_argument("--cache", action="store_true", help="data/cache/ (rebuilt on demand)")
+    p.add_argument("--profile", choices=list(PROFILES), help="with --runs: only this profile's runs")
+    p.add_argument("--dry-run", action="store_true", help="report what would be freed, delete nothing")
+    p.set_defaults(func=cmd_clean)
+
+    p = sub.add_parser("reference-run", help="regenerate docs/reference-run/ from a finished run",
+                       description="Copy a finished run's figures (PNG, downscaled) and REPORT.md into "
+                                   "docs/reference-run/, stamped with commit, profile, machine and date.")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=list(PROFILES))
+    p.add_argument("--data-root", metavar="PATH", help="the run's data root (default as ./run_all.sh)")
+    p.add_argument("--dataset", help="the run's dataset name (default: from the data root)")
+    p.add_argument("--out", default=str(paths.REPO / "docs" / "reference-run"),
+                   help="output folder (default %(default)s)")
+    p.set_defaults(func=cmd_reference_run)
 
     from .serve import add_serve_parser
 

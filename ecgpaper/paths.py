@@ -1,8 +1,10 @@
 """Absolute paths from one place, so notebooks, scripts and the web service work
-from any working directory (NOTEBOOK_PRACTICES: one ``paths`` module).
+from any working directory (one ``paths`` module instead of relative paths
+scattered through notebooks).
 
-The project root is the repository that holds this package; set
-``ECGPAPER_ROOT`` to put data, results, figures and models elsewhere.
+The project root is the repository that holds this package (``REPO``); set
+``ECGPAPER_ROOT`` to put data, results, figures and models elsewhere (the
+notebooks, docs and the reference run stay in ``REPO``).
 Every generated path names the dataset (and, for experiment outputs, the
 profile), so a number from the synthetic twin can never pass for the paper's.
 """
@@ -12,7 +14,8 @@ import os
 import re
 from pathlib import Path
 
-ROOT = Path(os.environ.get("ECGPAPER_ROOT", Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+ROOT = Path(os.environ.get("ECGPAPER_ROOT", REPO))
 DATA = ROOT / "data"
 RAW = DATA / "raw"
 CACHE = DATA / "cache"

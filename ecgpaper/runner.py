@@ -1,19 +1,28 @@
 """Run the notebooks in order, headless, with papermill (``./run_all.sh``).
 
-Executed copies go to ``results/<dataset>/<profile>/notebooks/``. The first
-failing notebook stops the run with its name, the failing cell and the error;
-its executed copy (saved by papermill up to the failure) is the log to open.
-Finished experiment runs are reused, so a second run is fast.
+Executed copies go to ``results/<dataset>/<profile>/notebooks/``. The dataset
+is known only once notebook 00 has run (it downloads the Kaggle data when
+credentials are configured), so each notebook is executed into a staging
+folder and filed under the dataset the data root names *after* it ran.
+The first failing notebook stops the run with its name, the failing cell and
+the error; its executed copy (saved by papermill up to the failure) is the
+log to open. Finished experiment runs are reused, so a second run is fast.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import shutil
+import sys
+import threading
 import time
 from pathlib import Path
 
 from . import paths
 from .errors import UserError
 
-NOTEBOOK_DIR = paths.ROOT / "notebooks"
+NOTEBOOK_DIR = paths.REPO / "notebooks"
 
 
 def notebook_list(folder: Path | None = None) -> list[Path]:
@@ -22,38 +31,148 @@ def notebook_list(folder: Path | None = None) -> list[Path]:
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
 
 
-def run_notebooks(profile: str, data_root: str | None = None, *, seed: int = 0,
-                  only: list[str] | None = None, log=print) -> Path:
-    """Execute every notebook; return the REPORT.md path."""
-    import papermill as pm
-
+def current_data(data_root: str | None, profile: str) -> tuple[Path, str, str]:
+    """(root, source, dataset) as the notebooks see them now (paper 3.1: the data)."""
     from .data import resolve_data_root
     from .inventory import dataset_id
 
     root, source = resolve_data_root(data_root, profile)
-    dataset = dataset_id(root)
+    return root, source, dataset_id(root)
+
+
+def quiet_kernel_environment() -> None:
+    """Environment the papermill kernels inherit: TensorFlow's C++ start-up lines
+    (oneDNN, CUDA factories) hidden, training progress one line per epoch."""
+    from .progress import ENV
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault(ENV, "lines")
+
+
+#: Start-up lines TensorFlow's C++ runtime writes to stderr in every kernel before its
+#: log level applies (TF_CPP_MIN_LOG_LEVEL cannot hide them): absl INFO lines (oneDNN,
+#: CPU features) and the CUDA plugin registrations of GPU wheels.
+TF_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog"
+                      r"|I\d{4} [\d:. ]+\d+ \S+:\d+\]"
+                      r"|E\d{4} [\d:. ]+\d+ \S+:\d+\] Unable to register cu\w+ factory"
+                      r"|To enable the following instructions:)")
+
+
+@contextlib.contextmanager
+def filtered_stderr(noise: re.Pattern = TF_NOISE):
+    """Route file descriptor 2 (inherited by the kernels papermill starts) through a
+    filter that drops ``noise`` lines; everything else reaches stderr unchanged."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded interpreter): nothing to filter
+        yield
+        return
+    read_end, write_end = os.pipe()
+
+    def pump():
+        with os.fdopen(read_end, "rb") as src, os.fdopen(os.dup(saved), "wb", buffering=0) as dst:
+            for line in src:
+                if not noise.match(line.decode("utf-8", "replace")):
+                    dst.write(line)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last writer closes: the pump drains and stops
+        os.close(saved)
+        thread.join(timeout=10)
+
+
+def _kernel_manager_config():
+    """Encrypted kernel transport (CurveZMQ) when this pyzmq and jupyter_client offer it:
+    ipykernel otherwise warns "Kernel is running over TCP without encryption" per notebook."""
+    import zmq
+    from jupyter_client.manager import KernelManager
+    from traitlets.config import Config
+
+    if zmq.has("curve") and KernelManager.class_traits().get("transport_encryption") is not None:
+        return Config({"KernelManager": {"transport_encryption": "auto"}})
+    return Config()
+
+
+def _describe(source: str, root: Path) -> str:
     if source == "synthetic":
-        log(f"NOTE: no Kaggle data found in {paths.KAGGLE_RAW}: running on the SYNTHETIC twin "
-            f"({root}). Its numbers test the pipeline; they are NOT the paper's. To use the real "
-            "data: `python -m ecgpaper download` (Kaggle credentials) or --data-root PATH.")
-    out_dir = paths.profile_results(dataset, profile) / "notebooks"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    params = {"profile": profile, "data_root": str(root) if data_root else None, "seed": seed}
-    notebooks = [nb for nb in notebook_list() if not only or nb.stem in only]
+        return (f"NOTE: no Kaggle data found in {paths.KAGGLE_RAW}: ran on the SYNTHETIC twin "
+                f"({root}). Its numbers test the pipeline; they are NOT the paper's. To use the real "
+                "data: `python -m ecgpaper download` (Kaggle credentials) or --data-root PATH.")
+    return f"data: {root} ({source})"
+
+
+def _record_timings(path: Path, seconds: dict[str, float]) -> None:
+    """Wall seconds per notebook (the README's runtimes and the reference run's stamp);
+    notebooks not run this time keep their last time."""
+    import json
+    import platform
+
+    old = json.loads(path.read_text())["seconds"] if path.exists() else {}
+    paths.atomic_write_text(path, json.dumps({
+        "seconds": {**old, **seconds}, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu_count": os.cpu_count(), "platform": platform.platform()}, indent=2) + "\n")
+
+
+def run_notebooks(profile: str, data_root: str | None = None, *, seed: int = 0,
+                  only: list[str] | None = None, log=print, notebook_dir: Path | None = None) -> Path:
+    """Execute every notebook; return the REPORT.md path."""
+    import papermill as pm
+
+    from .lab import ensure_kernel
+
+    kernel = ensure_kernel(log)
+    quiet_kernel_environment()
+    params = {"profile": profile, "data_root": str(Path(data_root).resolve()) if data_root else None,
+              "seed": seed}
+    notebooks = [nb for nb in notebook_list(notebook_dir) if not only or nb.stem in only]
+    staging = paths.RESULTS / ".running" / profile
+    staging.mkdir(parents=True, exist_ok=True)
+    announced = None
+    seconds: dict[str, float] = {}
     for nb in notebooks:
         t0 = time.perf_counter()
-        out = out_dir / nb.name
-        log(f"== {nb.name} (profile {profile}, dataset {dataset})")
+        staged = staging / nb.name
+        log(f"== {nb.name} (profile {profile})")
+        failure = None
         try:
-            pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name="python3",
-                                cwd=str(nb.parent), progress_bar=False,
-                                request_save_on_cell_execute=True, start_timeout=120)
+            with filtered_stderr():
+                pm.execute_notebook(str(nb), str(staged), parameters=params, kernel_name=kernel,
+                                    cwd=str(nb.parent), progress_bar=False, coalesce_streams=True,
+                                    request_save_on_cell_execute=True, start_timeout=120,
+                                    config=_kernel_manager_config())
         except pm.PapermillExecutionError as exc:
+            failure = exc
+        # file it under the dataset the notebook left behind (00 may have downloaded Kaggle's)
+        root, source, dataset = current_data(data_root, profile)
+        out_dir = paths.profile_results(dataset, profile) / "notebooks"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        out = out_dir / nb.name
+        if staged.exists():
+            shutil.move(str(staged), out)
+        if failure is not None:
             raise UserError(
-                f"notebook {nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
-                f"the executed notebook up to the failure: {out}") from None
-        log(f"   done in {time.perf_counter() - t0:.0f} s -> {out}")
+                f"notebook {nb.name} failed in cell {failure.exec_count}: {failure.ename}: "
+                f"{failure.evalue}\nthe executed notebook up to the failure: {out}") from None
+        if announced != (source, dataset):
+            log(_describe(source, root) + f"; outputs filed under dataset '{dataset}'")
+            announced = (source, dataset)
+        seconds[nb.stem] = round(time.perf_counter() - t0, 1)
+        log(f"   done in {seconds[nb.stem]:.0f} s -> {out}")
+    shutil.rmtree(paths.RESULTS / ".running", ignore_errors=True)
+    root, source, dataset = current_data(data_root, profile)
     report = paths.profile_results(dataset, profile) / "REPORT.md"
+    _record_timings(paths.profile_results(dataset, profile) / "notebooks" / "timings.json", seconds)
     log(f"\nREPORT: {report}\nfigures: {paths.profile_figures(dataset, profile)}\n"
-        f"tables:  {paths.profile_results(dataset, profile)}\nexecuted notebooks: {out_dir}")
+        f"tables:  {paths.profile_results(dataset, profile)}\n"
+        f"executed notebooks: {paths.profile_results(dataset, profile) / 'notebooks'}")
+    if source == "synthetic":
+        log(_describe(source, root))
     return report

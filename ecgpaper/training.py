@@ -392,6 +392,7 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
     from .evaluation import evaluate_predictions, predictions_table
     from .models import HEAD_NORM
     from .pipeline import make_dataset
+    from .progress import training_progress
 
     if config.recipe not in RECIPES:
         raise UserError(f"recipe must be one of {RECIPES}, not {config.recipe!r}")
@@ -454,8 +455,11 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
         # epochs that do not beat the best so far, the head phase's included
         callbacks = [_epoch_timer(), _best_checkpoint(best_file, best_so_far,
                                                       config.patience if config.early_stopping else None)]
-        history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
-                            verbose=verbose, shuffle=False)  # tf.data shuffles
+        progress, fit_verbose = training_progress(  # compact bar / one line per epoch (progress.py)
+            verbose, epochs=config.epochs, steps_per_epoch=math.ceil(len(x_tr) / config.batch_size),
+            label=f"{config.model} {phase}")
+        history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks + progress,
+                            verbose=fit_verbose, shuffle=False)  # tf.data shuffles
         frames.append(_history_frame(history, phase, math.ceil(len(x_tr) / config.batch_size)))
     train_seconds = time.perf_counter() - t0
     hist = pd.concat(frames, ignore_index=True)

@@ -28,7 +28,8 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     echo "[bootstrap] installation failed; full log: $LOG" >&2
     exit 1
   fi
-  "$VENV/bin/python" -m ipykernel install --sys-prefix --name ecgpaper --display-name "ecgpaper (.venv)" >/dev/null
+  # the kernel the notebooks ask for (ecgpaper/lab.py registers it the same way)
+  "$VENV/bin/python" -m ipykernel install --sys-prefix --name ecgpaper --display-name "Python (ecgpaper)" >/dev/null
   echo "$WANT" > "$STAMP"
 fi
 # shellcheck disable=SC1091

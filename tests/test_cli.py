@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 COMMANDS = ["download", "synth", "inventory", "audit", "split", "cache", "prepare", "run", "export",
-            "notebooks", "serve"]
+            "notebooks", "serve", "lab", "clean", "reference-run"]
 
 
 def ecgpaper(root, *args, timeout=600):
@@ -24,7 +24,7 @@ def test_every_command_has_help(tmp_path, command):
     res = ecgpaper(tmp_path, command, "--help")
     assert res.returncode == 0, res.stderr
     assert "usage: python -m ecgpaper " + command in res.stdout
-    if command not in ("download", "synth", "serve"):
+    if command not in ("download", "synth", "serve", "lab", "clean"):
         assert "--data-root" in res.stdout
 
 
