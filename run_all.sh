@@ -2,6 +2,8 @@
 # Regenerate every table and figure: set up .venv if needed, then execute the
 # notebooks in order with papermill.
 #   ./run_all.sh [--profile smoke|quick|paper] [--data-root PATH]
+#   ./run_all.sh --download also fetch the Kaggle data and the ImageNet weights first
+#                           (the real reproduction: ./run_all.sh --profile paper --download)
 #   ./run_all.sh --lab      set up .venv, then open JupyterLab on notebooks/ instead
 # Default: the quick profile on the Kaggle data in data/raw/kaggle if it was
 # downloaded (python -m ecgpaper download), else on the SYNTHETIC twin.
@@ -9,12 +11,14 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ARGS=()
 LAB=0
+DOWNLOAD=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile|--data-root) ARGS+=("$1" "$2"); shift 2 ;;
     --profile=*|--data-root=*) ARGS+=("$1"); shift ;;
     --lab) LAB=1; shift ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    --download) DOWNLOAD=1; shift ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see ./run_all.sh --help)" >&2; exit 2 ;;
   esac
 done
@@ -24,6 +28,10 @@ if [ "$LAB" = 1 ]; then
 fi
 source scripts/build_frontend.sh
 start=$(date +%s)
+if [ "$DOWNLOAD" = 1 ]; then
+  python -m ecgpaper download              # Kaggle: needs ~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY
+  python -m ecgpaper download --weights VGG16 ResNet50
+fi
 python -m ecgpaper notebooks "${ARGS[@]}"
 build_frontend || true
 echo "== run_all.sh finished in $(( $(date +%s) - start )) s"

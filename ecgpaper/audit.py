@@ -1,5 +1,5 @@
-"""Duplicate and leakage audit (beyond the paper; DESIGN.md "Facts about the
-real dataset").
+"""Duplicate and leakage audit (beyond the paper; docs/design_notes.md, "The real
+dataset").
 
 Groups files that are the same ECG: exact duplicates share a sha256, near
 duplicates (re-encoded copies) have perceptual hashes within a Hamming

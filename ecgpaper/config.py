@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, asdict, field
 
 # --------------------------------------------------------------------------
-# Classes (paper section 3.1; dataset facts in shared/DESIGN.md)
+# Classes (paper section 3.1; dataset facts in docs/design_notes.md)
 # --------------------------------------------------------------------------
 #: Canonical class codes, in the fixed order used for labels, confusion
 #: matrices and model outputs everywhere in the package.
@@ -37,7 +37,7 @@ KAGGLE_DATASET = "evilspirit05/ecg-analysis"
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 
 # --------------------------------------------------------------------------
-# Page geometry (DESIGN.md): crop box that keeps the ECG grid and drops the
+# Page geometry (docs/design_notes.md): crop box that keeps the ECG grid and drops the
 # header (patient id, sex) and footer (date, rate, device) bands. Given for a
 # 2213 x 1572 page, applied as fractions so it scales to any page size.
 # --------------------------------------------------------------------------
@@ -85,7 +85,7 @@ PAPER_RESULTS = {
 }
 
 # --------------------------------------------------------------------------
-# Profiles (DESIGN.md). A profile shrinks sizes and counts; it never changes
+# Profiles (docs/design_notes.md). A profile shrinks sizes and counts; it never changes
 # what an experiment means.
 # --------------------------------------------------------------------------
 
@@ -137,7 +137,7 @@ PROFILES: dict[str, Profile] = {
         description="CI and nbval: tiny twin, 64 px, head phase of 300 steps on cached "
                     "features + 1-2 fine-tuning epochs, minutes on 2 CPU cores",
     ),
-    # DESIGN.md planned 128 px for quick; measured on 2 CPU cores VGG16 trains
+    # The design planned 128 px for quick; measured on 2 CPU cores VGG16 trains
     # at ~14 images/s at 128 px and ~25 at 64 px (benchmarks/bench_training.py),
     # so 64 px is what keeps the default ./run_all.sh (15 runs) under 30 minutes.
     "quick": Profile(

@@ -1,6 +1,6 @@
 """Find the images of a raw data tree and map them to the four classes.
 
-Reads any of the layouts of the Kaggle archive listed in DESIGN.md
+Reads any of the layouts of the Kaggle archive listed in docs/design_notes.md
 (``ECG_DATA/train/<class>/``, ``ecg data old version/<class>/``,
 ``ecg_data_new_version/ecg data new version/<class>/``, or a plain
 ``<class>/`` folder) and the synthetic twin, which uses the same shape.

@@ -119,7 +119,7 @@ def heat_fraction_in_box(heatmap: np.ndarray, box_fractions) -> float:
     Each heat-map cell counts with the part of its area inside the box, so the
     answer is exact for coarse maps (7 x 7 for VGG16 at 224 px). NaN when the
     map holds no heat at all. Used to ask whether a model looks at the header
-    band (patient id, sex) instead of the traces (DESIGN.md, page geometry).
+    band (patient id, sex) instead of the traces (docs/design_notes.md, page geometry).
     """
     heat = np.asarray(heatmap, dtype=np.float64)
     total = heat.sum()

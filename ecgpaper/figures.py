@@ -324,3 +324,41 @@ def table_environment(runs: list[dict], dataset: str, profile: str) -> pd.DataFr
     save_table(df, "table_environment", dataset, profile,
                "Environment of the runs (paper section 3.5, Fig. 5: Tesla T4, CUDA 12.4, TF 2.18)")
     return df
+
+
+# ------------------------------------------------------------------ inline tables
+def labelled(df: pd.DataFrame, dataset: str, profile: str, caption: str = ""):
+    """``df`` for display in a notebook, its caption naming the data (twin or real):
+    a table copied out of a notebook keeps its label. The saved CSV/Markdown
+    tables carry the same label (:func:`save_table`)."""
+    title = f"{caption}: {data_label(dataset, profile)}" if caption else data_label(dataset, profile)
+    return df.style.set_caption(title).format(precision=4).hide(axis="index")
+
+
+# ------------------------------------------------------------------ Fig. 2 and 3
+def table_architecture(run: dict, dataset: str, profile: str) -> pd.DataFrame:
+    """The analogue of the paper's Fig. 2 (VGG16) and Fig. 3 (ResNet50): the trained
+    model of ``run``, stage by stage (``block1``..``block5`` of VGG16, ``conv1``..
+    ``conv5`` of ResNet50, then the classifier head of section 3.2), with output
+    shape and parameters; ``table_architecture_<model>``."""
+    import keras
+
+    model = keras.models.load_model(run["folder"] / "model.keras", compile=False, safe_mode=True)
+    rows: list[dict] = []
+    for layer in model.layers:
+        stage = "input" if isinstance(layer, keras.layers.InputLayer) else layer.name.split("_")[0]
+        if not rows or rows[-1]["stage"] != stage:
+            rows.append({"stage": stage, "layers": 0, "first layer": layer.name, "output shape": "",
+                         "parameters": 0, "trainable": 0})
+        row = rows[-1]
+        row["layers"] += 1
+        row["output shape"] = " x ".join(str(d) for d in layer.output.shape[1:])
+        row["parameters"] += int(sum(np.prod(w.shape) for w in layer.weights))
+        row["trainable"] += int(sum(np.prod(w.shape) for w in layer.trainable_weights))
+    table = pd.DataFrame(rows)
+    name = run["config"]["model"]
+    fig = {"VGG16": "Fig. 2", "ResNet50": "Fig. 3"}.get(name, "architecture")
+    save_table(table, f"table_architecture_{name.lower()}", dataset, profile,
+               f"{fig} analogue: {name} as trained ({model.count_params():,} parameters, input "
+               f"{' x '.join(str(d) for d in model.input_shape[1:])}), stage by stage")
+    return table

@@ -43,6 +43,15 @@ def ensure_kernel(log=print) -> str:
     return KERNEL_NAME
 
 
+def kernel_encryption_available() -> bool:
+    """CurveZMQ keys for kernels (jupyter_client >= 8.10 with a libsodium pyzmq): without
+    them ipykernel warns "Kernel is running over TCP without encryption" at every start."""
+    import zmq
+    from jupyter_client.manager import KernelManager
+
+    return bool(zmq.has("curve")) and "transport_encryption" in KernelManager.class_traits()
+
+
 def lab_argv(*, port: int = 8888, ip: str = "127.0.0.1", open_browser: bool = True,
              notebook_dir: Path = NOTEBOOK_DIR) -> list[str]:
     """The ``jupyter lab`` command line: served on ``ip`` (loopback by default), rooted
@@ -50,8 +59,12 @@ def lab_argv(*, port: int = 8888, ip: str = "127.0.0.1", open_browser: bool = Tr
     argv = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={notebook_dir}",
             f"--ServerApp.ip={ip}", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
             f"--MultiKernelManager.default_kernel_name={KERNEL_NAME}"]
+    if kernel_encryption_available():
+        argv.append("--KernelManager.transport_encryption=auto")
     if not open_browser:
         argv.append("--no-browser")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers and CI run as root
+        argv.append("--allow-root")
     return argv
 
 

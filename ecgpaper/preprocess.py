@@ -5,7 +5,7 @@ here as settings, recorded with the cache:
 
 - ``fit="resize"`` squashes the ~1.41:1 page to a square (the paper's default);
   ``fit="letterbox"`` keeps the aspect ratio and pads with white paper;
-- ``crop=True`` keeps only the ECG grid (DESIGN.md's box), dropping the header
+- ``crop=True`` keeps only the ECG grid (docs/design_notes.md, "Page geometry"), dropping the header
   band with the patient id and the footer with date, rate and device, so the
   model cannot learn the text.
 
@@ -60,7 +60,7 @@ class PreprocessSettings:
 
 
 def crop_box(width: int, height: int) -> tuple[int, int, int, int]:
-    """DESIGN.md's grid-only box, scaled to a page of ``width`` x ``height``."""
+    """The grid-only box of docs/design_notes.md, scaled to a page of ``width`` x ``height``."""
     fl, ft, fr, fb = HEADER_CROP_FRACTIONS
     return (round(fl * width), round(ft * height), round(fr * width), round(fb * height))
 
@@ -74,7 +74,7 @@ def prepare_image(img: Image.Image, settings: PreprocessSettings) -> np.ndarray:
     n = settings.size
     if img.format in ("JPEG", "MPO"):  # MPO: phone cameras' multi-picture JPEG
         # decode at the smallest DCT scale that still leaves >= n pixels in
-        # the region we keep (DESIGN.md: never decode 2213 x 1572 to make 224 x 224)
+        # the region we keep (docs/design_notes.md: never decode 2213 x 1572 to make 224 x 224)
         fw, fh = (HEADER_CROP_FRACTIONS[2] - HEADER_CROP_FRACTIONS[0],
                   HEADER_CROP_FRACTIONS[3] - HEADER_CROP_FRACTIONS[1]) if settings.crop else (1.0, 1.0)
         img.draft("RGB", (math.ceil(n / fw), math.ceil(n / fh)))

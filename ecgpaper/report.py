@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -36,6 +37,12 @@ FIGURE_CAPTIONS = {
     "fig13_multirun_bars": "Fig. 13: mean +- std over independent VGG16 runs",
     **BEYOND_FIGURE_CAPTIONS,  # notebook 06: fig14-fig17
 }
+
+
+def webpage_screenshot() -> Path:
+    """Written by tests/test_webapp_browser.py (./run_tests.sh): the React page after it
+    classified an ECG. REPORT.md shows it as Fig. 4 when it exists."""
+    return paths.RESULTS / "webapp" / "screenshot.png"
 
 
 def paper_numbers() -> list[str]:
@@ -173,6 +180,9 @@ def write_report(dataset: str, profile: str, *, data_root: str | None = None) ->
     lines += beyond_report_lines(dataset, profile)
 
     fig_dir = paths.profile_figures(dataset, profile)
+    if webpage_screenshot().exists():  # Fig. 4: the page as the browser test last saw it
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(webpage_screenshot(), fig_dir / "fig04_webpage.png")
     lines += ["", "## Figures", ""]
     for png in sorted(fig_dir.glob("*.png")):
         caption = FIGURE_CAPTIONS.get(png.stem, png.stem.replace("_", " "))

@@ -92,11 +92,11 @@ def filtered_stderr(noise: re.Pattern = TF_NOISE):
 def _kernel_manager_config():
     """Encrypted kernel transport (CurveZMQ) when this pyzmq and jupyter_client offer it:
     ipykernel otherwise warns "Kernel is running over TCP without encryption" per notebook."""
-    import zmq
-    from jupyter_client.manager import KernelManager
     from traitlets.config import Config
 
-    if zmq.has("curve") and KernelManager.class_traits().get("transport_encryption") is not None:
+    from .lab import kernel_encryption_available
+
+    if kernel_encryption_available():
         return Config({"KernelManager": {"transport_encryption": "auto"}})
     return Config()
 
@@ -162,7 +162,8 @@ def run_notebooks(profile: str, data_root: str | None = None, *, seed: int = 0,
                 f"notebook {nb.name} failed in cell {failure.exec_count}: {failure.ename}: "
                 f"{failure.evalue}\nthe executed notebook up to the failure: {out}") from None
         if announced != (source, dataset):
-            log(_describe(source, root) + f"; outputs filed under dataset '{dataset}'")
+            log(_describe(source, root))
+            log(f"   outputs of this run are filed under dataset '{dataset}'")
             announced = (source, dataset)
         seconds[nb.stem] = round(time.perf_counter() - t0, 1)
         log(f"   done in {seconds[nb.stem]:.0f} s -> {out}")

@@ -72,7 +72,8 @@ def headline_row(label: str, dataset: str, profile: str, runs: list[dict], metri
 def mcnemar_row(label: str, dataset: str, profile: str, run_a: dict, run_b: dict, *,
                 n_bootstrap: int = N_BOOTSTRAP) -> dict:
     """McNemar's exact test of two runs on the same test images, and the paired
-    duplicate-group bootstrap interval of their accuracy difference (A - B)."""
+    duplicate-group bootstrap interval of their accuracy difference (A - B),
+    also as numbers (``ci95_groups_bounds``)."""
     a, b = _test_set(dataset, profile, run_a), _test_set(dataset, profile, run_b)
     if a["path"] != b["path"]:
         raise ValueError(f"{label}: the two runs were not tested on the same images")
@@ -84,7 +85,7 @@ def mcnemar_row(label: str, dataset: str, profile: str, run_a: dict, run_b: dict
     for i in range(n_bootstrap):
         idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
         diffs[i] = ok_a[idx].mean() - ok_b[idx].mean()
-    return {
+    return {"ci95_groups_bounds": tuple(float(v) for v in percentile_ci(diffs)), **{
         "number": label, "test": f"McNemar (exact) + paired bootstrap: {run_a['config']['model']} "
                                  f"vs {run_b['config']['model']}", "runs": 2,
         "ours": float(ok_a.mean() - ok_b.mean()), "paper": None, "ci95_images": "",
@@ -92,7 +93,7 @@ def mcnemar_row(label: str, dataset: str, profile: str, run_a: dict, run_b: dict
         "n_test": len(a["y"]), "distinct_ecgs_in_test": len(members),
         "test_with_copy_in_train": _copies_in_train(dataset, run_a["config"], a["path"]),
         "mcnemar_b": test["b"], "mcnemar_c": test["c"], "p_value": test["p_value"],
-    }
+    }}
 
 
 def table_statistics(dataset: str, profile: str, *, baseline_runs: list[dict] | None = None,
@@ -132,7 +133,7 @@ def table_statistics(dataset: str, profile: str, *, baseline_runs: list[dict] | 
     if not rows:
         raise UserError(f"no finished baseline, grid, multirun or curves runs for {dataset}/{profile}; "
                         "run notebooks 02-04 (or `python -m ecgpaper run baseline`) first")
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).drop(columns=["ci95_groups_bounds"], errors="ignore")  # bounds: narrative.py
     save_table(table, "table_statistics", dataset, profile,
                "Honest statistics (section 5.2): the paper's headline numbers with 95 % bootstrap "
                "intervals over test images and over duplicate groups (copies of one ECG count once), "

@@ -3,8 +3,8 @@
 The real data (Kaggle ``evilspirit05/ecg-analysis``, paper section 3.1) cannot
 be downloaded on the development and CI machines, so this module draws 12-lead
 ECG report pages of the four classes and writes them in the real archive's
-tree shape, with the real archive's defects planted on purpose (DESIGN.md,
-"Facts about the real dataset"): a regular pattern of exact copies, copies
+tree shape, with the real archive's defects planted on purpose
+(docs/design_notes.md, "The real dataset"): a regular pattern of exact copies, copies
 shared by the train and test folders, re-encoded near copies, stray files and
 an unreadable image. A marker file ``SYNTHETIC_TWIN.json`` records every
 planted defect, so the audit can be tested against known answers and no number
@@ -51,7 +51,7 @@ DATA_DIR = "ECG_DATA"
 SPLIT_FOLDERS = ("train", "test")
 
 # --------------------------------------------------------------------------
-# Recording and paper (DESIGN.md, "Page geometry")
+# Recording and paper (docs/design_notes.md, "Page geometry")
 # --------------------------------------------------------------------------
 SAMPLE_RATE_HZ = 500.0
 RECORD_SECONDS = 10.0
@@ -442,7 +442,7 @@ def render_page(
 ) -> Image.Image:
     """Draw one 12-lead ECG report page (RGB) of class ``class_code``.
 
-    Layout as in DESIGN.md ("Page geometry"): 3 x 4 lead segments of 2.5 s and
+    Layout as in docs/design_notes.md ("Page geometry"): 3 x 4 lead segments of 2.5 s and
     a 10 s lead II strip on a pink millimetre grid, 25 mm/s, 10 mm/mV, all
     inside ``HEADER_CROP_FRACTIONS``; the header (``patient_id``, sex, age)
     and footer (``date`` verbatim, heart rate, device) lie outside it. The
@@ -469,7 +469,7 @@ def render_page(
 
 
 # --------------------------------------------------------------------------
-# The archive tree (DESIGN.md, "Facts about the real dataset")
+# The archive tree (docs/design_notes.md, "The real dataset")
 # --------------------------------------------------------------------------
 _PLAN_STREAM = 1_000  # SeedSequence key of the tree plan; class indices are 0-3
 CORRUPT_KEEP_FRACTION = 0.4  # a corrupt file keeps the first 40 % of a JPEG
@@ -703,7 +703,7 @@ def synthesize(
     """Write the synthetic twin of the Kaggle archive under ``root``; return its marker.
 
     Tree: ``root/ECG_DATA/{train,test}/<KAGGLE_CLASS_FOLDERS[c]>/<FILE_PREFIXES[c]>(k).jpg``
-    with the real archive's defects planted (DESIGN.md, "Facts about the real
+    with the real archive's defects planted (docs/design_notes.md, "The real
     dataset"): exact copies in a regular pattern (about ``duplicate_fraction``
     of all files), copies shared by test and train (``cross_split_fraction``
     of the test pages), re-encoded near copies (``near_duplicate_fraction`` of

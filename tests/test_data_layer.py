@@ -180,7 +180,7 @@ def test_kaggle_protocol_without_folders_says_what_to_use(real_like_tree):
 
 # ---------------------------------------------------------------- preprocessing
 def _page(w=442, h=314):
-    """A page with black header/footer bands and a red grid area (DESIGN.md geometry)."""
+    """A page with black header/footer bands and a red grid area (docs/design_notes.md, page geometry)."""
     arr = np.full((h, w, 3), 255, np.uint8)
     l, t, r, b = crop_box(w, h)
     arr[:t] = 0

@@ -107,7 +107,7 @@ def test_heat_fraction_in_box_is_exact_for_coarse_maps():
     assert heat_fraction_in_box(heat, (0.5, 0.5, 1, 1)) == pytest.approx(0.75)
     # a box covering half of the bottom-right cell gets half of its mass
     assert heat_fraction_in_box(heat, (0.75, 0.5, 1, 1)) == pytest.approx(0.375)
-    # the header band of a page: top 18 % (DESIGN.md page geometry)
+    # the header band of a page: top 18 % (docs/design_notes.md, page geometry)
     assert heat_fraction_in_box(heat, (0, 0, 1, 0.18)) == pytest.approx(0.25 * 0.36)
     assert np.isnan(heat_fraction_in_box(np.zeros((7, 7)), (0, 0, 1, 1)))
 

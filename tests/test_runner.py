@@ -50,7 +50,9 @@ def test_notebooks_are_filed_under_the_dataset_notebook_00_downloaded(fake_noteb
     lines = []
     report = run_notebooks("smoke", log=lines.append, notebook_dir=fake_notebooks)
     out = project_root / "results/kaggle/smoke/notebooks"
-    assert sorted(p.name for p in out.iterdir()) == ["00_get.ipynb", "01_use.ipynb"]
+    assert sorted(p.name for p in out.iterdir()) == ["00_get.ipynb", "01_use.ipynb", "timings.json"]
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings["seconds"]) == {"00_get", "01_use"} and all(v > 0 for v in timings["seconds"].values())
     assert not (project_root / "results/synthetic-smoke").exists()
     assert report == project_root / "results/kaggle/smoke/REPORT.md"
     log = "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The synthetic twin mirrors the real archive (DESIGN.md, "Facts about the real
+"""The synthetic twin mirrors the real archive (docs/design_notes.md, "The real
 dataset") and carries its class signal in the waveforms only."""
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ Django + gunicorn) serving a tiny model trained on the synthetic twin.
 
 Sign in, upload a twin ECG image, see its class, four probability bars and the
 Grad-CAM overlay, find it in the history, upload a text file and get a sentence
-a clinician understands. Leaves a screenshot in results/webapp/screenshot.png.
+a clinician understands. Leaves a screenshot in results/webapp/screenshot.png, which
+REPORT.md then shows as Fig. 4 (report.webpage_screenshot).
 """
 from __future__ import annotations
 

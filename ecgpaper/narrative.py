@@ -1,0 +1,173 @@
+"""The notebooks' interpretation cells: what the numbers of this run say, in sentences.
+
+Every number in a sentence is read from the run records (``experiments.
+experiment_runs``), REPORT.md or the paper's constants (``config.PAPER_RESULTS``);
+none is typed in. Every paragraph starts by saying whether the data are the
+SYNTHETIC twin or the real archive, so a twin result never reads as the paper's.
+"""
+from __future__ import annotations
+
+import re
+
+from .config import PAPER_IMAGE_SIZE, PAPER_RESULTS, PAPER_TRAIN_IMAGES, get_profile
+
+
+def is_synthetic(dataset: str) -> bool:
+    return dataset.startswith("synthetic")
+
+
+def data_sentence(dataset: str, profile: str) -> str:
+    """Twin or real data, and what that allows one to conclude."""
+    if is_synthetic(dataset):
+        return (f"**Data: the SYNTHETIC twin** (`{dataset}`, profile `{profile}`). These numbers test "
+                "the pipeline and the method; they neither reproduce nor refute the paper.")
+    size = get_profile(profile).image_size
+    scale = ("the paper's settings" if profile == "paper" else
+             f"the `{profile}` profile ({size} px instead of {PAPER_IMAGE_SIZE}, fewer optimizer steps), "
+             "so part of any gap to the paper can come from the profile")
+    return f"**Data: the real ECG images** (`{dataset}`) at {scale}."
+
+
+def _ci(ci) -> str:
+    return f"95 % CI {ci[0]:.2f}-{ci[1]:.2f}"
+
+
+def _inside(value: float, ci) -> bool:
+    return ci is not None and ci[0] <= value <= ci[1]
+
+
+def _paragraph(dataset: str, profile: str, sentences: list[str]) -> str:
+    return "\n".join([data_sentence(dataset, profile), ""] + [f"- {s}" for s in sentences])
+
+
+def baseline(runs: list[dict], dataset: str, profile: str) -> str:
+    """Notebook 02 (section 4, Fig. 8-9): VGG16 vs ResNet50, with the paired test."""
+    from .significance import mcnemar_row
+
+    by = {r["config"]["model"]: r for r in runs}
+    out = []
+    for model, run in by.items():
+        m, paper = run["metrics"], PAPER_RESULTS["baseline"][model]["accuracy"]
+        where = "inside" if _inside(paper, m["ci95"]["accuracy"]) else "outside"
+        out.append(f"{model}: test accuracy {m['accuracy']:.2f} ({_ci(m['ci95']['accuracy'])}, "
+                   f"{m['n_test']} test images); the paper's {paper:.2f} is {where} this interval. "
+                   f"Training accuracy {m.get('train_accuracy', float('nan')):.2f}: "
+                   + ("the model fits its training set far better than the test set (overfitting)."
+                      if m.get("train_accuracy", 0) - m["accuracy"] > 0.1 else
+                      "training and test accuracy are close."))
+    if {"VGG16", "ResNet50"} <= set(by):
+        row = mcnemar_row("baseline", dataset, profile, by["VGG16"], by["ResNet50"])
+        diff, (lo, hi) = row["ours"], row["ci95_groups_bounds"]
+        paper_gap = PAPER_RESULTS["baseline"]["VGG16"]["accuracy"] - PAPER_RESULTS["baseline"]["ResNet50"]["accuracy"]
+        verb = "beats" if diff > 0 else ("trails" if diff < 0 else "ties with")
+        settled = ("excludes 0: the difference is real on this test set" if lo > 0 or hi < 0 else
+                   "includes 0: this test set cannot tell the two models apart")
+        out.append(f"VGG16 {verb} ResNet50 by {abs(diff):.2f} (paired 95 % CI {lo:+.2f} to {hi:+.2f} over "
+                   f"duplicate groups; McNemar p = {row['p_value']:.2g}); the paper reports a gap of "
+                   f"{paper_gap:.2f}. The interval {settled}, and it "
+                   f"{'holds' if lo <= paper_gap <= hi else 'does not hold'} the paper's gap.")
+    return _paragraph(dataset, profile, out)
+
+
+def grid(runs: list[dict], dataset: str, profile: str) -> str:
+    """Notebook 03 (section 4, Table 1): the grid, the best cell chosen by validation."""
+    cells = [(r["config"]["batch_size"], r["config"]["learning_rate"], r["metrics"]) for r in runs]
+    best = max(cells, key=lambda c: (c[2].get("val_accuracy", 0), c[2]["accuracy"]))
+    paper_best = max(PAPER_RESULTS["grid"].items(), key=lambda kv: kv[1]["accuracy"])
+    paper_best_cells = [k for k, v in PAPER_RESULTS["grid"].items() if v["accuracy"] == paper_best[1]["accuracy"]]
+    accs = [c[2]["accuracy"] for c in cells]
+    lows, highs = [c[2]["ci95"]["accuracy"][0] for c in cells], [c[2]["ci95"]["accuracy"][1] for c in cells]
+    inside = sum(_inside(PAPER_RESULTS["grid"][(b, lr)]["accuracy"], m["ci95"]["accuracy"]) for b, lr, m in cells)
+    return _paragraph(dataset, profile, [
+        f"Chosen by validation accuracy (choosing by test accuracy would leak the test set), the best cell "
+        f"is batch {best[0]}, lr {best[1]:g}: test accuracy {best[2]['accuracy']:.2f} "
+        f"({_ci(best[2]['ci95']['accuracy'])}). The paper's best: "
+        + " and ".join(f"batch {b} with lr {lr:g}" for b, lr in paper_best_cells)
+        + f" ({paper_best[1]['accuracy']:.2f}).",
+        f"Our {len(cells)} cells range from {min(accs):.2f} to {max(accs):.2f}; "
+        + ("all their 95 % intervals overlap, so this test set cannot rank the settings."
+           if max(lows) <= min(highs) else
+           "not all their intervals overlap, so some settings are really better than others here."),
+        f"The paper's accuracy lies inside our interval for {inside} of {len(cells)} cells.",
+    ])
+
+
+def curves(runs: list[dict], dataset: str, profile: str) -> str:
+    """Notebook 04, part 1 (section 3.5, Fig. 6-7, 11-12): fit and time per epoch."""
+    lo, hi = PAPER_RESULTS["epoch_seconds_t4"]
+    paper_ms = (1000 * lo / PAPER_TRAIN_IMAGES, 1000 * hi / PAPER_TRAIN_IMAGES)
+    out = []
+    for run in sorted(runs, key=lambda r: r["config"]["model"]):
+        m, c, env = run["metrics"], run["config"], run.get("environment", {})
+        device = ", ".join(g["name"] for g in env.get("gpus", [])) or f"{env.get('cpu_count', '?')} CPU cores"
+        sel = m.get("selected_checkpoint") or {}
+        text = (f"{c['model']}: training accuracy {m.get('train_accuracy', float('nan')):.2f}, validation "
+                f"{m.get('val_accuracy', float('nan')):.2f}, test {m['accuracy']:.2f} at the selected checkpoint "
+                f"({sel.get('phase', '?')} phase, epoch {sel.get('epoch', '?')}).")
+        if m.get("epoch_seconds_mean"):
+            ms = 1000 * m["epoch_seconds_mean"] / m["n_train"]
+            text += (f" An epoch took {m['epoch_seconds_mean']:.1f} s on {device} for {m['n_train']} images of "
+                     f"{c['image_size']} px ({ms:.0f} ms per image); the paper: {lo}-{hi} s on a T4 for "
+                     f"~{PAPER_TRAIN_IMAGES:,} images of {PAPER_IMAGE_SIZE} px ({paper_ms[0]:.0f}-{paper_ms[1]:.0f} "
+                     "ms per image).")
+        out.append(text)
+    return _paragraph(dataset, profile, out)
+
+
+def multirun(runs: list[dict], dataset: str, profile: str) -> str:
+    """Notebook 04, part 2 (section 5.4, Fig. 13): five seeds, mean and spread."""
+    from .evaluation import mean_std
+
+    stats = mean_std([r["metrics"] for r in runs])
+    out = []
+    for k, (pm, ps) in PAPER_RESULTS["multirun"].items():
+        mean, std = stats[k]
+        std = std or 0.0
+        out.append(f"{k}: ours {mean:.4f} +- {std:.4f} over {len(runs)} runs, the paper's {pm:.4f} +- {ps:.4f}; "
+                   f"ours is {abs(mean - pm) / ps:.1f} of the paper's standard deviations "
+                   f"{'above' if mean > pm else 'below'} it, and our spread is {std / ps:.1f} x the paper's.")
+    out.append("The spread over seeds is the run-to-run noise of one setting: a difference between two "
+               "settings smaller than it (about two standard deviations) is not a finding.")
+    return _paragraph(dataset, profile, out)
+
+
+VERDICT_ROW = re.compile(r"^\| (?P<label>[^|]+) \| [^|]* \| [^|]* \| [^|]* \| (?P<verdict>[^|]+) \|$")
+
+
+def report(text: str, dataset: str, profile: str) -> str:
+    """Notebook 05: how many of the paper's numbers our run is consistent with (REPORT.md)."""
+    table = text.split("## Every number of the paper", 1)[-1].split("\n## ", 1)[0]
+    verdicts = [m["verdict"].strip() for m in map(VERDICT_ROW.match, table.splitlines())
+                if m and m["verdict"].strip() not in ("verdict", "---")]
+    kinds = {"consistent": 0, "reproduced": 0, "not reproduced": 0, "within": 0, "outside": 0}
+    for v in verdicts:
+        kind = next((k for k in ("not reproduced", "consistent", "reproduced", "within", "outside")
+                     if v.startswith(k)), None)
+        if kind:
+            kinds[kind] += 1
+    judged = sum(kinds.values())
+    out = [f"REPORT.md compares {len(verdicts)} numbers of the paper with ours. With a 95 % CI: "
+           f"{kinds['consistent']} consistent (the paper's value inside our interval), "
+           f"{kinds['not reproduced']} not reproduced. Five-run means: {kinds['reproduced']} reproduced "
+           "(within two of the paper's standard deviations; counted among 'not reproduced' otherwise). "
+           f"Table 1's precision and recall (no interval): {kinds['within']} within +-0.02 of the paper, "
+           f"{kinds['outside']} outside. {len(verdicts) - judged} measured on another device (epoch time), "
+           "not judged."]
+    if is_synthetic(dataset):
+        out.append("On the synthetic twin every verdict is marked 'not comparable': agreement or disagreement "
+                   "with the paper means nothing until the pipeline runs on the real images "
+                   "(`python -m ecgpaper download`, then `./run_all.sh --profile paper` on a GPU).")
+    return _paragraph(dataset, profile, out)
+
+
+def beyond(sections: dict[str, list[str]], dataset: str, profile: str) -> str:
+    """Notebook 06: the first conclusion of each study, as computed in its section."""
+    out = [f"{name}: {sentences[0]}" for name, sentences in sections.items() if sentences]
+    return _paragraph(dataset, profile, out)
+
+
+def paired_test_sentences(stats) -> list[str]:
+    """Notebook 06, part 5: the McNemar sentences of ``significance.report_lines``."""
+    from .significance import report_lines
+
+    return [line[2:] for line in report_lines(stats) if line.startswith("- ")]
