@@ -19,7 +19,7 @@ import imagehash
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bar: tqdm.auto warns in kernels without ipywidgets
 
 from . import paths
 from .discovery import Discovery

@@ -34,7 +34,8 @@ def kernel_python(name: str = KERNEL_NAME) -> str | None:
 def ensure_kernel(log=print) -> str:
     """Register the ``ecgpaper`` kernel for this Python if needed; return its name."""
     registered = kernel_python()
-    if registered and Path(registered).resolve() == Path(sys.executable).resolve():
+    # compare the paths as written: every venv's python links to the same base binary
+    if registered and os.path.abspath(registered) == os.path.abspath(sys.executable):
         return KERNEL_NAME
     from ipykernel.kernelspec import install
 

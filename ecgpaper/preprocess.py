@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bar: tqdm.auto warns in kernels without ipywidgets
 
 from . import paths
 from .config import HEADER_CROP_FRACTIONS

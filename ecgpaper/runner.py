@@ -147,7 +147,10 @@ def run_notebooks(profile: str, data_root: str | None = None, *, seed: int = 0,
                 pm.execute_notebook(str(nb), str(staged), parameters=params, kernel_name=kernel,
                                     cwd=str(nb.parent), progress_bar=False, coalesce_streams=True,
                                     request_save_on_cell_execute=True, start_timeout=120,
-                                    config=_kernel_manager_config())
+                                    config=_kernel_manager_config(),
+                                    # C-level output (TensorFlow's start-up lines) goes to the kernel's
+                                    # stderr, i.e. through filtered_stderr, not into the notebook
+                                    extra_arguments=["--IPKernelApp.capture_fd_output=False"])
         except pm.PapermillExecutionError as exc:
             failure = exc
         # file it under the dataset the notebook left behind (00 may have downloaded Kaggle's)

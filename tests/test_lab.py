@@ -69,7 +69,7 @@ def test_lab_serves_the_notebooks_with_the_project_kernel(lab_server):
     specs = requests.get(f"{lab_server}/api/kernelspecs", headers=auth, timeout=30).json()
     assert KERNEL_NAME in specs["kernelspecs"] and specs["default"] == KERNEL_NAME
     argv = specs["kernelspecs"][KERNEL_NAME]["spec"]["argv"]
-    assert Path(argv[0]).resolve() == Path(sys.executable).resolve()
+    assert os.path.abspath(argv[0]) == os.path.abspath(sys.executable)
     listing = requests.get(f"{lab_server}/api/contents", headers=auth, timeout=30).json()
     assert {"02_baseline.ipynb", "06_beyond_the_paper.ipynb"} <= {c["name"] for c in listing["content"]}
     # the kernel starts and imports the package from this checkout (what every notebook does first)

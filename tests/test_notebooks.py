@@ -9,8 +9,13 @@ it, this module executes them itself with papermill.
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import smoke_notebook_run
@@ -63,3 +68,70 @@ def test_a_smoke_run_of_all_notebooks_leaves_every_figure_table_and_report_row(s
     assert "| baseline | VGG16 | 16 | 0.0001 |" in report and "| 3460 |" in report
     for name in FIGURES:
         assert f"{name}.png" in report
+
+
+NARRATED = ["02_baseline", "03_grid_search", "04_multirun_stats", "05_report", "06_beyond_the_paper"]
+
+
+def test_notebooks_02_to_06_end_with_an_interpretation_computed_from_the_results():
+    for name in NARRATED:
+        nb = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())
+        heading, last = nb["cells"][-2], nb["cells"][-1]
+        assert heading["cell_type"] == "markdown" and "".join(heading["source"]).startswith("## What"), name
+        source = "".join(last["source"])
+        assert last["cell_type"] == "code" and "display(Markdown(narrative." in source, name
+        # section numbers (5.2) may appear, results (0.92, 81 %) may not
+        assert not re.search(r"\d\.\d\d|\d ?%", source), f"{name}: the interpretation must not type numbers in"
+        assert nb["metadata"]["kernelspec"]["name"] == "ecgpaper", name
+
+
+def test_the_interpretations_quote_this_runs_numbers(smoke_run_root, monkeypatch):
+    from conftest import point_paths
+    from ecgpaper import narrative
+    from ecgpaper.experiments import experiment_runs
+
+    point_paths(monkeypatch, smoke_run_root)
+    dataset, profile = "synthetic-smoke", "smoke"
+    baseline = experiment_runs("baseline", dataset, profile)
+    text = narrative.baseline(baseline, dataset, profile)
+    assert text.startswith("**Data: the SYNTHETIC twin**")
+    for run in baseline:
+        m = run["metrics"]
+        assert f"{run['config']['model']}: test accuracy {m['accuracy']:.2f} (95 % CI {m['ci95']['accuracy'][0]:.2f}" in text
+    gap = baseline[0]["metrics"]["accuracy"] - baseline[1]["metrics"]["accuracy"]
+    assert f"by {abs(gap):.2f} (paired 95 % CI" in text and "the paper reports a gap of 0.11" in text
+    multirun = experiment_runs("multirun", dataset, profile)
+    mean = float(np.mean([r["metrics"]["accuracy"] for r in multirun]))
+    assert f"accuracy: ours {mean:.4f} +- " in narrative.multirun(multirun, dataset, profile)
+    report = (smoke_run_root / "results/synthetic-smoke/smoke/REPORT.md").read_text()
+    rows = report.split("## Every number of the paper", 1)[1].split("\n## ", 1)[0].count("\n| ") - 1
+    assert f"REPORT.md compares {rows} numbers of the paper" in narrative.report(report, dataset, profile)
+
+
+def test_reference_run_regenerates_its_folder_from_a_run(smoke_run_root, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "reference-run"
+    env = {**os.environ, "ECGPAPER_ROOT": str(smoke_run_root)}
+    res = subprocess.run([sys.executable, "-m", "ecgpaper", "reference-run", "--profile", "smoke",
+                          "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    stamp = json.loads((out / "STAMP.json").read_text())
+    assert stamp["profile"] == "smoke" and stamp["dataset"] == "synthetic-smoke" and stamp["synthetic"]
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", stamp["commit"])
+    assert "CPU cores" in stamp["machine"] and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", stamp["date"])
+    assert set(FIGURES) <= {Path(f).stem for f in stamp["figures"]}
+    for name in stamp["figures"]:
+        with Image.open(out / "figures" / name) as img:
+            assert img.width <= 1400
+    report = (out / "REPORT.md").read_text()
+    assert report.startswith("# Reproduction report") and "**Reference run.** Commit" in report
+    assert "SYNTHETIC" in report and stamp["command"] in report
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert {Path(link).name for link in links} == set(stamp["figures"])
+    assert all((out / link).is_file() for link in links)
+    # a second run replaces the folder (nothing stale survives)
+    (out / "figures" / "stale.png").write_bytes(b"x")
+    assert subprocess.run([sys.executable, "-m", "ecgpaper", "reference-run", "--profile", "smoke",
+                           "--out", str(out)], env=env, capture_output=True, timeout=300).returncode == 0
+    assert not (out / "figures" / "stale.png").exists()

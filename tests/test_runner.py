@@ -66,6 +66,9 @@ def test_notebooks_are_filed_under_the_dataset_notebook_00_downloaded(fake_noteb
     assert "kernel says: keep this line" in err
     assert "oneDNN" not in err and "absl::InitializeLog" not in err
     assert "without encryption" not in err
+    # nor does the executed notebook keep them: C-level output bypasses the notebook
+    outputs = "".join("".join(o.get("text", "")) for o in executed["cells"][-1]["outputs"])
+    assert "oneDNN" not in outputs and "kernel says: keep this line" not in outputs
 
 
 def test_a_twin_run_is_labelled_synthetic_and_a_failure_names_the_executed_copy(tmp_path, project_root):
