@@ -219,8 +219,9 @@ def cmd_reference_run(args) -> None:
     from .reference_run import build_reference_run
     from .runner import current_data
 
-    dataset = args.dataset or current_data(args.data_root, args.profile)[2]
-    build_reference_run(dataset, args.profile, Path(args.out))
+    root, _, dataset = current_data(args.data_root, args.profile)
+    build_reference_run(args.dataset or dataset, args.profile, Path(args.out),
+                        data_root=None if args.dataset else str(root))
 
 
 def build_parser() -> argparse.ArgumentParser:

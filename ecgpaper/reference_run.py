@@ -68,14 +68,20 @@ def _shrink_png(src: Path, dst: Path) -> None:
         img.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)
 
 
-def build_reference_run(dataset: str, profile: str, out: Path = DEFAULT_OUT, *, log=print) -> Path:
-    """Replace ``out`` with the figures (PNG) and the stamped REPORT.md of a finished run."""
+def build_reference_run(dataset: str, profile: str, out: Path = DEFAULT_OUT, *,
+                        data_root: str | None = None, log=print) -> Path:
+    """Replace ``out`` with the figures (PNG) and the stamped REPORT.md of a finished run.
+    REPORT.md is written afresh from the run's records first, so that it holds Fig. 4
+    when the browser test has left its screenshot (report.webpage_screenshot)."""
+    from .report import write_report
+
     report = paths.profile_results(dataset, profile) / "REPORT.md"
     fig_dir = paths.profile_figures(dataset, profile)
-    pngs = sorted(fig_dir.glob("*.png"))
-    if not report.exists() or not pngs:
+    if not report.exists() or not list(fig_dir.glob("*.png")):
         raise UserError(f"no finished run of dataset '{dataset}', profile '{profile}': {report} or the "
                         f"figures in {fig_dir} are missing. Run `./run_all.sh --profile {profile}` first.")
+    write_report(dataset, profile, data_root=data_root)
+    pngs = sorted(fig_dir.glob("*.png"))
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -45,6 +45,12 @@ def webpage_screenshot() -> Path:
     return paths.RESULTS / "webapp" / "screenshot.png"
 
 
+def without_images(text: str) -> str:
+    """REPORT.md without its embedded figures, for display inside a notebook (the links
+    are relative to the report's folder; the notebook shows the figures itself)."""
+    return "\n".join(line for line in text.splitlines() if not line.strip().startswith("!["))
+
+
 def paper_numbers() -> list[str]:
     """A label for every number the paper reports (one REPORT.md row each)."""
     labels = [f"baseline {m} accuracy" for m in PAPER_RESULTS["baseline"]]

@@ -11,7 +11,9 @@ log to open. Finished experiment runs are reused, so a second run is fast.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import platform
 import re
 import shutil
 import sys
@@ -51,10 +53,10 @@ def quiet_kernel_environment() -> None:
 
 #: Start-up lines TensorFlow's C++ runtime writes to stderr in every kernel before its
 #: log level applies (TF_CPP_MIN_LOG_LEVEL cannot hide them): absl INFO lines (oneDNN,
-#: CPU features) and the CUDA plugin registrations of GPU wheels.
+#: CPU features), the CUDA plugin registrations of GPU wheels and oneDNN's fallback notes.
 TF_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog"
                       r"|I\d{4} [\d:. ]+\d+ \S+:\d+\]"
-                      r"|E\d{4} [\d:. ]+\d+ \S+:\d+\] Unable to register cu\w+ factory"
+                      r"|E\d{4} [\d:. ]+\d+ \S+:\d+\] (Unable to register cu\w+ factory|oneDNN supports)"
                       r"|To enable the following instructions:)")
 
 
@@ -112,9 +114,6 @@ def _describe(source: str, root: Path) -> str:
 def _record_timings(path: Path, seconds: dict[str, float]) -> None:
     """Wall seconds per notebook (the README's runtimes and the reference run's stamp);
     notebooks not run this time keep their last time."""
-    import json
-    import platform
-
     old = json.loads(path.read_text())["seconds"] if path.exists() else {}
     paths.atomic_write_text(path, json.dumps({
         "seconds": {**old, **seconds}, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -170,7 +169,9 @@ def run_notebooks(profile: str, data_root: str | None = None, *, seed: int = 0,
             announced = (source, dataset)
         seconds[nb.stem] = round(time.perf_counter() - t0, 1)
         log(f"   done in {seconds[nb.stem]:.0f} s -> {out}")
-    shutil.rmtree(paths.RESULTS / ".running", ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    with contextlib.suppress(OSError):  # another profile's run may still be staging there
+        staging.parent.rmdir()
     root, source, dataset = current_data(data_root, profile)
     report = paths.profile_results(dataset, profile) / "REPORT.md"
     _record_timings(paths.profile_results(dataset, profile) / "notebooks" / "timings.json", seconds)

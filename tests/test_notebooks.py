@@ -113,8 +113,16 @@ def test_reference_run_regenerates_its_folder_from_a_run(smoke_run_root, tmp_pat
 
     out = tmp_path / "reference-run"
     env = {**os.environ, "ECGPAPER_ROOT": str(smoke_run_root)}
-    res = subprocess.run([sys.executable, "-m", "ecgpaper", "reference-run", "--profile", "smoke",
-                          "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    # the browser test's screenshot of the page (Fig. 4), as ./run_tests.sh leaves it
+    shot = smoke_run_root / "results/webapp/screenshot.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (1280, 900), "white").save(shot)
+    try:
+        res = subprocess.run([sys.executable, "-m", "ecgpaper", "reference-run", "--profile", "smoke",
+                              "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shot.unlink()
+        (smoke_run_root / "figures/synthetic-smoke/smoke/fig04_webpage.png").unlink(missing_ok=True)
     assert res.returncode == 0, res.stderr
     stamp = json.loads((out / "STAMP.json").read_text())
     assert stamp["profile"] == "smoke" and stamp["dataset"] == "synthetic-smoke" and stamp["synthetic"]
@@ -127,11 +135,14 @@ def test_reference_run_regenerates_its_folder_from_a_run(smoke_run_root, tmp_pat
     report = (out / "REPORT.md").read_text()
     assert report.startswith("# Reproduction report") and "**Reference run.** Commit" in report
     assert "SYNTHETIC" in report and stamp["command"] in report
+    assert "fig04_webpage.png" in stamp["figures"] and "](figures/fig04_webpage.png)" in report
+    assert "Fig. 4: the web page" in report
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert {Path(link).name for link in links} == set(stamp["figures"])
     assert all((out / link).is_file() for link in links)
-    # a second run replaces the folder (nothing stale survives)
+    # a second run replaces the folder (nothing stale survives: Fig. 4's screenshot is gone now)
     (out / "figures" / "stale.png").write_bytes(b"x")
     assert subprocess.run([sys.executable, "-m", "ecgpaper", "reference-run", "--profile", "smoke",
                            "--out", str(out)], env=env, capture_output=True, timeout=300).returncode == 0
-    assert not (out / "figures" / "stale.png").exists()
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
+        f for f in stamp["figures"] if f != "fig04_webpage.png")

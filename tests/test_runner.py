@@ -20,7 +20,9 @@ PARAMETERS = 'profile = "quick"\ndata_root = None\nseed = 0\n'
 #: what TensorFlow's C++ runtime prints at import in every kernel, whatever TF_CPP_MIN_LOG_LEVEL says
 NOISE = (b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
          b"I0000 00:00:1796187548.157595   27632 port.cc:153] oneDNN custom operations are on. You may "
-         b"see slightly different numerical results\n")
+         b"see slightly different numerical results\n"
+         b"E0000 00:00:1796190027.598276    1599 util.cc:131] oneDNN supports DT_INT32 only on platforms "
+         b"with AVX-512. Falling back to the default Eigen-based implementation if present.\n")
 
 
 def write_notebook(path, *sources):
