@@ -80,6 +80,8 @@ def build_reference_run(dataset: str, profile: str, out: Path = DEFAULT_OUT, *,
     if not report.exists() or not list(fig_dir.glob("*.png")):
         raise UserError(f"no finished run of dataset '{dataset}', profile '{profile}': {report} or the "
                         f"figures in {fig_dir} are missing. Run `./run_all.sh --profile {profile}` first.")
+    if data_root and Path(data_root).is_relative_to(paths.ROOT):  # no machine-specific prefix
+        data_root = str(Path(data_root).relative_to(paths.ROOT))
     write_report(dataset, profile, data_root=data_root)
     pngs = sorted(fig_dir.glob("*.png"))
     out = Path(out)

@@ -26,7 +26,8 @@ from .figures import data_label
 FIGURE_CAPTIONS = {
     "fig01_samples": "Fig. 1: sample ECG pages per class",
     # the page of the web service (section 3.4), screenshot by tests/test_webapp_browser.py
-    "fig04_webpage": "Fig. 4: the web page classifying an uploaded ECG (section 3.4)",
+    "fig04_webpage": ("Fig. 4: the web page (section 3.4) after classifying an ECG, as the browser "
+                      "test saw it (its own small model, trained on the synthetic twin, not this run's)"),
     "fig06_epoch_times_vgg16": "Fig. 6: VGG16 training time per epoch",
     "fig07_epoch_times_resnet50": "Fig. 7: ResNet50 training time per epoch",
     "fig08_confusion_vgg16": "Fig. 8: confusion matrix of VGG16 (baseline)",
@@ -192,8 +193,9 @@ def write_report(dataset: str, profile: str, *, data_root: str | None = None) ->
     lines += ["", "## Figures", ""]
     for png in sorted(fig_dir.glob("*.png")):
         caption = FIGURE_CAPTIONS.get(png.stem, png.stem.replace("_", " "))
+        label = "" if png.stem == "fig04_webpage" else f" ({data_label(dataset, profile)})"  # not from this run
         lines += [f"- `{png.relative_to(paths.ROOT) if png.is_relative_to(paths.ROOT) else png}`: "
-                  f"{caption} ({data_label(dataset, profile)})", "",
+                  f"{caption}{label}", "",
                   f"  ![{caption}]({Path(os.path.relpath(png, out)).as_posix()})", ""]
     tables = sorted(out.glob("table*.md"))
     if tables:
