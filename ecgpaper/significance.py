@@ -85,15 +85,17 @@ def mcnemar_row(label: str, dataset: str, profile: str, run_a: dict, run_b: dict
     for i in range(n_bootstrap):
         idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
         diffs[i] = ok_a[idx].mean() - ok_b[idx].mean()
-    return {"ci95_groups_bounds": tuple(float(v) for v in percentile_ci(diffs)), **{
+    ci = percentile_ci(diffs)
+    return {
         "number": label, "test": f"McNemar (exact) + paired bootstrap: {run_a['config']['model']} "
                                  f"vs {run_b['config']['model']}", "runs": 2,
         "ours": float(ok_a.mean() - ok_b.mean()), "paper": None, "ci95_images": "",
-        "ci95_groups": fmt_ci(percentile_ci(diffs)), "paper_inside_ci_groups": None,
+        "ci95_groups": fmt_ci(ci), "ci95_groups_bounds": (float(ci[0]), float(ci[1])),
+        "paper_inside_ci_groups": None,
         "n_test": len(a["y"]), "distinct_ecgs_in_test": len(members),
         "test_with_copy_in_train": _copies_in_train(dataset, run_a["config"], a["path"]),
         "mcnemar_b": test["b"], "mcnemar_c": test["c"], "p_value": test["p_value"],
-    }}
+    }
 
 
 def table_statistics(dataset: str, profile: str, *, baseline_runs: list[dict] | None = None,
