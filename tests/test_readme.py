@@ -51,7 +51,9 @@ def test_every_command_the_readme_shows_exists():
 
 def test_the_requirements_match_the_front_end_and_the_python_range():
     engines = json.loads((REPO / "webapp/frontend/package.json").read_text())["engines"]["node"]
-    assert engines in README and "Chromium" in README
+    minimums = re.findall(r"(\d+\.\d+)\.0", engines)  # "^20.19.0 || >=22.12.0"
+    assert minimums and all(f"Node.js {m}+" in README or f"or {m}+" in README for m in minimums), engines
+    assert "Chromium" in README
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     lo, hi = re.fullmatch(r">=3\.(\d+),<3\.(\d+)", project["requires-python"]).groups()
     assert f"Python 3.{lo}-3.{int(hi) - 1}" in README
