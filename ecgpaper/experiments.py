@@ -104,7 +104,7 @@ def scaled_configs(specs: list[dict], *, profile: str, dataset: str, protocol: s
         overrides = {**overrides, "mixed_precision": fast, "xla": fast}
     recipe = overrides.pop("recipe", prof.recipe)
     # transfer: BatchNorm stays in inference mode, as when the head's features were computed
-    recipe_settings = ({"recipe": "transfer", "head": "standardized", "head_steps": prof.head_steps,
+    recipe_settings = ({"recipe": "transfer", "head": prof.head, "head_steps": prof.head_steps,
                         "finetune": "top", "bn_mode": "frozen", "early_stopping": True,
                         "patience": 2} if recipe == "transfer" else {"recipe": recipe})
     requested = weights or prof.weights

@@ -78,7 +78,7 @@ def test_a_smoke_run_writes_every_artifact(smoke_baseline):
         run = root / "results/synthetic-smoke/smoke/runs" / r["run_id"]
         names = {p.name for p in run.iterdir()}
         assert {"config.json", "history.csv", "metrics.json", "confusion.csv", "predictions.csv",
-                "environment.json", "model.keras", "best.weights.h5"} <= names
+                "environment.json", "model.keras"} <= names
         hist = pd.read_csv(run / "history.csv")
         assert {"loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"} <= set(hist.columns)
         m = json.loads((run / "metrics.json").read_text())
@@ -157,8 +157,10 @@ def test_runs_record_steps_recipe_and_the_best_validation_checkpoint(smoke_basel
         m = json.loads((run / "metrics.json").read_text())
         cfg = json.loads((run / "config.json").read_text())
         hist = pd.read_csv(run / "history.csv")
-        assert cfg["recipe"] == "transfer" and cfg["head"] == "standardized"
+        assert cfg["recipe"] == "transfer" and cfg["head"] == "multiscale"
         assert any("transfer recipe" in d for d in cfg["deviations"])
+        assert any("pooled input of the backbone's top block" in d for d in cfg["deviations"])
+        assert m["finetune_inputs"] == "cached outputs of the frozen layers"
         steps = m["optimizer_steps"]
         assert steps["total"] == steps["head"] + steps.get("finetune", 0) == int(hist["steps"].sum())
         assert steps["head"] >= PROFILES["smoke"].head_steps
