@@ -223,12 +223,12 @@ def _fake_manifest(dataset, paths_, y, groups):
     write_manifest(man.sort_values("path").reset_index(drop=True), dataset, "paper", 0, "sha")
 
 
-def test_mcnemar_row_pairs_the_same_test_images():
+def test_paired_row_counts_duplicate_groups_once():
     dataset, profile = "synthetic-fake", "smoke"
     n = 30
     y = np.arange(n) % 4
     paths_ = [f"img{i:02d}.jpg" for i in range(n)]
-    _fake_manifest(dataset, paths_, y, [f"g{i // 2}" for i in range(n)])
+    _fake_manifest(dataset, paths_, y, [f"g{i // 2}" for i in range(n)])  # 15 ECGs, two copies each
     ok_a = np.ones(n, bool)
     ok_a[:3] = False
     ok_b = np.ones(n, bool)
@@ -238,20 +238,72 @@ def test_mcnemar_row_pairs_the_same_test_images():
         pred = np.where(ok, y, (y + 1) % 4)
         runs.append(_fake_run(dataset, profile, name, y, np.eye(4)[pred], paths_,
                               model="VGG16" if name == "a" else "ResNet50"))
-    row = significance.mcnemar_row("A vs B", dataset, profile, runs[0], runs[1], n_bootstrap=200)
-    assert (row["mcnemar_b"], row["mcnemar_c"]) == (8, 3)
-    assert row["p_value"] == pytest.approx(binomtest(8, 11, 0.5).pvalue)
+    row = significance.paired_row("A vs B", dataset, profile, runs[0], runs[1], n_bootstrap=200)
+    # per group: g0 B better; g1 a tie (each gets one copy); g2, g3, g4, g5 A better
+    assert (row["groups_a_better"], row["groups_b_better"]) == (4, 1)
+    assert row["p_value_groups"] == pytest.approx(binomtest(4, 5, 0.5).pvalue)  # images alone: 8 vs 3
     assert row["ours"] == pytest.approx(ok_a.mean() - ok_b.mean())
     assert row["distinct_ecgs_in_test"] == 15 and row["test_with_copy_in_train"] == 2  # img00, img01
-    head = significance.headline_row("A acc", dataset, profile, [runs[0]], "accuracy", 0.5, n_bootstrap=200)
-    assert head["ours"] == pytest.approx(27 / 30) and head["paper_inside_ci_groups"] is False
+    lo, hi = (float(v) for v in row["ci95_groups"].split(" to ")) if " to " in row["ci95_groups"] else (
+        float(v) for v in row["ci95_groups"].split("-"))
+    assert row["verdict"] == significance.paired_outcome(lo, hi, "VGG16", "ResNet50")
+    head = significance.comparison_row("A acc", dataset, profile, [runs[0]], "accuracy", 0.5, n_bootstrap=200)
+    assert head["ours"] == pytest.approx(27 / 30) and head["difference"] == pytest.approx(27 / 30 - 0.5)
+    assert head["verdict"].startswith("n/a: SYNTHETIC twin") and head["outcome"] == "n/a"
     lo, hi = (float(v) for v in head["ci95_groups"].split("-"))
     assert lo <= 27 / 30 <= hi
     lines = significance.report_lines(pd.DataFrame([head, row]))
-    assert any("McNemar: 8 images only VGG16 gets right, 3 only ResNet50" in s for s in lines)
+    assert any("on 4 groups VGG16 is right more often, on 1 ResNet50" in s for s in lines)
+    assert not any("A acc" in s for s in lines)  # the paper's numbers live in REPORT.md's main table
     other = _fake_run(dataset, profile, "c", y[::-1], np.eye(4)[y[::-1]], paths_[::-1])
     with pytest.raises(ValueError, match="same images"):
-        significance.mcnemar_row("A vs C", dataset, profile, runs[0], other)
+        significance.paired_row("A vs C", dataset, profile, runs[0], other)
+
+
+def _finished_run(dataset, profile, run_id, y, pred, paths_, **config):
+    """A fake finished run that experiments.load_run can read."""
+    run = _fake_run(dataset, profile, run_id, y, np.eye(4)[pred], paths_, model=config.pop("model", "VGG16"))
+    cfg = {**run["config"], "dataset": dataset, "profile": profile, "weights": "none", "image_size": 64,
+           "batch_size": 16, "learning_rate": 1e-4, **config}
+    folder = run["folder"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "metrics.json").write_text(json.dumps({"accuracy": float((y == pred).mean()), "val_accuracy": 0.5}))
+    (folder / "environment.json").write_text("{}")
+    pd.DataFrame({"epoch": [1], "loss": [1.0]}).to_csv(folder / "history.csv", index=False)
+    return run_id
+
+
+@pytest.mark.parametrize("dataset, profile, protocol_ok", [("synthetic-fake", "smoke", False),
+                                                           ("kaggle", "paper", True)])
+def test_report_gives_one_verdict_per_number_and_na_off_protocol(dataset, profile, protocol_ok):
+    from ecgpaper.report import TABLE_HEADER, write_report
+
+    n = 200
+    y = np.arange(n) % 4
+    paths_ = [f"img{i:03d}.jpg" for i in range(n)]
+    _fake_manifest(dataset, paths_, y, [f"g{i}" for i in range(n)])
+    settings = dict(weights="imagenet", image_size=224) if protocol_ok else {}
+    ids = []
+    for model, right in (("VGG16", 184), ("ResNet50", 120)):  # 0.92 (the paper's) and 0.60 (paper: 0.81)
+        pred = np.where(np.arange(n) < right, y, (y + 1) % 4)
+        ids.append(_finished_run(dataset, profile, f"b-{model}", y, pred, paths_, model=model, **settings))
+    experiments.record_experiment("baseline", dataset, profile, ids)
+    text = write_report(dataset, profile).read_text()
+    assert TABLE_HEADER[0] in text
+    vgg = next(s for s in text.splitlines() if s.startswith("| baseline VGG16 accuracy |"))
+    res = next(s for s in text.splitlines() if s.startswith("| baseline ResNet50 accuracy |"))
+    assert "| 1 | 0.9200 |" in vgg and "| 0.9200 | +0.0000 (" in vgg
+    assert "| 0.6000 |" in res and "| 0.8100 | -0.2100 (" in res
+    assert "reproduced" not in text
+    if protocol_ok:
+        # 200 test images: +-0.04 cannot be shown for 0.92 (inconclusive); 0.60 vs 0.81 is lower
+        assert vgg.endswith("| inconclusive: the difference's 95 % CI holds 0 but reaches beyond +-0.04 |")
+        assert "| lower: " in res
+    else:
+        for row in (vgg, res):
+            assert ("| n/a: SYNTHETIC twin, not the Kaggle images; profile smoke, not paper; random "
+                    "initialisation, not ImageNet; 64 px, not 224 |") in row
+    assert "VGG16 vs ResNet50 (baseline)" not in text  # notebook 06 not run: no statistics table
 
 
 def test_soft_vote_averages_probabilities_and_members_are_chosen_by_validation():
