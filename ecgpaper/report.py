@@ -34,6 +34,8 @@ FIGURE_CAPTIONS = {
     "fig11_curves_resnet50": "Fig. 11: accuracy and loss curves of ResNet50",
     "fig12_curves_vgg16": "Fig. 12: accuracy and loss curves of VGG16",
     "fig13_multirun_bars": "Fig. 13: mean +- std over independent VGG16 runs",
+    "fig_audit_phash_distances": "Duplicate audit: phash distances of distinct files and the near-duplicate "
+                                 "threshold, largest group and groups crossing labels",
     **BEYOND_FIGURE_CAPTIONS,  # notebook 06: fig14-fig17
 }
 
@@ -122,6 +124,11 @@ def write_report(dataset: str, profile: str, *, data_root: str | None = None) ->
                   f"{s['n_files_readable']} readable files ({s['n_unreadable']} unreadable skipped), "
                   f"{s['distinct_groups']} distinct ECGs: {s['copy_fraction']:.0%} of files are copies "
                   "of another (exact or near). See `results/<dataset>/audit/`."]
+        if (out / "table_audit_groups.md").exists():
+            lines.append(f"- near-duplicate threshold: {s['near_threshold_bits']} of 256 phash bits, checkable in "
+                         "`table_audit_phash_distances` and `table_audit_groups` (Tables) and "
+                         "`fig_audit_phash_distances`; groups whose copies carry two labels: "
+                         f"{s['groups_crossing_labels']}")
         for proto in ("paper", "grouped", "kaggle"):
             f = paths.dataset_results(dataset) / "splits" / f"{proto}_seed0.json"
             if f.exists():
