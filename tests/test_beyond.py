@@ -304,7 +304,8 @@ def test_report_gives_one_verdict_per_number_and_na_off_protocol(dataset, profil
     y = np.arange(n) % 4
     paths_ = [f"img{i:03d}.jpg" for i in range(n)]
     _fake_manifest(dataset, paths_, y, [f"g{i}" for i in range(n)])
-    settings = dict(weights="imagenet", image_size=224) if protocol_ok else {}
+    # the paper profile on a GPU: mixed precision and XLA on, which REPORT.md must say
+    settings = dict(weights="imagenet", image_size=224, mixed_precision=True, xla=True) if protocol_ok else {}
     ids = []
     for model, right in (("VGG16", 184), ("ResNet50", 120)):  # 0.92 (the paper's) and 0.60 (paper: 0.81)
         pred = np.where(np.arange(n) < right, y, (y + 1) % 4)
@@ -326,6 +327,8 @@ def test_report_gives_one_verdict_per_number_and_na_off_protocol(dataset, profil
             assert ("| n/a: SYNTHETIC twin, not the Kaggle images; profile smoke, not paper; random "
                     "initialisation, not ImageNet; 64 px, not 224 |") in row
     assert "VGG16 vs ResNet50 (baseline)" not in text  # notebook 06 not run: no statistics table
+    precision = "- mixed precision (float16 compute, float32 weights; the paper: float32): on in 2 of 2 runs"
+    assert (precision in text) == protocol_ok and ("- XLA compilation" in text) == protocol_ok
 
 
 def test_soft_vote_averages_probabilities_and_members_are_chosen_by_validation():
