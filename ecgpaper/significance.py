@@ -64,6 +64,7 @@ def comparison_row(label: str, dataset: str, profile: str, runs: list[dict], met
                               n_bootstrap=n_bootstrap, seed=0, paired=True)[:, k]
     differences = runs_differences(runs, dataset)
     comparison = compare_with_paper(by_group, paper, ours=ours, n_test=len(sets[0]["y"]),
+                                    n_groups=len(group_members(sets[0]["groups"])),
                                     seed_spread=paper_seed_spread(metric, paper_runs))
     return {
         "number": label, "test": "group bootstrap", "runs": len(runs), "ours": ours,

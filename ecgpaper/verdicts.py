@@ -68,27 +68,35 @@ def paper_seed_spread(metric: str, paper_runs: int) -> float:
 
 
 def compare_with_paper(boot, paper: float, *, ours: float | None = None, n_test: int,
-                       seed_spread: float, margin: float = EQUIVALENCE_MARGIN,
-                       paper_n_test: int = PAPER_TEST_IMAGES, n_draws: int = 20000,
-                       seed: int = 0) -> dict:
+                       seed_spread: float, n_groups: int | None = None,
+                       margin: float = EQUIVALENCE_MARGIN, paper_n_test: int = PAPER_TEST_IMAGES,
+                       n_draws: int = 20000, seed: int = 0) -> dict:
     """The difference ours - paper with its 95 % interval and the outcome.
 
     ``boot``: bootstrap draws of our number (duplicate groups resampled);
     ``ours``: our number (default: the draws' mean); ``n_test``: our test
     images; ``seed_spread``: the paper's seed-to-seed standard error of its
-    number (:func:`paper_seed_spread`). Returns ``difference``, ``ci95`` [lo,
-    hi], ``outcome`` (one of :data:`OUTCOMES`), ``margin`` and the standard
-    errors ``se_ours`` and ``se_paper``.
+    number (:func:`paper_seed_spread`); ``n_groups``: distinct ECGs in our test
+    set. A bootstrap cannot vary a perfect (or null) score, so our standard error
+    is at least the binomial one of ``n_groups`` ECGs with one success and one
+    failure added (Laplace), lest 14 of 14 right read as certainty. Returns
+    ``difference``, ``ci95`` [lo, hi], ``outcome`` (one of :data:`OUTCOMES`),
+    ``margin`` and the standard errors ``se_ours`` and ``se_paper``.
     """
     boot = np.asarray(boot, float)
     ours = float(np.mean(boot)) if ours is None else float(ours)
-    se_ours = float(np.std(boot, ddof=1))
+    se_boot = float(np.std(boot, ddof=1))
+    se_ours = se_boot
+    if n_groups:
+        p = (ours * n_groups + 1) / (n_groups + 2)
+        se_ours = max(se_boot, float(np.sqrt(p * (1 - p) / n_groups)))
     se_paper_test = se_ours * np.sqrt(n_test / paper_n_test)
     se_paper = float(np.sqrt(se_paper_test ** 2 + seed_spread ** 2))
     se_other = float(np.sqrt(se_paper ** 2 + seed_spread ** 2))  # + our own seed draw
     rng = np.random.default_rng(seed)
     # our error: the bootstrap draws (kept skewed near 1.0); the paper's: normal
-    ours_draws = rng.choice(boot - boot.mean(), n_draws) + ours
+    ours_draws = (rng.choice(boot - boot.mean(), n_draws) + ours
+                  + rng.normal(0.0, np.sqrt(se_ours ** 2 - se_boot ** 2), n_draws))  # the floor, if any
     diff = ours_draws - (paper + rng.normal(0.0, se_other, n_draws))
     lo, hi = (float(v) for v in np.percentile(diff, [2.5, 97.5]))
     return {"difference": ours - paper, "ci95": [lo, hi], "outcome": outcome(lo, hi, margin),

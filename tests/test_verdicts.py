@@ -40,6 +40,7 @@ def verdicts_of(sets, n_bootstrap=1000, seed=0) -> dict:
         ours = float(np.mean([scores(y, p)[k] for y, p, _ in sets]))
         paper = PAPER_RESULTS["multirun"][metric][0]
         out[metric] = compare_with_paper(boot[:, k], paper, ours=ours, n_test=len(sets[0][0]),
+                                         n_groups=len(np.unique(sets[0][2])),
                                          seed_spread=paper_seed_spread(metric, 5))
     return out
 
@@ -110,3 +111,17 @@ def test_paired_outcome_names_the_better_model():
     assert paired_outcome(0.01, 0.2, "VGG16", "ResNet50").startswith("VGG16 is more accurate")
     assert paired_outcome(-0.2, -0.01, "VGG16", "ResNet50").startswith("ResNet50 is more accurate")
     assert paired_outcome(-0.02, 0.2, "VGG16", "ResNet50").startswith("no difference shown")
+
+
+def test_a_perfect_score_on_few_ecgs_is_not_certainty():
+    """14 of 14 right: the bootstrap cannot vary it, the binomial floor does."""
+    y = np.arange(14) % 4
+    boot = bootstrap_sets([(y, y, np.arange(14))], n_bootstrap=500)[:, 0]
+    assert np.ptp(boot) == 0
+    r = compare_with_paper(boot, 0.81, ours=1.0, n_test=14, n_groups=14,
+                           seed_spread=paper_seed_spread("accuracy", 1))
+    assert r["se_ours"] == pytest.approx(np.sqrt((15 / 16) * (1 / 16) / 14))
+    # 14 of 14 against 0.81 (0.81 ** 14 = 0.05): higher, but the interval reaches down to near 0
+    assert r["ci95"][1] - r["ci95"][0] > 0.2 and 0 < r["ci95"][0] < 0.1 and r["outcome"] == "higher"
+    no_floor = compare_with_paper(boot, 0.81, ours=1.0, n_test=14, seed_spread=paper_seed_spread("accuracy", 1))
+    assert no_floor["ci95"][1] - no_floor["ci95"][0] < 0.02  # what the bare bootstrap would claim
