@@ -14,8 +14,9 @@ that a random 70/15/15 split puts on both sides. One module per stage:
 - :mod:`ecgpaper.robustness` (item 3): accuracy under graded corruptions;
 - :mod:`ecgpaper.lightweight` (items 4, 6): MobileNetV2 and EfficientNetB0
   beside the paper's models, latency, size, and a soft-voting ensemble;
-- :mod:`ecgpaper.significance` (item 5): McNemar and bootstrap intervals on
-  every headline number.
+- :mod:`ecgpaper.significance` (item 5): every headline number with an
+  interval over duplicate groups and the verdict of :mod:`ecgpaper.verdicts`,
+  and VGG16 vs ResNet50 paired over duplicate groups.
 
 This module holds what they share: explicit run lists scaled by a profile and
 trained with the registry's resume logic (the same run ids as
