@@ -324,7 +324,8 @@ def table_leakage(study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
                f"Leakage study (section 5.2): {CNN_LABEL} (and ResNet50, full page) batch 32, lr 1e-4 and a "
                "1-NN pixel probe per "
                f"split protocol, full page and (crop=True) header cropped; means over {study['n_seeds']} seeds, "
-               "95 % CI from a bootstrap over duplicate groups; test images with a copy in train (mean)")
+               "95 % CI from a two-stage bootstrap (seeds, then duplicate groups); test images with a copy "
+               "in train (mean)")
     by_key = {(c["classifier"], c["protocol"], c["crop"]): c for c in cells}
     gaps = []
     rng_seed = 1
@@ -454,8 +455,8 @@ def conclusions(summary: dict) -> list[str]:
             out.append(f"{head}: the CNN is measurably less accurate on images with a copy in train, "
                        "so copies do not inflate its accuracy.")
         else:
-            out.append(f"{head}: no measurable difference (the interval holds 0); these runs show no "
-                       "sign that the CNN exploits the copies.")
+            out.append(f"{head}: no measurable difference (the interval holds 0), so these runs do not "
+                       "show that the CNN exploits the copies.")
     probe_gap = {g["crop"]: g for g in summary["gaps"]
                  if g["classifier"] == PROBE_LABEL and g["protocol"] == "paper"}
     for c in summary.get("copy_effect", []):

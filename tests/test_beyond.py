@@ -166,7 +166,7 @@ def test_leakage_conclusions_are_computed_from_the_numbers():
     _, _, summary = leakage.table_leakage(study)
     effect = {c["classifier"]: c for c in summary["copy_effect"]}[leakage.CNN_LABEL]
     assert effect["difference_ci95"][0] < 0 < effect["difference_ci95"][1]
-    assert "no sign that the CNN exploits the copies" in "\n".join(leakage.conclusions(summary))
+    assert "do not show that the CNN exploits the copies" in "\n".join(leakage.conclusions(summary))
     results = Path(os.environ["ECGPAPER_ROOT"]) / "results/synthetic-fake/smoke"
     copies = pd.read_csv(results / "table_leakage_copies.csv")
     assert list(copies["classifier"]) == [leakage.CNN_LABEL, leakage.PROBE_LABEL]
