@@ -546,7 +546,12 @@ def test_notebook_06_leaves_every_figure_table_and_report_section(notebook_run_r
     assert set(rob["corruption"]) == set(robustness.CORRUPTIONS)
     assert set(rob["severity"]) == {0, *robustness.SEVERITIES}
     stats = pd.read_csv(results / "table_statistics.csv", keep_default_na=False)
-    assert stats["test"].str.startswith("McNemar").any() and (stats["number"] == "baseline VGG16 accuracy").any()
+    paired = stats[stats["test"].str.startswith("paired group bootstrap")]
+    assert len(paired) == 2 and (paired["groups_a_better"].astype(float) >= 0).all()
+    # table_statistics and REPORT.md give the same verdict for each paper number
+    for r in stats[stats["test"] == "group bootstrap"].to_dict("records"):
+        assert f"| {r['number']} | {r['runs']} | {float(r['ours']):.4f} | {r['ci95_groups']} |" in report
+        assert f"| {r['verdict']} |" in report
 
 
 def test_leakage_study_trains_each_cell_once_and_resumes(tiny_twin, monkeypatch):
