@@ -8,6 +8,12 @@ that cannot be loaded, deletion with the files, private file modes, metadata
 stripped from stored copies, the auditor role, token expiry and revocation,
 retention, CSP and no-store headers, the deployment checks.
 
+The main server's tests run twice: on SQLite and on a throw-away PostgreSQL
+(``ecgpaper.devdb``: Debian's initdb/pg_ctl, loopback port, temporary folder),
+the database webapp/README.md recommends; two instances on one PostgreSQL
+database must lose no concurrent upload, share each user's throttle and see
+each other's records.
+
 The servers run in subprocesses with their own settings, so pytest-django stays
 inactive (no DJANGO_SETTINGS_MODULE in this process).
 """
@@ -233,12 +239,29 @@ def frontend_dist(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(exported_model, frontend_dist, tmp_path_factory):
-    srv = LiveServer(tmp_path_factory.mktemp("main-server"),
-                     {"ECGWEB_MODELS_DIR": str(exported_model),
-                      "ECGWEB_FRONTEND_DIST": str(frontend_dist),
-                      # these tests upload dozens of images a minute; guarded_server tests the limit
-                      "ECGWEB_THROTTLE_UPLOAD": "1000/min"}, workers=1)
+def postgres():
+    """A throw-away PostgreSQL server for this module (``TempPostgres.database_url``
+    makes one database per web server)."""
+    from ecgpaper.devdb import INSTALL_HINT, TempPostgres, find_pg_bin
+
+    if find_pg_bin() is None:
+        pytest.skip(f"PostgreSQL is not installed: {INSTALL_HINT}")
+    pg = TempPostgres().start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(request, exported_model, frontend_dist, tmp_path_factory):
+    env = {"ECGWEB_MODELS_DIR": str(exported_model), "ECGWEB_FRONTEND_DIST": str(frontend_dist),
+           # these tests upload dozens of images a minute; guarded_server tests the limit
+           "ECGWEB_THROTTLE_UPLOAD": "1000/min"}
+    if request.param == "postgres":
+        env["DATABASE_URL"] = request.getfixturevalue("postgres").database_url("main_server")
+    srv = LiveServer(tmp_path_factory.mktemp(f"main-server-{request.param}"), env, workers=1)
+    srv.database = request.param
     try:
         yield srv.start()
     finally:
@@ -761,7 +784,8 @@ def test_stored_files_are_private(server, users):
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     files = [p for p in state.rglob("*") if p.is_file() and p.parent.name != "static"
              and "static" not in p.relative_to(state).parts]
-    assert {p.name for p in files} >= {"db.sqlite3", "audit.log", "secret_key", "throttle.sqlite3"}
+    sqlite = {"db.sqlite3", "throttle.sqlite3"} if server.database == "sqlite" else set()
+    assert {p.name for p in files} >= {"audit.log", "secret_key"} | sqlite
     assert len(stored_files(server)) >= 2
     modes = {}
     for p in files:
@@ -769,7 +793,7 @@ def test_stored_files_are_private(server, users):
             modes[p.relative_to(state).as_posix()] = oct(stat.S_IMODE(p.stat().st_mode))
         except FileNotFoundError:  # SQLite's -wal/-shm files come and go
             pass
-    assert {"db.sqlite3", "audit.log", "secret_key"} <= set(modes)
+    assert {"audit.log", "secret_key"} | sqlite <= set(modes)
     assert set(modes.values()) == {"0o600"}, modes
     folders = [p for p in (state / "uploads").rglob("*") if p.is_dir()]
     assert folders and {oct(stat.S_IMODE(p.stat().st_mode)) for p in folders} == {"0o700"}
@@ -919,3 +943,104 @@ def test_stored_copy_can_blank_the_header_band():
         assert kept[:top].min() < 128  # the header text is there ...
         assert blanked[:top - 2].min() >= 250  # ... and painted white when asked
         assert np.abs(blanked[top + 2:] - kept[top + 2:]).mean() < 1  # the grid is untouched
+
+
+# --------------------------------------------------------------------------
+# two instances behind one PostgreSQL database (webapp/README.md)
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_instances(exported_model, postgres, tmp_path_factory):
+    """Two ``serve`` instances (one worker each) on one PostgreSQL database, with one
+    shared upload folder and secret key, as webapp/README.md deploys them;
+    10 requests a minute per user."""
+    shared = tmp_path_factory.mktemp("shared-media") / "uploads"
+    common = {"DATABASE_URL": postgres.database_url("two_instances"), "ECGWEB_MEDIA_ROOT": str(shared),
+              "ECGWEB_SECRET_KEY": "two-instances-share-this-key", "ECGWEB_MODELS_DIR": str(exported_model),
+              "ECGWEB_THROTTLE_USER": "10/min", "ECGWEB_THROTTLE_UPLOAD": "10/min"}
+    servers = [LiveServer(tmp_path_factory.mktemp(f"instance-{name}"), common, workers=1) for name in "ab"]
+    try:
+        for srv in servers:  # one after the other: the first one migrates
+            srv.start()
+            srv.shared_media = shared
+        yield servers
+    finally:
+        for srv in servers:
+            srv.stop()
+
+
+def make_tokens(srv: LiveServer, names) -> dict:
+    script = ("import json; from django.contrib.auth import get_user_model; "
+              "from rest_framework.authtoken.models import Token; "
+              "print(json.dumps({n: Token.objects.create(user=get_user_model().objects.create_user("
+              f"n, password=n + '-pw-1234')).key for n in {list(names)!r}}}))")
+    return json.loads(srv.manage("shell", "-c", script).strip().splitlines()[-1])
+
+
+def test_two_instances_lose_no_concurrent_upload(two_instances):
+    import threading
+
+    a, b = two_instances
+    names = [f"client{i}" for i in range(8)]
+    tokens = make_tokens(a, names)
+    pages = {name: [encode(ecg_page(10 * i + k, (600, 426)), "JPEG") for k in range(3)]
+             for i, name in enumerate(names)}
+    answers: dict[str, list] = {name: [] for name in names}
+
+    def client(i: int, name: str) -> None:
+        for k, page in enumerate(pages[name]):
+            srv = two_instances[(i + k) % 2]  # alternate between the instances
+            r = srv.upload(page, tokens[name], name=f"{name}-{k}.jpg", query="?explain=0")
+            answers[name].append((r.status_code, r.json().get("id")))
+
+    threads = [threading.Thread(target=client, args=(i, name)) for i, name in enumerate(names)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = [status for got in answers.values() for status, _ in got]
+    assert statuses == [201] * 24, answers
+    ids = {rid for got in answers.values() for _, rid in got}
+    assert len(ids) == 24  # no record lost or merged
+    for name in names:  # each user sees all three, through either instance
+        for srv in two_instances:
+            listing = srv.get(f"{API}/classifications/", token=tokens[name]).json()
+            assert sorted(r["id"] for r in listing["results"]) == sorted(rid for _, rid in answers[name])
+    count = b.manage("shell", "-c", "from classifier.models import Classification; "
+                                    "print(Classification.objects.filter(user__username__startswith="
+                                    "'client').count())").strip().splitlines()[-1]
+    assert count == "24"
+    assert len([p for p in a.shared_media.rglob("*") if p.is_file()]) >= 24
+
+
+def test_a_users_limit_holds_across_instances(two_instances):
+    a, b = two_instances
+    token = make_tokens(a, ["tess"])["tess"]
+    answers = [two_instances[i % 2].get(f"{API}/classifications/", token=token).status_code
+               for i in range(11)]
+    assert answers == [200] * 10 + [429]  # 5 + 5 allowed, then the shared budget is spent
+    for srv in two_instances:
+        body = assert_error(srv.get(f"{API}/classifications/", token=token), 429, "throttled")
+        assert "10/min per user" in body["detail"]
+
+
+def test_a_record_made_through_one_instance_is_served_and_deleted_by_the_other(two_instances):
+    a, b = two_instances
+    token = make_tokens(a, ["uma"])["uma"]
+    made = a.upload(encode(ecg_page(21), "JPEG"), token, name="from-a.jpg").json()
+    url = f"{API}/classifications/{made['id']}/"
+    assert b.get(url, token=token).json() == {k: v for k, v in made.items() if k != "heatmap_png"}
+    for suffix in ("image/", "heatmap/"):
+        assert b.get(url + suffix, token=token).status_code == 200
+    files = {p for p in a.shared_media.rglob("*") if p.is_file()}
+    r = requests.delete(b.url + url, headers=auth(token), timeout=10)
+    assert r.status_code == 204
+    assert_error(a.get(url, token=token), 404, "not_found")
+    assert len(files - {p for p in a.shared_media.rglob("*") if p.is_file()}) == 2
+
+    # a browser session made on one instance is valid on the other (same key, sessions in the DB)
+    s, headers = csrf_session(a)
+    r = s.post(f"{a.url}{API}/auth/login/", json={"username": "uma", "password": "uma-pw-1234"},
+               headers=headers, timeout=10)
+    assert r.status_code == 200
+    assert s.get(f"{b.url}{API}/auth/me/", timeout=10).json()["username"] == "uma"
