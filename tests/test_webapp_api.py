@@ -723,6 +723,23 @@ def test_a_model_that_cannot_be_loaded_leaves_the_service_up(guarded_server):
     assert "Worker failed to boot" not in srv.log_tail(200_000)
 
 
+def test_a_failed_lazy_load_is_remembered_too(exported_model, tmp_path):
+    """ECGWEB_PRELOAD_MODEL=0: the first upload tries to load the model; later ones
+    get the same 503 without loading it again."""
+    models = broken_model_dir(exported_model, tmp_path / "broken-models")
+    srv = LiveServer(tmp_path / "lazy", {"ECGWEB_MODELS_DIR": str(models), "ECGWEB_PRELOAD_MODEL": "0"},
+                     workers=1).start()
+    try:
+        token = make_tokens(srv, ["lazy"])["lazy"]
+        answers = [assert_error(srv.upload(encode(noise(), "PNG"), token), 503, "model_unavailable")
+                   for _ in range(3)]
+        assert answers[0] == answers[1] == answers[2]
+        assert srv.get(f"{API}/health/").status_code == 200
+        assert srv.log_tail(200_000).count("the exported model could not be loaded") == 1
+    finally:
+        srv.stop()
+
+
 def test_uploads_have_their_own_lower_limit(guarded_server):
     srv = guarded_server
     token = srv.tokens["gina"]
