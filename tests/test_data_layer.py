@@ -345,3 +345,39 @@ def test_threshold_check_shows_the_histogram_largest_group_and_label_crossings(p
     results = project_root / "results/synthetic-chain/smoke"
     assert "dataset synthetic-chain (SYNTHETIC" in (results / "table_audit_groups.md").read_text()
     assert (project_root / "figures/synthetic-chain/smoke/fig_audit_phash_distances.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("mode", ["I;16", "RGBA", "P", "L", "RGB"])
+def test_large_images_are_reduced_before_conversion_with_the_same_picture(tmp_path, mode):
+    """decode_reduced shrinks a 1600 x 1200 page right after decoding (by 9 for a 64 px
+    input: at least twice the input size is kept); the result matches converting the
+    full page first, then resizing."""
+    from ecgpaper.preprocess import decode_reduced
+
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)  # big flat patches of colour
+    page = Image.fromarray(blocks).resize((1600, 1200), Image.Resampling.NEAREST)
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(page.convert("L"), dtype=np.uint16) * 257)
+    elif mode == "P":
+        img = page.convert("P", palette=Image.Palette.ADAPTIVE)
+    else:
+        img = page.convert(mode)
+    p = tmp_path / "page.png"
+    img.save(p)
+    settings = PreprocessSettings(64)
+    with Image.open(p) as opened:
+        reduced = decode_reduced(opened, settings)
+        assert reduced.height in (1200 // 9, 1200 // 9 + 1) and reduced.height >= 2 * 64
+        assert reduced.width in (1600 // 9, 1600 // 9 + 1)
+        assert reduced.mode == ("RGB" if mode == "P" else mode)  # no conversion yet (palettes aside)
+    out = load_image(p, settings).astype(int)
+    if mode == "I;16":  # the full-size way: scaled to 8 bits by the brightest pixel
+        grey = np.asarray(img, dtype=np.float64)
+        reference = Image.fromarray((grey * (255.0 / grey.max())).astype(np.uint8), "L")
+    else:
+        reference = img
+    full_first = reference.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    diff = np.abs(out - np.asarray(full_first, int))
+    # the same picture: equal inside the flat patches, off only along the patches' sharp edges
+    assert np.median(diff) <= 1 and diff.mean() < 4, (np.median(diff), diff.mean())
