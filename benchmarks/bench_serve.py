@@ -2,7 +2,8 @@
 latency of one upload against the bare forward pass, and behaviour under load.
 
     python benchmarks/bench_serve.py [--build-vgg16] [--models-dir DIR] [--requests 30]
-                                     [--clients 8] [--seconds 30] [--workers 2]
+                                     [--clients 8] [--seconds 30] [--workers 2] [--memory-only]
+                                     [--database sqlite|postgres] [--instances 1] [--load-only]
 
 Trains nothing. Uses the model exported to ``models/`` (``python -m ecgpaper
 export``); ``--build-vgg16`` instead builds the paper's 224 px VGG16 (random
@@ -15,11 +16,24 @@ weights: speed does not depend on them) into a temporary models folder.
    full-size (2213 x 1572) synthetic ECG page as JPEG, with ``?explain=0`` and
    with the Grad-CAM heat map (section 5.2);
 3. ``--clients`` concurrent clients uploading for ``--seconds`` seconds: p50/p95
-   and error counts (any 5xx fails the target).
+   and error counts (any 5xx fails the target);
+4. memory: a one-worker server accepting 40 megapixels, and one upload of a
+   40-megapixel 16-bit greyscale PNG of constant colour (about 100 KB on the wire,
+   the decompression-bomb-like case of webapp/README.md): the worker's peak
+   resident memory during that request (``VmHWM``, reset just before it through
+   ``/proc/<pid>/clear_refs``) above its resident memory when idle.
+   ``--memory-only`` runs just this part.
+
+``--database postgres`` runs the server(s) on a throw-away PostgreSQL
+(``ecgpaper.devdb``, durable settings) instead of SQLite; ``--instances 2``
+starts two ``serve`` instances on one database with one shared upload folder and
+secret key (webapp/README.md), and the load clients alternate between them;
+``--load-only`` measures just the load (step 3), for comparing the databases.
 
 Targets: p50 end-to-end <= 1.3 x bare forward without Grad-CAM and <= 2.5 x
-with it; no 5xx under load. Client and server share the machine's cores.
-Writes ``results/benchmarks/serve.json``.
+with it; no 5xx under load; the 40-megapixel upload under 300 MB above the idle
+worker. Client and server share the machine's cores.
+Writes ``results/benchmarks/serve.json`` (``serve_memory.json`` with ``--memory-only``).
 """
 from __future__ import annotations
 
@@ -123,12 +137,13 @@ def free_port() -> int:
 class Server:
     """``ecgpaper.serve.serve`` in a subprocess on a loopback port, state in ``root``."""
 
-    def __init__(self, root: Path, models_dir: Path, workers: int):
+    def __init__(self, root: Path, models_dir: Path, workers: int, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
         self.env.update(ECGPAPER_ROOT=str(root), ECGWEB_MODELS_DIR=str(models_dir),
-                        ECGWEB_THROTTLE_USER="1000000/min", TF_CPP_MIN_LOG_LEVEL="2")
+                        ECGWEB_THROTTLE_USER="1000000/min", ECGWEB_THROTTLE_UPLOAD="1000000/min",
+                        TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
         self.log = open(root / "server.log", "wb")
         code = f"from ecgpaper.serve import serve; serve('127.0.0.1', {self.port}, {workers})"
         self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=self.env,
@@ -194,14 +209,14 @@ def sequential(url: str, token: str, upload: bytes, n: int, explain: bool) -> di
             "server_inference": percentiles(server_inference)}
 
 
-def under_load(url: str, token: str, upload: bytes, clients: int, seconds: float) -> dict:
+def under_load(urls: list[str], token: str, upload: bytes, clients: int, seconds: float) -> dict:
     import requests
 
     latencies, statuses, failures = [], {}, []
     lock = threading.Lock()
     stop_at = time.perf_counter() + seconds
 
-    def client() -> None:
+    def client(url: str) -> None:
         session = requests.Session()
         while time.perf_counter() < stop_at:
             try:
@@ -214,18 +229,108 @@ def under_load(url: str, token: str, upload: bytes, clients: int, seconds: float
                     failures.append(type(exc).__name__)
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(urls[i % len(urls)],)) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
-    return {"clients": clients, "seconds": round(elapsed, 1), "requests": len(latencies),
+    return {"clients": clients, "instances": len(urls), "seconds": round(elapsed, 1),
+            "requests": len(latencies),
             "throughput_per_s": round(len(latencies) / elapsed, 2), **percentiles(latencies or [0.0]),
             "status_counts": {str(k): v for k, v in sorted(statuses.items())},
             "errors_5xx": sum(v for k, v in statuses.items() if k >= 500),
             "errors_other_status": sum(v for k, v in statuses.items() if k != 201 and k < 500),
             "connection_errors": len(failures)}
+
+
+def start_instances(tmp: Path, models_dir: Path, workers: int, database: str,
+                    instances: int) -> tuple[list[Server], object]:
+    """``instances`` servers on one database (SQLite file or a throw-away PostgreSQL),
+    sharing the upload folder and the secret key; and the PostgreSQL to stop (or None)."""
+    pg = None
+    common = {"ECGWEB_SECRET_KEY": "bench-serve-shared-key", "ECGWEB_MEDIA_ROOT": str(tmp / "uploads")}
+    if database == "postgres":
+        from ecgpaper.devdb import TempPostgres
+
+        pg = TempPostgres(durable=True).start()
+        common["DATABASE_URL"] = pg.database_url("bench")
+    else:
+        common["ECGWEB_SQLITE_PATH"] = str(tmp / "db.sqlite3")
+    servers = []
+    try:
+        for i in range(instances):  # one after the other: the first one migrates
+            (tmp / f"state-{i}").mkdir()
+            servers.append(Server(tmp / f"state-{i}", models_dir, workers, env=common))
+            servers[-1].wait_until_ready()
+    except BaseException:
+        stop_instances(servers, pg)
+        raise
+    return servers, pg
+
+
+def stop_instances(servers: list[Server], pg) -> None:
+    for server in servers:
+        server.stop()
+    if pg is not None:
+        pg.stop()
+
+
+MEMORY_PAGE = (7745, 5164)  # 39.995 megapixels: just inside a 40-megapixel limit
+MEMORY_TARGET_MB = 300
+
+
+def constant_16bit_png(size=MEMORY_PAGE) -> bytes:
+    """A 16-bit greyscale PNG of one colour: megapixels that compress to almost nothing."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("I;16", size, 41_000).save(buf, "PNG", compress_level=9)
+    return buf.getvalue()
+
+
+def _proc_status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise UserError(f"/proc/{pid}/status has no {field} (Linux only)")
+
+
+def upload_memory(models_dir: Path, tmp: Path) -> dict:
+    """Peak resident memory of one gunicorn worker while it classifies and stores one
+    40-megapixel 16-bit PNG, above the worker's idle resident memory (Linux /proc)."""
+    import psutil
+    import requests
+
+    (tmp / "state-memory").mkdir()
+    server = Server(tmp / "state-memory", models_dir, workers=1, env={"ECGWEB_MAX_MEGAPIXELS": "40"})
+    try:
+        server.wait_until_ready()
+        token = server.create_token()
+        (worker,) = psutil.Process(server.proc.pid).children()
+        session = requests.Session()
+        for _ in range(2):  # warm the request path (imports, first queries, heat map code)
+            r, _ms = post(session, server.url, token, sample_upload(), explain=True)
+            r.raise_for_status()
+        upload = constant_16bit_png()
+        time.sleep(1.0)
+        idle_kb = _proc_status_kb(worker.pid, "VmRSS")
+        Path(f"/proc/{worker.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS from here on
+        r = session.post(f"{server.url}{API}/classifications/",
+                         headers={"Authorization": f"Token {token}"},
+                         files={"image": ("page-40mp-16bit.png", upload, "image/png")}, timeout=300)
+        if r.status_code != 201:
+            raise UserError(f"the 40-megapixel upload answered {r.status_code}: {r.text[:300]}")
+        peak_kb = _proc_status_kb(worker.pid, "VmHWM")
+    finally:
+        server.stop()
+    above_mb = (peak_kb - idle_kb) / 1024
+    return {"upload": {"format": "PNG", "mode": "I;16 (16-bit grey, one colour)",
+                       "size": list(MEMORY_PAGE), "megapixels": round(MEMORY_PAGE[0] * MEMORY_PAGE[1] / 1e6, 1),
+                       "bytes": len(upload)},
+            "worker_idle_rss_mb": round(idle_kb / 1024, 1), "worker_peak_rss_mb": round(peak_kb / 1024, 1),
+            "peak_above_idle_mb": round(above_mb, 1), "target_mb": MEMORY_TARGET_MB,
+            "target_met": above_mb < MEMORY_TARGET_MB, "status": r.status_code}
 
 
 def main() -> None:
@@ -237,8 +342,18 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8, help="concurrent clients under load")
     ap.add_argument("--seconds", type=float, default=30.0, help="duration of the load test")
     ap.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    ap.add_argument("--out", default=str(paths.BENCHMARKS / "serve.json"))
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the peak memory of one 40-megapixel 16-bit PNG upload")
+    ap.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite",
+                    help="the server's database (postgres: a throw-away server, see ecgpaper/devdb.py)")
+    ap.add_argument("--instances", type=int, default=1, help="serve instances on the one database")
+    ap.add_argument("--load-only", action="store_true", help="only the load test (step 3)")
+    ap.add_argument("--out", default=None, help="default results/benchmarks/serve.json "
+                    "(serve_memory.json with --memory-only, serve_load_<database>_<n>.json with --load-only)")
     args = ap.parse_args()
+    default_name = ("serve_memory.json" if args.memory_only else
+                    f"serve_load_{args.database}_{args.instances}.json" if args.load_only else "serve.json")
+    out = Path(args.out or paths.BENCHMARKS / default_name)
 
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
         tmp = Path(tmp)
@@ -250,25 +365,53 @@ def main() -> None:
             sys.exit(f"no exported model in {models_dir}: run `python -m ecgpaper run baseline` (it "
                      "exports the best run), or pass --build-vgg16 to benchmark the paper's 224 px "
                      "VGG16 with random weights.")
+        if args.memory_only:
+            memory = upload_memory(models_dir, tmp)
+            result = {"benchmark": "web service: peak worker memory of one 40-megapixel upload",
+                      "memory": memory, "cpu_count": os.cpu_count(), "python": platform.python_version(),
+                      "machine": platform.machine(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2) + "\n")
+            print(json.dumps(result, indent=2))
+            return
         upload = sample_upload()
+        if args.load_only:
+            servers, pg = start_instances(tmp, models_dir, args.workers, args.database, args.instances)
+            try:
+                load = under_load([srv.url for srv in servers], servers[0].create_token(), upload,
+                                  args.clients, args.seconds)
+            finally:
+                stop_instances(servers, pg)
+            result = {"benchmark": "web service under load: database and instances",
+                      "database": args.database, "instances": args.instances,
+                      "gunicorn_workers_per_instance": args.workers, "load": load,
+                      "upload": {"format": "JPEG", "page_size": [2213, 1572], "bytes": len(upload),
+                                 "explain": True},
+                      "cpu_count": os.cpu_count(), "python": platform.python_version(),
+                      "machine": platform.machine(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2) + "\n")
+            print(json.dumps(result, indent=2))
+            return
         model, bare = bare_forward(models_dir, upload, args.requests)
         print(f"bare forward ({model['name']}, {model['input_size']} px): {bare}", flush=True)
         if (model["name"], model["input_size"]) != ("VGG16", PAPER_IMAGE_SIZE):
             print("note: the exported model is not the paper's 224 px VGG16; --build-vgg16 measures that one")
 
-        (tmp / "state").mkdir()
-        server = Server(tmp / "state", models_dir, args.workers)
+        servers, pg = start_instances(tmp, models_dir, args.workers, args.database, args.instances)
+        server = servers[0]
         try:
-            server.wait_until_ready()
             token = server.create_token()
             plain = sequential(server.url, token, upload, args.requests, explain=False)
             print(f"end to end, no Grad-CAM: {plain['client']}", flush=True)
             explained = sequential(server.url, token, upload, args.requests, explain=True)
             print(f"end to end, Grad-CAM: {explained['client']}", flush=True)
-            load = under_load(server.url, token, upload, args.clients, args.seconds)
+            load = under_load([srv.url for srv in servers], token, upload, args.clients, args.seconds)
             print(f"{args.clients} clients, {args.seconds:.0f} s: {load}", flush=True)
         finally:
-            server.stop()
+            stop_instances(servers, pg)
+        memory = upload_memory(models_dir, tmp)
+        print(f"40-megapixel 16-bit PNG upload: {memory}", flush=True)
 
     import tensorflow as tf
 
@@ -285,14 +428,16 @@ def main() -> None:
         "ratio_p50_no_gradcam": round(ratio_plain, 3),
         "ratio_p50_gradcam": round(ratio_gradcam, 3),
         "load": load,
-        "targets": {"ratio_p50_no_gradcam_max": 1.3, "ratio_p50_gradcam_max": 2.5, "errors_5xx_max": 0},
+        "memory": memory,
+        "targets": {"ratio_p50_no_gradcam_max": 1.3, "ratio_p50_gradcam_max": 2.5, "errors_5xx_max": 0,
+                    "upload_memory_above_idle_mb_max": MEMORY_TARGET_MB},
         "targets_met": {"no_gradcam": ratio_plain <= 1.3, "gradcam": ratio_gradcam <= 2.5,
-                        "no_5xx": load["errors_5xx"] == 0},
+                        "no_5xx": load["errors_5xx"] == 0, "upload_memory": memory["target_met"]},
+        "database": args.database, "instances": args.instances,
         "gunicorn_workers": args.workers, "cpu_count": os.cpu_count(),
         "tensorflow": tf.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

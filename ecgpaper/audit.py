@@ -176,3 +176,106 @@ def per_class_markdown(audit: Audit, dataset: str) -> str:
                      f"{s['source_test_with_copy_in_train']} with a copy in its train folder "
                      f"({s['source_test_with_exact_copy_in_train']} byte-identical)")
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------
+# the threshold, checkable on any archive
+# --------------------------------------------------------------------------
+
+#: distance bins of ``table_audit_phash_distances`` (Hamming distance of 256 bits)
+DISTANCE_BINS = (0, 1, 6, 11, 16, 21, 26, 31, 36, 41, 51, 61, 81, 257)
+
+
+def phash_distance_counts(files: pd.DataFrame) -> pd.DataFrame:
+    """Pairs of distinct contents (one file per sha256) by the Hamming distance of
+    their phashes, 0..256: ``same_class`` and ``different_class`` pair counts.
+    Blockwise like :func:`near_duplicate_pairs` (all pairs, ~8 M for the real archive)."""
+    distinct = files.drop_duplicates("sha256").reset_index(drop=True)
+    bits = phash_bits(distinct["phash"]).astype(np.int32)
+    labels = pd.factorize(distinct["label"])[0]
+    n, width = len(bits), bits.shape[1] if len(bits) else 256
+    same = np.zeros(width + 1, np.int64)
+    diff = np.zeros(width + 1, np.int64)
+    ones = bits.sum(1)
+    for start in range(0, n, 512):
+        a = bits[start:start + 512]
+        dist = ones[start:start + 512, None] + ones[None, :] - 2 * (a @ bits.T)
+        i, j = np.nonzero(np.arange(start, start + len(a))[:, None] < np.arange(n)[None, :])
+        d = dist[i, j]
+        same_label = labels[start + i] == labels[j]
+        same += np.bincount(d[same_label], minlength=width + 1)
+        diff += np.bincount(d[~same_label], minlength=width + 1)
+    return pd.DataFrame({"distance": np.arange(width + 1), "same_class": same, "different_class": diff})
+
+
+def threshold_check(audit: Audit) -> dict:
+    """What a user of the archive needs to check ``near_threshold_bits``: the
+    binned phash distance histogram (:func:`phash_distance_counts`), the pairs
+    just above and below the threshold, the largest group and every group that
+    crosses labels (``groups``: a table of those, largest group first)."""
+    files, threshold = audit.files, audit.summary["near_threshold_bits"]
+    counts = phash_distance_counts(files)
+    bins = []
+    for lo, hi in zip(DISTANCE_BINS[:-1], DISTANCE_BINS[1:]):
+        sub = counts[(counts["distance"] >= lo) & (counts["distance"] < hi)]
+        bins.append({"distance": f"{lo}" if hi == lo + 1 else f"{lo}-{hi - 1}",
+                     "pairs_same_class": int(sub["same_class"].sum()),
+                     "pairs_different_class": int(sub["different_class"].sum()),
+                     "same_ecg_at_threshold": "yes" if hi - 1 <= threshold else
+                     ("partly" if lo <= threshold else "no")})
+    sizes = files.groupby("group").agg(files=("path", "size"), distinct_contents=("sha256", "nunique"),
+                                       classes=("label", lambda s: ", ".join(sorted(set(s)))),
+                                       n_classes=("label", "nunique"), example=("path", "first"))
+    sizes = sizes.sort_values(["files", "example"], ascending=[False, True])
+    largest = sizes.index[0] if len(sizes) else None
+    shown = sizes[(sizes.index == largest) | (sizes["n_classes"] > 1)]
+    groups = shown.reset_index().assign(
+        why=lambda d: np.where(d["group"] == largest, "largest group", "") + np.where(
+            d["n_classes"] > 1, np.where(d["group"] == largest, "; crosses labels", "crosses labels"), ""))
+    above = counts[counts["distance"] > threshold]
+    first_above = above.loc[(above["same_class"] + above["different_class"]) > 0, "distance"]
+    return {
+        "threshold": threshold, "counts": counts, "bins": pd.DataFrame(bins),
+        "pairs_at_or_below": int(counts.loc[counts["distance"] <= threshold, ["same_class", "different_class"]]
+                                 .to_numpy().sum()),
+        "nearest_above": int(first_above.iloc[0]) if len(first_above) else None,
+        "largest_group_files": int(sizes["files"].iloc[0]) if len(sizes) else 0,
+        "groups_crossing_labels": int((sizes["n_classes"] > 1).sum()),
+        "groups": groups[["group", "why", "files", "distinct_contents", "classes", "example"]],
+    }
+
+
+def write_threshold_check(audit: Audit, dataset: str, profile: str) -> dict:
+    """``table_audit_phash_distances``, ``table_audit_groups`` and
+    ``fig_audit_phash_distances`` (stable names, captions name the dataset and
+    profile): the near-duplicate threshold shown so it can be checked."""
+    import matplotlib.pyplot as plt
+
+    from .figures import data_label, save_figure, save_table, use_style
+
+    check = threshold_check(audit)
+    t = check["threshold"]
+    save_table(check["bins"], "table_audit_phash_distances", dataset, profile,
+               f"Duplicate audit: pairs of distinct files by the Hamming distance of their 256-bit grid "
+               f"phash, same class vs different class; files within {t} bits count as the same ECG "
+               f"(nearest pair above the threshold: {check['nearest_above']} bits)")
+    save_table(check["groups"], "table_audit_groups", dataset, profile,
+               f"Duplicate audit: the largest group of copies ({check['largest_group_files']} files) and "
+               f"the {check['groups_crossing_labels']} groups whose copies carry different labels")
+    use_style()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    c = check["counts"]
+    ax.bar(c["distance"], c["different_class"], width=1.0, lw=0, color="0.6", label="different class")
+    ax.bar(c["distance"], c["same_class"], width=1.0, lw=0, bottom=c["different_class"], color="tab:blue",
+           label="same class")
+    ax.axvline(t + 0.5, color="tab:red", ls="--", lw=1, label=f"threshold ({t} bits)")
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_xlabel("Hamming distance of the grid phash (of 256 bits)")
+    ax.set_ylabel("pairs of distinct files")
+    ax.set_title(f"Near-duplicate threshold check: largest group {check['largest_group_files']} files, "
+                 f"{check['groups_crossing_labels']} groups cross labels\n{data_label(dataset, profile)}",
+                 fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    check["figure"] = save_figure(fig, "fig_audit_phash_distances", dataset, profile)
+    return check

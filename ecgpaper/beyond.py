@@ -14,8 +14,9 @@ that a random 70/15/15 split puts on both sides. One module per stage:
 - :mod:`ecgpaper.robustness` (item 3): accuracy under graded corruptions;
 - :mod:`ecgpaper.lightweight` (items 4, 6): MobileNetV2 and EfficientNetB0
   beside the paper's models, latency, size, and a soft-voting ensemble;
-- :mod:`ecgpaper.significance` (item 5): McNemar and bootstrap intervals on
-  every headline number.
+- :mod:`ecgpaper.significance` (item 5): every headline number with an
+  interval over duplicate groups and the verdict of :mod:`ecgpaper.verdicts`,
+  and VGG16 vs ResNet50 paired over duplicate groups.
 
 This module holds what they share: explicit run lists scaled by a profile and
 trained with the registry's resume logic (the same run ids as
@@ -39,7 +40,7 @@ from .training import RunData
 
 #: Every output of notebook 06, by stage: (figures, tables). Stable names.
 OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "leakage": (("fig14_leakage",), ("table_leakage", "table_leakage_gap")),
+    "leakage": (("fig14_leakage",), ("table_leakage", "table_leakage_gap", "table_leakage_copies")),
     "gradcam": (("fig15_gradcam_grid",), ("table_gradcam_header_fraction",)),
     "robustness": (("fig16_robustness",), ("table_robustness",)),
     "lightweight": (("fig17_accuracy_vs_latency",), ("table_lightweight",)),
@@ -189,20 +190,24 @@ def group_members(groups) -> list[np.ndarray]:
 
 
 def bootstrap_sets(sets: list[tuple], *, n_bootstrap: int = 1000, seed: int = 0,
-                   paired: bool = False) -> np.ndarray:
+                   paired: bool = False, resample_sets: bool = False) -> np.ndarray:
     """Bootstrap distribution of the MEAN of each metric (:data:`METRIC_NAMES`)
     over replicate test sets: ``sets`` is a list of ``(y, pred, groups)``;
     each resample draws every set's groups with replacement (duplicate
     groups: copies of one ECG are one piece of evidence; ``np.arange(n)``:
     single images). ``paired``: the sets hold the same test images (several
-    runs on one split), so one draw serves all of them. Returns an array
-    (n_bootstrap, 4)."""
+    runs on one split), so one draw serves all of them. ``resample_sets``:
+    first draw the replicates themselves with replacement (a two-stage
+    bootstrap: seeds, then groups within each), so the interval carries the
+    seed-to-seed spread too. Returns an array (n_bootstrap, 4)."""
     rng = np.random.default_rng(seed)
     prepared = [(np.asarray(y, int), np.asarray(p, int), group_members(g)) for y, p, g in sets]
     out = np.empty((n_bootstrap, 4))
     for b in range(n_bootstrap):
         values, draw = [], None
-        for y, p, members in prepared:
+        chosen = (rng.integers(0, len(prepared), len(prepared)) if resample_sets
+                  else range(len(prepared)))
+        for y, p, members in (prepared[i] for i in chosen):
             if draw is None or not paired:
                 draw = rng.integers(0, len(members), len(members))
             idx = np.concatenate([members[k] for k in draw])
@@ -255,11 +260,16 @@ def report_lines(dataset: str, profile: str) -> list[str]:
         leak = paths.profile_results(dataset, profile) / "leakage_summary.json"
         if leak.exists():
             found = True
-            from .leakage import conclusions
+            from .leakage import conclusions, copy_effect_table
 
             summary = json.loads(leak.read_text())
             lines += ["### Leakage: does the split test on copies of training images?", ""]
             lines += [f"- {s}" for s in conclusions(summary)]
+            copies = copy_effect_table(summary)
+            if len(copies):
+                lines += ["", "Within the `paper` split, accuracy on test images with and without a copy "
+                              "in train (means over seeds, 95 % CI over seeds and duplicate groups):", "",
+                          copies.drop(columns=["protocol"]).to_markdown(index=False, floatfmt=".3f")]
             lines.append("")
         heat = _read_table(dataset, profile, "table_gradcam_header_fraction")
         if heat is not None:

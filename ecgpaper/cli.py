@@ -194,7 +194,7 @@ def cmd_export(args) -> None:
     from .inventory import dataset_id
 
     dataset = args.dataset_name or dataset_id(*resolve_data_root(args.data_root, args.profile)[:1])
-    export_best(dataset, args.profile, run_id=args.run_id)
+    export_best(dataset, args.profile, run_id=args.run_id, protocol=args.protocol)
 
 
 def cmd_notebooks(args) -> None:
@@ -331,10 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("export", help="export the best finished run to models/ for the web service",
-                       description="Copy the best run (by validation accuracy) to "
-                                   "models/ecg_classifier.keras with its metadata JSON.")
+                       description="Copy the best run (by validation accuracy, ties by validation "
+                                   "loss, among runs of one split) to models/ecg_classifier.keras "
+                                   "with its metadata JSON.")
     _data_args(p)
     p.add_argument("--run-id", help="export this run instead of the best one")
+    p.add_argument("--protocol", choices=list(SPLIT_PROTOCOLS), default=None,
+                   help="rank the runs of this split protocol (default: grouped if it has runs, "
+                        "whose validation set holds no copies of training images, else paper)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("notebooks", help="execute the notebooks in order with papermill (run_all.sh)",

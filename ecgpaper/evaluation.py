@@ -135,7 +135,8 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
 
     ``b``: images model A gets right and B wrong, ``c``: the reverse; ``p_value``
     is the two-sided binomial test of b against b + c trials at 0.5 (1.0 when
-    the models never disagree).
+    the models never disagree). It treats images as independent: with copies
+    of one ECG in the test set use ``significance.group_sign_test``.
     """
     a_ok = np.asarray(correct_a, dtype=bool)
     b_ok = np.asarray(correct_b, dtype=bool)

@@ -104,7 +104,7 @@ def scaled_configs(specs: list[dict], *, profile: str, dataset: str, protocol: s
         overrides = {**overrides, "mixed_precision": fast, "xla": fast}
     recipe = overrides.pop("recipe", prof.recipe)
     # transfer: BatchNorm stays in inference mode, as when the head's features were computed
-    recipe_settings = ({"recipe": "transfer", "head": "standardized", "head_steps": prof.head_steps,
+    recipe_settings = ({"recipe": "transfer", "head": prof.head, "head_steps": prof.head_steps,
                         "finetune": "top", "bn_mode": "frozen", "early_stopping": True,
                         "patience": 2} if recipe == "transfer" else {"recipe": recipe})
     requested = weights or prof.weights
@@ -248,15 +248,35 @@ def experiment_runs(name: str, dataset: str, profile: str) -> list[dict]:
 # export for the web service
 # --------------------------------------------------------------------------
 
+#: protocols the export looks in, in order of preference: ``grouped`` first, whose
+#: validation set holds no copies of training images (the ``paper`` split's does,
+#: which would favour the runs that memorise copies best)
+EXPORT_PROTOCOLS = ("grouped", "paper", "kaggle")
+
+
+def selection_key(metrics: dict, run_id: str = "?", metric: str = "val_accuracy") -> tuple[float, float]:
+    """How the export ranks runs: the validation ``metric`` (higher is better), ties
+    broken by the validation loss (lower is better). Never a test metric; a run
+    without them is an error, not a silent fallback."""
+    missing = [k for k in (metric, "val_loss") if metrics.get(k) is None]
+    if missing:
+        raise UserError(f"run {run_id} has no {' or '.join(missing)} in its metrics.json, so it cannot "
+                        "be ranked without looking at the test set; retrain it with this version")
+    return float(metrics[metric]), -float(metrics["val_loss"])
+
+
 def export_best(dataset: str, profile: str, *, run_id: str | None = None, metric: str = "val_accuracy",
+                protocol: str | None = None, split_seed: int | None = None,
                 dest: Path | None = None, log=print) -> Path:
     """Copy the best run's model to ``models/ecg_classifier.keras`` with a
     metadata JSON (class names in order, input size, preprocessing, crop,
     dataset, profile, metrics, run id, package version): what the web service
     loads, so training and serving cannot disagree.
 
-    "Best" is by validation accuracy (choosing by test accuracy would leak the
-    test set into model selection), ties broken by test macro F1.
+    "Best" (:func:`selection_key`) is by validation accuracy, ties broken by
+    validation loss, among runs that share one validation set: one ``protocol``
+    and ``split_seed`` (default: the first of :data:`EXPORT_PROTOCOLS` with a
+    finished run, its lowest split seed). The test set never takes part.
     """
     records = read_registry(dataset, profile)
     runs = paths.profile_results(dataset, profile) / "runs"
@@ -266,10 +286,22 @@ def export_best(dataset: str, profile: str, *, run_id: str | None = None, metric
     if not records:
         raise UserError(f"no finished run for dataset {dataset!r}, profile {profile!r}; run "
                         f"`python -m ecgpaper run baseline --profile {profile}` first.")
+    configs = {r["run_id"]: json.loads((runs / r["run_id"] / "config.json").read_text()) for r in records}
+    if not run_id:
+        present = {configs[r["run_id"]]["protocol"] for r in records}
+        protocol = protocol or next((p for p in EXPORT_PROTOCOLS if p in present), sorted(present)[0])
+        records = [r for r in records if configs[r["run_id"]]["protocol"] == protocol]
+        if not records:
+            raise UserError(f"no finished {protocol!r} run to export for {dataset}/{profile}; "
+                            f"protocols with runs: {', '.join(sorted(present))}")
+        seeds = {configs[r["run_id"]]["split_seed"] for r in records}
+        split_seed = min(seeds) if split_seed is None else split_seed
+        records = [r for r in records if configs[r["run_id"]]["split_seed"] == split_seed]
+        if not records:
+            raise UserError(f"no finished {protocol!r} run with split seed {split_seed}; seeds: {sorted(seeds)}")
 
     def score(r):
-        m = json.loads((runs / r["run_id"] / "metrics.json").read_text())
-        return (m.get(metric, m["accuracy"]), m["f1"])
+        return selection_key(json.loads((runs / r["run_id"] / "metrics.json").read_text()), r["run_id"], metric)
 
     best = max(records, key=score)
     src = runs / best["run_id"]
@@ -294,7 +326,8 @@ def export_best(dataset: str, profile: str, *, run_id: str | None = None, metric
         "dataset": dataset, "synthetic": dataset.startswith("synthetic"), "profile": profile,
         "protocol": config["protocol"],
         "metrics": {k: metrics[k] for k in ("accuracy", "precision", "recall", "f1", "ci95", "n_test")},
-        "selected_by": metric, "ecgpaper_version": __version__,
+        "selected_by": f"{metric}, ties by val_loss, among {config['protocol']} runs of split seed "
+                       f"{config['split_seed']}", "ecgpaper_version": __version__,
         "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     paths.atomic_write_text(dest / f"{EXPORT_NAME}.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")

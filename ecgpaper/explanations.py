@@ -4,7 +4,10 @@ The paper's section 5.2 names the missing interpretability as a limitation;
 Grad-CAM (Selvaraju et al., 2017) answers it for any model built by
 :func:`ecgpaper.models.build_model`: the gradient of the class score with
 respect to the last convolutional block's output, averaged over space, weighs
-that block's feature maps; their ReLU'd sum is the heat map.
+that block's feature maps; their ReLU'd sum is the heat map. The class score
+is the logit, BEFORE the softmax, as in the paper: the gradient of a softmax
+probability vanishes as the probability nears 1, so the maps of confident
+predictions would saturate to nothing.
 
 Both the probabilities and the heat map come out of ONE forward pass under a
 ``GradientTape``: the backward pass runs from the class score down to the
@@ -45,8 +48,26 @@ def _last_conv_layer_name(model: keras.Model) -> str:
     raise UserError(f"model {model.name!r} has no layer with a 4-D (image-like) output for Grad-CAM")
 
 
+def _class_scores(model: keras.Model):
+    """The model's pre-softmax class scores as a symbolic tensor: the final
+    Dense layer's affine part (a linear copy of it, same weights) when it ends
+    in a softmax, the input of a final softmax Activation, else the output."""
+    last = model.layers[-1]
+    softmax = getattr(keras.activations, "softmax")
+    if isinstance(last, keras.layers.Dense) and last.activation is softmax:
+        linear = keras.layers.Dense(last.units, activation=None, use_bias=last.use_bias, dtype="float32",
+                                    name=f"{last.name}_logits")
+        logits = linear(last.input)
+        linear.set_weights(last.get_weights())
+        return logits
+    if isinstance(last, keras.layers.Activation) and last.activation is softmax:
+        return last.input
+    return model.output
+
+
 def gradcam_model(model: keras.Model, layer_name: str | None = None) -> keras.Model:
-    """A model with outputs ``[conv output, predictions]`` for :func:`gradcam`.
+    """A model with outputs ``[conv output, class scores before softmax,
+    probabilities]`` for :func:`gradcam`.
 
     ``layer_name`` defaults to the backbone's last convolutional block
     (``models.LAST_CONV_LAYER``), else the model's last 4-D output layer.
@@ -57,7 +78,8 @@ def gradcam_model(model: keras.Model, layer_name: str | None = None) -> keras.Mo
     except ValueError:
         raise UserError(f"model {model.name!r} has no layer {name!r} at its top level; "
                         "give the name of one of its convolutional layers") from None
-    return keras.Model(model.inputs, [layer.output, model.output], name=f"{model.name}_gradcam")
+    return keras.Model(model.inputs, [layer.output, _class_scores(model), model.output],
+                       name=f"{model.name}_gradcam")
 
 
 def gradcam_tensors(grad_model: keras.Model, x, class_index=None):
@@ -70,12 +92,12 @@ def gradcam_tensors(grad_model: keras.Model, x, class_index=None):
     import tensorflow as tf
 
     with tf.GradientTape() as tape:
-        features, probabilities = grad_model(x, training=False)
+        features, logits, probabilities = grad_model(x, training=False)
         if class_index is None:
             target = tf.argmax(probabilities, axis=1, output_type=tf.int32)
         else:
             target = tf.broadcast_to(tf.cast(class_index, tf.int32), tf.shape(probabilities)[:1])
-        score = tf.gather(probabilities, target, batch_dims=1)
+        score = tf.gather(tf.cast(logits, tf.float32), target, batch_dims=1)  # pre-softmax
     grads = tape.gradient(score, features)
     weights = tf.reduce_mean(grads, axis=(1, 2))
     cam = tf.nn.relu(tf.einsum("nhwc,nc->nhw", features, weights))

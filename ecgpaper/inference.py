@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import struct
 import time
 from pathlib import Path
@@ -29,10 +30,14 @@ from PIL import Image
 from . import paths
 from .errors import UserError
 from .experiments import EXPORT_NAME
-from .preprocess import PREPROCESS_VERSION, PreprocessSettings, prepare_image
+from .config import HEADER_CROP_FRACTIONS
+from .preprocess import PREPROCESS_VERSION, PreprocessSettings, decode_reduced, finish_image
+
+log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-MAX_PIXELS = 40_000_000
+#: a 24-megapixel phone photo passes; decoding stays well inside a worker's memory
+MAX_PIXELS = 25_000_000
 
 #: what Pillow may open: raster formats a scanner, phone or ECG cart writes.
 #: (Pillow's EPS plugin would run Ghostscript; formats outside this list are refused.)
@@ -67,7 +72,13 @@ def _looks_like_markup(data: bytes) -> bool:
 
 @contextlib.contextmanager
 def decoding_errors():
-    """Turn Pillow's decoding failures (truncated, corrupt data) into InvalidImage."""
+    """Turn Pillow's failures to read a file (truncated, corrupt data) into InvalidImage.
+
+    Wraps only the steps that read compressed data (opening, ``decode_reduced``,
+    ``load``): Pillow's plugins report damaged data as any of these exception
+    types, so the list is broad, and the exception's own text (decoder
+    internals) goes to the server log, never to the client.
+    """
     try:
         yield
     except Image.DecompressionBombError:
@@ -75,10 +86,10 @@ def decoding_errors():
                            "The image has more pixels than this service accepts. Upload a "
                            "smaller scan or photo of the ECG (e.g. at most 4000 x 3000).") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
+        log.info("undecodable upload: %s: %s", type(exc).__name__, exc)
         raise InvalidImage("invalid_image",
-                           "The image file is damaged or incomplete (it could not be decoded: "
-                           f"{str(exc)[:120]}). Export or save the ECG image again and "
-                           "re-upload it.") from None
+                           "The image file is damaged or incomplete (it could not be decoded). "
+                           "Export or save the ECG image again and re-upload it.") from None
 
 
 def decode_upload(data: bytes, *, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
@@ -137,11 +148,11 @@ def _read_metadata(meta_path: Path) -> dict:
         meta = json.loads(meta_path.read_text())
         missing = [key for key in _METADATA_KEYS if key not in meta]
     except (ValueError, TypeError) as exc:
-        raise ModelUnavailable(f"{meta_path} is not valid JSON ({exc}); export the model again: "
+        raise ModelUnavailable(f"{meta_path.name} is not valid JSON; export the model again: "
                                "`python -m ecgpaper export`.") from None
     if missing:
-        raise ModelUnavailable(f"{meta_path} lacks {', '.join(missing)}; export the model again "
-                               "with this version of ecgpaper: `python -m ecgpaper export`.")
+        raise ModelUnavailable(f"{meta_path.name} lacks {', '.join(missing)}; export the model "
+                               "again with this version of ecgpaper: `python -m ecgpaper export`.")
     return meta
 
 
@@ -162,11 +173,11 @@ class Classifier:
         meta = _read_metadata(meta_path)
         model_file = folder / Path(meta["model_file"]).name
         if not model_file.is_file():
-            raise ModelUnavailable(f"{meta_path} names {model_file.name}, which is missing. "
+            raise ModelUnavailable(f"{meta_path.name} names {model_file.name}, which is missing. "
                                    + NO_MODEL_MESSAGE)
         if paths.file_digest(model_file) != meta["model_sha256"]:
-            raise ModelUnavailable(f"{model_file} does not match the sha256 in {meta_path} (a "
-                                   "partial copy, or a model from another export). Export again: "
+            raise ModelUnavailable(f"{model_file.name} does not match the sha256 in {meta_path.name} "
+                                   "(a partial copy, or a model from another export). Export again: "
                                    "`python -m ecgpaper export`.")
         prep = meta["preprocessing"]
         if prep.get("version") != PREPROCESS_VERSION:
@@ -188,8 +199,8 @@ class Classifier:
 
         self.model = keras.models.load_model(model_file, safe_mode=True, compile=False)
         if self.model.output_shape[-1] != len(self.class_codes):
-            raise ModelUnavailable(f"{model_file} has {self.model.output_shape[-1]} outputs but its "
-                                   f"metadata lists {len(self.class_codes)} classes; export again.")
+            raise ModelUnavailable(f"{model_file.name} has {self.model.output_shape[-1]} outputs but "
+                                   f"its metadata lists {len(self.class_codes)} classes; export again.")
         scale = scaling_fn(prep["scaling"], meta["model"])
         grad_model = gradcam_model(self.model)
         n = self.settings.size
@@ -225,7 +236,9 @@ class Classifier:
         if isinstance(image, (bytes, bytearray, memoryview)):
             image = decode_upload(bytes(image), load=False)
         with decoding_errors():
-            pixels = prepare_image(image, self.settings)
+            decoded = decode_reduced(image, self.settings)
+        pixels = finish_image(decoded, self.settings)
+        del decoded
         t1 = time.perf_counter()
         batch = pixels[np.newaxis]
         if explain:
@@ -249,3 +262,50 @@ class Classifier:
             "timings": {"preprocess_ms": (t1 - t0) * 1e3, "inference_ms": (t2 - t1) * 1e3,
                         "heatmap_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3},
         }
+
+
+#: what :func:`stored_copy` writes, per uploaded format: JPEG stays JPEG, the rest lossless PNG
+_STORED_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG"}
+_PNG_MODES = ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA")
+_JPEG_MODES = ("L", "RGB", "CMYK")
+
+
+def stored_copy(data: bytes, *, blank_header: bool = False) -> tuple[bytes, str]:
+    """Upload bytes (already checked by :func:`decode_upload`) -> the copy to keep
+    and its file extension: the picture only, upright, without any metadata (EXIF with
+    GPS, camera and date, XMP, ICC, PNG text chunks, comments) that may name the
+    patient. With ``blank_header`` the header band (the box of docs/design_notes.md, where ECG carts
+    print the patient's name and id) is painted white too (paper section 5.3).
+
+    Re-encoding is the only way to drop every metadata kind and to blank pixels:
+    JPEG uploads are re-encoded as JPEG (quality 95), all others as lossless PNG.
+    Memory: one full decode of the image (rotation and blanking work in place).
+    """
+    with decoding_errors():
+        img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        img.load()
+    orientation = img.getexif().get(0x0112, 1)
+    fmt = _STORED_FORMATS.get(img.format, "PNG")
+    allowed = _JPEG_MODES if fmt == "JPEG" else _PNG_MODES
+    if img.mode not in allowed:  # e.g. CMYK TIFF, float TIFF, I;16B
+        img = img.convert("RGBA" if "A" in img.mode else ("I" if img.mode[0] in "IF" else "RGB"))
+    if orientation != 1:
+        from PIL import ImageOps
+
+        img = ImageOps.exif_transpose(img)
+    if blank_header:
+        if img.mode == "P":  # a palette may hold no white: paint in colour
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        top = round(HEADER_CROP_FRACTIONS[1] * img.height)
+        white = {"1": 1, "L": 255, "LA": (255, 255), "I": 65535, "I;16": 65535, "RGB": (255,) * 3,
+                 "RGBA": (255,) * 4, "CMYK": (0, 0, 0, 0)}[img.mode]
+        img.paste(white, (0, 0, img.width, top))
+    # Pillow's encoders copy some of what they read (JPEG comment, ICC profile, EXIF)
+    # from ``info``: keep only what draws the picture (a palette's transparent index)
+    img.info = {key: img.info[key] for key in ("transparency",) if key in img.info}
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        img.save(buf, "JPEG", quality=95)
+    else:
+        img.save(buf, "PNG", compress_level=6)
+    return buf.getvalue(), FORMAT_EXTENSIONS[fmt]

@@ -11,14 +11,22 @@ crop (the crop under ``paper`` and ``grouped``), over several seeds
 (replicate ``r`` uses split seed ``seed + r`` and model seed ``r``, so both
 the test images and the initialisation vary).
 
-Beside the CNN it runs a model-free probe: a 1-nearest-neighbour classifier
-on the cached pixels (scikit-learn, seconds). It learns nothing about ECGs;
-it can only find the most similar training picture, so a test image with an
-exact copy in train is answered right by construction. Its gap between the
-``paper`` and ``grouped`` protocols measures the leakage effect of the split
-itself, whatever the CNN learnt. Conclusions are computed from the numbers
-(:func:`conclusions`), including "no gap measurable because the models did
-not learn" when the CNN stays at the majority-class rate.
+Does the CNN exploit the copies? Within the ``paper`` split the study compares
+each CNN's accuracy on the test images that have a copy (exact or near) in
+train with its accuracy on those that have none (:func:`copy_effect`), over
+all seeds, with a two-stage bootstrap (seeds, then duplicate groups within
+each seed's test set), so the interval carries both the test sampling and the
+seed-to-seed spread. The protocol gaps (``paper`` minus ``grouped``) use the
+same bootstrap.
+
+Beside the CNN runs a model-free probe: a 1-nearest-neighbour classifier on
+the cached pixels (scikit-learn, seconds). It describes the split, not the
+CNN: it answers a test image with an exact copy in train right by
+construction, so its ``paper`` - ``grouped`` gap is about (share of test
+images with a copy in train) x (its accuracy on them - its accuracy on the
+others), a restatement of the copy count. Conclusions are computed from the
+numbers (:func:`conclusions`), including "no gap measurable because the
+models did not learn" when the CNN stays at the majority-class rate.
 """
 from __future__ import annotations
 
@@ -28,8 +36,8 @@ import numpy as np
 import pandas as pd
 
 from . import paths
-from .beyond import (DataSource, acc_f1, bootstrap_sets, fmt_ci, label_indices, load_predictions,
-                     majority_rate, percentile_ci)
+from .beyond import (DataSource, acc_f1, bootstrap_sets, fmt_ci, group_members, label_indices,
+                     load_predictions, majority_rate, percentile_ci)
 from .config import SPLIT_PROTOCOLS
 from .experiments import record_experiment, run_configs, scaled_configs
 
@@ -146,7 +154,7 @@ def run_leakage(profile: str, data_root=None, *, seed: int = 0, n_seeds: int | N
     source = source or DataSource(profile, data_root, log=log, verbose=verbose)
     n_seeds = n_seeds or n_replicates(profile)
     dataset = source.dataset
-    rows, sets, copies, run_ids = [], {}, {}, []
+    rows, sets, copies, run_ids, copy_flags = [], {}, {}, [], {}
     for r in range(n_seeds):
         split_seed = seed + r
         present = [p for p in protocols if source.has_protocol(p, split_seed)]
@@ -177,6 +185,8 @@ def run_leakage(profile: str, data_root=None, *, seed: int = 0, n_seeds: int | N
                 for classifier, p, run_id, config in results:
                     acc, f1 = acc_f1(y, p)
                     sets.setdefault((classifier, protocol, crop), []).append((y, p, groups))
+                    copy_flags.setdefault((classifier, protocol, crop), []).append(
+                        test_rows["copy_in_train"].to_numpy(bool))
                     rows.append({"classifier": classifier, "protocol": protocol, "crop": crop,
                                  "replicate": r, "split_seed": split_seed,
                                  "model_seed": r if config else None,
@@ -193,7 +203,18 @@ def run_leakage(profile: str, data_root=None, *, seed: int = 0, n_seeds: int | N
                       protocols=list(copies), crops=[bool(c) for c in crops],
                       crop_protocols=None if crop_protocols is None else list(crop_protocols))
     return {"dataset": dataset, "profile": profile, "replicates": replicates, "sets": sets,
-            "copies": copies, "run_ids": run_ids, "n_seeds": n_seeds}
+            "copies": copies, "copy_flags": copy_flags, "run_ids": run_ids, "n_seeds": n_seeds}
+
+
+def study_runs(study: dict, protocol: str = "grouped", crop: bool = False, replicate: int = 0) -> list[dict]:
+    """The finished CNN runs (``experiments.load_run``) of one cell of the study,
+    one per model: e.g. the ``grouped`` runs that notebook 06's robustness uses."""
+    from .experiments import load_run
+
+    reps = study["replicates"]
+    sel = reps[(reps["classifier"] != PROBE_LABEL) & (reps["protocol"] == protocol) & (reps["crop"] == crop)
+               & (reps["replicate"] == replicate)]
+    return [load_run(study["dataset"], study["profile"], run_id) for run_id in sel["run_id"]]
 
 
 def _cells(study: dict) -> list[dict]:
@@ -201,7 +222,7 @@ def _cells(study: dict) -> list[dict]:
     reps = study["replicates"]
     out = []
     for (classifier, protocol, crop), sets in study["sets"].items():
-        boot = bootstrap_sets(sets, n_bootstrap=N_BOOTSTRAP, seed=0)
+        boot = bootstrap_sets(sets, n_bootstrap=N_BOOTSTRAP, seed=0, resample_sets=True)
         sub = reps[(reps["classifier"] == classifier) & (reps["protocol"] == protocol) & (reps["crop"] == crop)]
         acc_ci, f1_ci = percentile_ci(boot[:, 0]), percentile_ci(boot[:, 3])
         majority = float(sub["majority_rate"].mean())
@@ -216,6 +237,71 @@ def _cells(study: dict) -> list[dict]:
             "_boot": boot,
         })
     return out
+
+
+def copy_effect(study: dict, protocol: str = "paper", n_bootstrap: int = N_BOOTSTRAP) -> list[dict]:
+    """Per classifier and crop under ``protocol``: accuracy on the test images
+    with a copy in train vs on those without, and their difference, means over
+    seeds with 95 % intervals from a two-stage bootstrap (seeds with
+    replacement, then duplicate groups within each seed's test set; a group
+    either has a copy in train or not, so each draw keeps the two subsets)."""
+    out = []
+    flags_of = study.get("copy_flags", {})
+    for (classifier, prot, crop), sets in study["sets"].items():
+        if prot != protocol or (classifier, prot, crop) not in flags_of:
+            continue
+        reps = [(np.asarray(y) == np.asarray(p), np.asarray(f, bool), group_members(g))
+                for (y, p, g), f in zip(sets, flags_of[(classifier, prot, crop)])]
+        per_seed = np.array([[ok[f].mean() if f.any() else np.nan, ok[~f].mean() if (~f).any() else np.nan]
+                             for ok, f, _ in reps])
+        rng = np.random.default_rng(7)
+        boot = np.empty((n_bootstrap, 2))
+        for b in range(n_bootstrap):
+            values = []
+            for i in rng.integers(0, len(reps), len(reps)):
+                ok, f, members = reps[i]
+                idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
+                fi = f[idx]
+                values.append([ok[idx][fi].mean() if fi.any() else np.nan,
+                               ok[idx][~fi].mean() if (~fi).any() else np.nan])
+            boot[b] = np.nanmean(values, axis=0) if np.isfinite(values).any() else np.nan
+        diff = boot[:, 0] - boot[:, 1]
+        finite = np.isfinite(diff)
+        mean = np.nanmean(per_seed, axis=0) if np.isfinite(per_seed).any() else [np.nan, np.nan]
+        out.append({
+            "classifier": classifier, "protocol": prot, "crop": bool(crop), "seeds": len(reps),
+            "n_copy": float(np.mean([f.sum() for _, f, _ in reps])),
+            "n_no_copy": float(np.mean([(~f).sum() for _, f, _ in reps])),
+            "accuracy_copy": float(mean[0]), "accuracy_copy_ci95": _ci_or_none(boot[:, 0]),
+            "accuracy_no_copy": float(mean[1]), "accuracy_no_copy_ci95": _ci_or_none(boot[:, 1]),
+            "difference": float(mean[0] - mean[1]),
+            "difference_ci95": percentile_ci(diff[finite]) if finite.sum() > 1 else None,
+            "difference_per_seed": [float(a - b) for a, b in per_seed],
+        })
+    return out
+
+
+def _ci_or_none(values):
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    return percentile_ci(values) if len(values) > 1 else None
+
+
+def copy_effect_table(summary: dict) -> pd.DataFrame:
+    """``table_leakage_copies``: :func:`copy_effect` as a table."""
+    return pd.DataFrame([{
+        "classifier": c["classifier"], "protocol": c["protocol"], "crop": c["crop"], "seeds": c["seeds"],
+        "test_with_copy": c["n_copy"], "test_without_copy": c["n_no_copy"],
+        "accuracy_copy": c["accuracy_copy"], "accuracy_copy_ci95": fmt_ci(c["accuracy_copy_ci95"]),
+        "accuracy_no_copy": c["accuracy_no_copy"], "accuracy_no_copy_ci95": fmt_ci(c["accuracy_no_copy_ci95"]),
+        "difference": c["difference"],
+        "difference_ci95": "" if c["difference_ci95"] is None else
+        "{:+.3f} to {:+.3f}".format(*c["difference_ci95"]),
+        "difference_per_seed": ", ".join(f"{d:+.3f}" for d in c["difference_per_seed"]),
+    } for c in summary.get("copy_effect", [])],
+        columns=["classifier", "protocol", "crop", "seeds", "test_with_copy", "test_without_copy",
+                 "accuracy_copy", "accuracy_copy_ci95", "accuracy_no_copy", "accuracy_no_copy_ci95",
+                 "difference", "difference_ci95", "difference_per_seed"])
 
 
 def table_leakage(study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -238,7 +324,8 @@ def table_leakage(study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
                f"Leakage study (section 5.2): {CNN_LABEL} (and ResNet50, full page) batch 32, lr 1e-4 and a "
                "1-NN pixel probe per "
                f"split protocol, full page and (crop=True) header cropped; means over {study['n_seeds']} seeds, "
-               "95 % CI from a bootstrap over duplicate groups; test images with a copy in train (mean)")
+               "95 % CI from a two-stage bootstrap (seeds, then duplicate groups); test images with a copy "
+               "in train (mean)")
     by_key = {(c["classifier"], c["protocol"], c["crop"]): c for c in cells}
     gaps = []
     rng_seed = 1
@@ -248,7 +335,7 @@ def table_leakage(study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
             continue
         rng_seed += 1
         other = bootstrap_sets(study["sets"][(classifier, "grouped", crop)], n_bootstrap=N_BOOTSTRAP,
-                               seed=rng_seed)
+                               seed=rng_seed, resample_sets=True)
         diff_acc = c["_boot"][:, 0] - other[:, 0]
         diff_f1 = c["_boot"][:, 3] - other[:, 3]
         ci = percentile_ci(diff_acc)
@@ -265,8 +352,8 @@ def table_leakage(study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
                                "f1_gap_ci95": fmt_ci(g["f1_gap_ci95"])} for g in gaps])
     save_table(gap_table, "table_leakage_gap", dataset, profile,
                "Leakage gap: accuracy and macro F1 of each protocol minus the grouped protocol's "
-               "(95 % CI: independent group bootstraps of both test sets); 'learned': above the "
-               "majority-class rate under either protocol")
+               "(95 % CI: independent two-stage bootstraps, seeds then duplicate groups, of both "
+               "protocols); 'learned': above the majority-class rate under either protocol")
     copies = {p: {"n_test": [c["n_test"] for c in v],
                   "test_with_copy_in_train": [c["test_copy_in_train"] for c in v],
                   "test_exact_copy_in_train": [c["test_exact_copy_in_train"] for c in v],
@@ -282,7 +369,13 @@ def table_leakage(study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         "copies": copies,
         "cells": [{k: v for k, v in c.items() if k != "_boot"} for c in cells],
         "gaps": gaps,
+        "copy_effect": copy_effect(study),
     }
+    save_table(copy_effect_table(summary), "table_leakage_copies", dataset, profile,
+               "Does the CNN exploit copies? Within the paper split, accuracy on the test images that "
+               "have a copy (exact or near) in train vs on those that have none, mean over "
+               f"{study['n_seeds']} seeds; 95 % CI from a two-stage bootstrap (seeds, then duplicate "
+               "groups); the 1-NN probe, which matches pictures, for reference")
     paths.atomic_write_text(paths.profile_results(dataset, profile) / "leakage_summary.json",
                             json.dumps(summary, indent=2) + "\n")
     return table, gap_table, summary
@@ -312,14 +405,14 @@ def conclusions(summary: dict) -> list[str]:
     out.append(f"Test images with a copy (exact or near) in train, mean over {summary['seeds']} split "
                "seeds: " + ", ".join(parts) + ".")
     for g in summary["gaps"]:
-        if g["protocol"] != "paper":
+        if g["protocol"] != "paper" or g["classifier"] == PROBE_LABEL:
             continue
         crop = "header cropped" if g["crop"] else "full page"
         ci = g["accuracy_gap_ci95"]
         head = (f"{g['classifier']} ({crop}): accuracy {g['accuracy']:.3f} under `paper` vs "
                 f"{g['accuracy_grouped']:.3f} under `grouped`, gap {g['accuracy_gap']:+.3f} "
-                f"(95 % CI {ci[0]:+.3f} to {ci[1]:+.3f})")
-        if g["classifier"] != PROBE_LABEL and not g["learned"]:
+                f"(95 % CI over seeds and duplicate groups {ci[0]:+.3f} to {ci[1]:+.3f})")
+        if not g["learned"]:
             epochs = summary.get("cnn_epochs")
             weights = summary.get("weights", {}).get(g["classifier"], summary.get("cnn_weights"))
             setting = ", ".join(x for x in (
@@ -330,27 +423,59 @@ def conclusions(summary: dict) -> list[str]:
                        f"({g['majority_rate']:.3f}) under either protocol, i.e. they did not learn in "
                        f"this profile ({setting}), so no gap is measurable from them; this gap is noise.")
         elif g["measurable"] and g["accuracy_gap"] > 0:
-            what = ("the split itself leaks: this classifier can only match pictures, and copies of "
-                    "its test images sit in its training set" if g["classifier"] == PROBE_LABEL else
-                    "accuracy under the random split is inflated by copies of training images")
-            out.append(f"{head}: a measurable gap; {what}.")
+            out.append(f"{head}: a measurable gap; the random split scores this model higher than "
+                       "ECGs it never saw (`grouped`).")
         elif g["measurable"]:
-            out.append(f"{head}: measurable, but `grouped` scores higher, so copies did not inflate "
-                       "this number.")
+            out.append(f"{head}: measurable, but `grouped` scores higher, so the random split did not "
+                       "inflate this number.")
         else:
             out.append(f"{head}: no measurable gap (the interval includes 0).")
+    learned = {(g["classifier"], g["crop"]): g["learned"] for g in summary["gaps"] if g["protocol"] == "paper"}
+    for c in summary.get("copy_effect", []):
+        if c["classifier"] == PROBE_LABEL:
+            continue
+        crop = "header cropped" if c["crop"] else "full page"
+        ci = c["difference_ci95"]
+        head = (f"{c['classifier']} ({crop}), within the `paper` split: accuracy {c['accuracy_copy']:.3f} on the "
+                f"{c['n_copy']:.0f} test images with a copy in train vs {c['accuracy_no_copy']:.3f} on the "
+                f"{c['n_no_copy']:.0f} without (means over {c['seeds']} seeds), difference "
+                f"{c['difference']:+.3f}")
+        if ci is None:
+            out.append(f"{head}: one of the two subsets is empty, so the CNN's use of copies cannot be measured.")
+            continue
+        head += (f" (95 % CI over seeds and duplicate groups {ci[0]:+.3f} to {ci[1]:+.3f}; per seed "
+                 f"{', '.join(f'{d:+.3f}' for d in c['difference_per_seed'])})")
+        if not learned.get((c["classifier"], c["crop"]), True):
+            out.append(f"{head}: the model did not learn, so this says nothing about copies.")
+        elif ci[0] > 0:
+            out.append(f"{head}: the CNN is measurably more accurate on images it has seen a copy of, "
+                       "so it exploits the copies (the two subsets are different ECGs, so part of the "
+                       "difference may come from which ECGs the archive copied).")
+        elif ci[1] < 0:
+            out.append(f"{head}: the CNN is measurably less accurate on images with a copy in train, "
+                       "so copies do not inflate its accuracy.")
+        else:
+            out.append(f"{head}: no measurable difference (the interval holds 0), so these runs do not "
+                       "show that the CNN exploits the copies.")
+    probe_gap = {g["crop"]: g for g in summary["gaps"]
+                 if g["classifier"] == PROBE_LABEL and g["protocol"] == "paper"}
+    for c in summary.get("copy_effect", []):
+        if c["classifier"] != PROBE_LABEL or c["crop"] not in probe_gap or c["difference_ci95"] is None:
+            continue
+        g = probe_gap[c["crop"]]
+        share = c["n_copy"] / max(c["n_copy"] + c["n_no_copy"], 1)
+        out.append(f"The {PROBE_LABEL} ({'header cropped' if c['crop'] else 'full page'}) describes the split, "
+                   f"not the CNN: it matches pictures, so it answers {c['accuracy_copy']:.3f} of the test "
+                   f"images with a copy in train and {c['accuracy_no_copy']:.3f} of the others; its `paper` - "
+                   f"`grouped` gap {g['accuracy_gap']:+.3f} is about the share of test images with a copy "
+                   f"({share:.2f}) x that difference ({share * c['difference']:+.3f}), a restatement "
+                   "of the copy count.")
     kaggle = [g for g in summary["gaps"] if g["protocol"] == "kaggle" and g["classifier"] == PROBE_LABEL
               and not g["crop"]]
     for g in kaggle:
         ci = g["accuracy_gap_ci95"]
         out.append(f"{PROBE_LABEL} under `kaggle` (the archive's own folders) vs `grouped`: "
                    f"{g['accuracy_gap']:+.3f} (95 % CI {ci[0]:+.3f} to {ci[1]:+.3f}).")
-    probe_gaps = [g for g in summary["gaps"] if g["classifier"] == PROBE_LABEL and g["protocol"] == "paper"]
-    if any(g["measurable"] and g["accuracy_gap"] > 0 for g in probe_gaps):
-        out.append("What the gap means: under the random split, part of the test set is answered by "
-                   "recognising a training image, not by reading an ECG. Only the `grouped` number "
-                   "estimates accuracy on ECGs the model has never seen; a random-split accuracy such "
-                   "as the paper's 98 % is an upper bound until it is measured that way.")
     return out
 
 
@@ -407,4 +532,5 @@ def cnn_learned(summary: dict) -> bool:
 
 
 __all__ = ["LEAKAGE_SPEC", "duplicate_crossings", "probe_features", "nn_probe", "run_leakage",
-           "table_leakage", "conclusions", "fig14_leakage", "n_replicates", "cnn_learned"]
+           "table_leakage", "copy_effect", "copy_effect_table", "study_runs", "conclusions",
+           "fig14_leakage", "n_replicates", "cnn_learned"]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import keras
 
+from .config import HEADS
 from .errors import UserError
 # where backbone weights come from lives in .weights; re-exported for callers of models
 from .weights import (_BACKBONES, _MOBILENET_V2_SIZES, _keras_home_from_env,  # noqa: F401
@@ -50,7 +51,13 @@ FINETUNE_MODES = ("all", "top", "none")
 BN_MODES = ("frozen", "trainable")
 
 HEAD_POOL = "head_pool"
+#: multiscale head: the pooled input of the top block, and both pools side by side
+HEAD_POOL_MID = "head_pool_mid"
+HEAD_FEATURES = "head_features"
 HEAD_NORM = "head_norm"
+#: the head's layers, by name (everything else of a model built here is backbone)
+HEAD_LAYERS = (HEAD_POOL, HEAD_POOL_MID, HEAD_FEATURES, HEAD_NORM, "head_dense", "head_dropout",
+               "predictions")
 
 
 def _check_name(name: str) -> None:
@@ -103,7 +110,9 @@ def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
     -> GlobalAveragePooling2D ("head_pool") [-> Normalization ("head_norm"), head
     "standardized"] -> Dense(dense_units, relu) ("head_dense") -> Dropout(dropout)
     ("head_dropout") -> Dense(num_classes, softmax, float32 so mixed precision stays
-    stable) ("predictions"). Named ``<name lower>_ecg``. Pixel scaling stays in the
+    stable) ("predictions"). Named ``<name lower>_ecg``. Head "multiscale" pools the
+    top block's input too ("head_pool_mid", see :func:`top_block_input`) and
+    concatenates both pools ("head_features") before the Normalization. Pixel scaling stays in the
     input pipeline, except that EfficientNetB0 carries its own Rescaling(1/255) and
     Normalization layers and so expects 0-255 pixels. The "standardized" head's
     Normalization starts as the identity; ``training.train_run`` fits it to the
@@ -135,8 +144,8 @@ def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
     _check_name(name)
     from .weights import STANDINS, load_standin
 
-    if head not in ("paper", "standardized"):
-        raise UserError(f"head must be 'paper' or 'standardized', not {head!r}")
+    if head not in HEADS:
+        raise UserError(f"head must be one of {HEADS}, not {head!r}")
     if train_base is False:
         finetune = "none"
     if finetune not in FINETUNE_MODES:
@@ -170,22 +179,23 @@ def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
         input_shape=(image_size, image_size, 3))
     if standin:
         load_standin(base, standin)
-    layers = [keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)]
-    if head == "standardized":
-        layers.append(keras.layers.Normalization(name=HEAD_NORM))
+    x = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)(base.output)
+    if head == "multiscale":
+        mid = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL_MID)(top_block_input(base, name))
+        x = keras.layers.Concatenate(name=HEAD_FEATURES)([mid, x])
+    layers = [keras.layers.Normalization(name=HEAD_NORM)] if head != "paper" else []
     layers += [
         keras.layers.Dense(dense_units, activation="relu", name="head_dense"),
         keras.layers.Dropout(dropout, name="head_dropout"),
         keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions"),
     ]
-    x = base.output
     for layer in layers:
         x = layer(x)
     model = keras.Model(base.input, x, name=f"{name.lower()}_ecg")
-    if head == "standardized":  # identity until adapted (mean 0, variance 1)
-        norm = model.get_layer(HEAD_NORM)
-        norm.adapt(keras.ops.zeros((2, int(base.output.shape[-1]))) +
-                   keras.ops.convert_to_tensor([[-1.0], [1.0]]))
+    if head != "paper":  # identity until adapted (mean 0, variance 1)
+        width = int(model.get_layer(head_features_layer(model)).output.shape[-1])
+        model.get_layer(HEAD_NORM).adapt(keras.ops.zeros((2, width)) +
+                                         keras.ops.convert_to_tensor([[-1.0], [1.0]]))
 
     if isinstance(source, Path):
         _load_weights_file(model, base, layers, source)
@@ -193,14 +203,43 @@ def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
     return model
 
 
+#: the head's Normalization: no feature's variance below this share of the mean
+#: variance, so a channel (nearly) dead on the training images cannot blow up
+#: on a validation or test image (seen: validation loss 306 on the grouped split)
+NORM_VARIANCE_FLOOR = 0.01
+
+
+def fit_head_normalization(model: keras.Model, features) -> None:
+    """Fit the standardized head's Normalization to the training images' pooled
+    features (paper 3.2: "batch normalization may be incorporated"), with each
+    variance floored at ``NORM_VARIANCE_FLOOR`` x their mean. Keras's ``adapt``
+    has no floor, hence the two lines after it."""
+    import numpy as np
+
+    norm = model.get_layer(HEAD_NORM)
+    norm.adapt(features)
+    variance = np.asarray(norm.adapt_variance)  # the saved weight; ``variance`` derives from it
+    norm.adapt_variance.assign(np.maximum(variance, NORM_VARIANCE_FLOOR * variance.mean()))
+    norm.finalize_state()
+
+
 def backbone_layers(model: keras.Model) -> list:
-    """The backbone's layers of a model built by :func:`build_model` (all before the head)."""
-    out = []
-    for layer in model.layers:
-        if layer.name == HEAD_POOL:
-            break
-        out.append(layer)
-    return out
+    """The backbone's layers of a model built by :func:`build_model` (all but the head's)."""
+    return [layer for layer in model.layers if layer.name not in HEAD_LAYERS]
+
+
+def top_block_input(model: keras.Model, name: str):
+    """The tensor the backbone's top block (``TOP_BLOCK_START``) reads: VGG16's
+    block4_pool, ResNet50's conv4_block6_out, ... The transfer recipe caches it (the
+    frozen layers below never change) and the multiscale head pools it."""
+    return model.get_layer(TOP_BLOCK_START[name]).input
+
+
+def head_features_layer(model: keras.Model) -> str:
+    """Name of the layer whose output the head's trainable part reads: the pooled
+    backbone output, or both pools side by side (head "multiscale")."""
+    names = {layer.name for layer in model.layers}
+    return HEAD_FEATURES if HEAD_FEATURES in names else HEAD_POOL
 
 
 def set_trainable_backbone(model: keras.Model, name: str, finetune: str, bn_mode: str) -> None:

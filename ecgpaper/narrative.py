@@ -36,34 +36,45 @@ def _inside(value: float, ci) -> bool:
     return ci is not None and ci[0] <= value <= ci[1]
 
 
+def _beside_paper(paper: float, run: dict, dataset: str) -> str:
+    """The paper's number beside ours: compared only when the run follows the paper's
+    protocol (``verdicts.protocol_differences``; REPORT.md gives the verdict)."""
+    from .verdicts import protocol_differences
+
+    differs = protocol_differences(run["config"], dataset)
+    if differs:
+        return f"the paper reports {paper:.2f}, not comparable here ({'; '.join(differs)})."
+    where = "inside" if _inside(paper, run["metrics"]["ci95"]["accuracy"]) else "outside"
+    return f"the paper's {paper:.2f} is {where} this interval (REPORT.md gives the verdict)."
+
+
 def _paragraph(dataset: str, profile: str, sentences: list[str]) -> str:
     return "\n".join([data_sentence(dataset, profile), ""] + [f"- {s}" for s in sentences])
 
 
 def baseline(runs: list[dict], dataset: str, profile: str) -> str:
     """Notebook 02 (section 4, Fig. 8-9): VGG16 vs ResNet50, with the paired test."""
-    from .significance import mcnemar_row
+    from .significance import paired_row
 
     by = {r["config"]["model"]: r for r in runs}
     out = []
     for model, run in by.items():
         m, paper = run["metrics"], PAPER_RESULTS["baseline"][model]["accuracy"]
-        where = "inside" if _inside(paper, m["ci95"]["accuracy"]) else "outside"
         out.append(f"{model}: test accuracy {m['accuracy']:.2f} ({_ci(m['ci95']['accuracy'])}, "
-                   f"{m['n_test']} test images); the paper's {paper:.2f} is {where} this interval. "
+                   f"{m['n_test']} test images); {_beside_paper(paper, run, dataset)} "
                    f"Training accuracy {m.get('train_accuracy', float('nan')):.2f}: "
                    + ("the model fits its training set far better than the test set (overfitting)."
                       if m.get("train_accuracy", 0) - m["accuracy"] > 0.1 else
                       "training and test accuracy are close."))
     if {"VGG16", "ResNet50"} <= set(by):
-        row = mcnemar_row("baseline", dataset, profile, by["VGG16"], by["ResNet50"])
+        row = paired_row("baseline", dataset, profile, by["VGG16"], by["ResNet50"])
         diff, (lo, hi) = row["ours"], row["ci95_groups_bounds"]
         paper_gap = PAPER_RESULTS["baseline"]["VGG16"]["accuracy"] - PAPER_RESULTS["baseline"]["ResNet50"]["accuracy"]
         verb = "beats" if diff > 0 else ("trails" if diff < 0 else "ties with")
         settled = ("excludes 0: the difference is real on this test set" if lo > 0 or hi < 0 else
                    "includes 0: this test set cannot tell the two models apart")
         out.append(f"VGG16 {verb} ResNet50 by {abs(diff):.2f} (paired 95 % CI {lo:+.2f} to {hi:+.2f} over "
-                   f"duplicate groups; McNemar p = {row['p_value']:.2g}); the paper reports a gap of "
+                   f"duplicate groups; McNemar over groups p = {row['p_value_groups']:.2g}); the paper reports a gap of "
                    f"{paper_gap:.2f}. The interval {settled}, and it "
                    f"{'holds' if lo <= paper_gap <= hi else 'does not hold'} the paper's gap.")
     return _paragraph(dataset, profile, out)
@@ -72,14 +83,15 @@ def baseline(runs: list[dict], dataset: str, profile: str) -> str:
 def grid(runs: list[dict], dataset: str, profile: str) -> str:
     """Notebook 03 (section 4, Table 1): the grid, the best cell chosen by validation."""
     cells = [(r["config"]["batch_size"], r["config"]["learning_rate"], r["metrics"]) for r in runs]
-    best = max(cells, key=lambda c: (c[2].get("val_accuracy", 0), c[2]["accuracy"]))
+    best = max(cells, key=lambda c: (c[2]["val_accuracy"], -c[2]["val_loss"]))  # never the test set
     paper_best = max(PAPER_RESULTS["grid"].items(), key=lambda kv: kv[1]["accuracy"])
     paper_best_cells = [k for k, v in PAPER_RESULTS["grid"].items() if v["accuracy"] == paper_best[1]["accuracy"]]
     accs = [c[2]["accuracy"] for c in cells]
     lows, highs = [c[2]["ci95"]["accuracy"][0] for c in cells], [c[2]["ci95"]["accuracy"][1] for c in cells]
     inside = sum(_inside(PAPER_RESULTS["grid"][(b, lr)]["accuracy"], m["ci95"]["accuracy"]) for b, lr, m in cells)
     return _paragraph(dataset, profile, [
-        f"Chosen by validation accuracy (choosing by test accuracy would leak the test set), the best cell "
+        f"Chosen by validation accuracy, ties by validation loss (choosing by test accuracy would leak the "
+        f"test set), the best cell "
         f"is batch {best[0]}, lr {best[1]:g}: test accuracy {best[2]['accuracy']:.2f} "
         f"({_ci(best[2]['ci95']['accuracy'])}). The paper's best: "
         + " and ".join(f"batch {b} with lr {lr:g}" for b, lr in paper_best_cells)
@@ -88,8 +100,16 @@ def grid(runs: list[dict], dataset: str, profile: str) -> str:
         + ("all their 95 % intervals overlap, so this test set cannot rank the settings."
            if max(lows) <= min(highs) else
            "not all their intervals overlap, so some settings are really better than others here."),
-        f"The paper's accuracy lies inside our interval for {inside} of {len(cells)} cells.",
+        (f"The paper's accuracy lies inside our interval for {inside} of {len(cells)} cells."
+         if not _differs(runs, dataset) else
+         f"The paper's Table 1 is not comparable here ({'; '.join(_differs(runs, dataset))})."),
     ])
+
+
+def _differs(runs: list[dict], dataset: str) -> list[str]:
+    from .verdicts import runs_differences
+
+    return runs_differences(runs, dataset)
 
 
 def curves(runs: list[dict], dataset: str, profile: str) -> str:
@@ -124,39 +144,33 @@ def multirun(runs: list[dict], dataset: str, profile: str) -> str:
         mean, std = stats[k]
         std = std or 0.0
         out.append(f"{k}: ours {mean:.4f} +- {std:.4f} over {len(runs)} runs, the paper's {pm:.4f} +- {ps:.4f}; "
-                   f"ours is {abs(mean - pm) / ps:.1f} of the paper's standard deviations "
-                   f"{'above' if mean > pm else 'below'} it, and our spread is {std / ps:.1f} x the paper's.")
+                   f"our spread over seeds is {std / ps:.1f} x the paper's (REPORT.md judges the means, "
+                   "with the test set's sampling error as well as the seeds').")
     out.append("The spread over seeds is the run-to-run noise of one setting: a difference between two "
                "settings smaller than it (about two standard deviations) is not a finding.")
     return _paragraph(dataset, profile, out)
 
 
-VERDICT_ROW = re.compile(r"^\| (?P<label>[^|]+) \| [^|]* \| [^|]* \| [^|]* \| (?P<verdict>[^|]+) \|$")
-
-
 def report(text: str, dataset: str, profile: str) -> str:
-    """Notebook 05: how many of the paper's numbers our run is consistent with (REPORT.md)."""
+    """Notebook 05: how REPORT.md's verdicts (``ecgpaper.verdicts``) came out."""
+    from .verdicts import OUTCOMES
+
     table = text.split("## Every number of the paper", 1)[-1].split("\n## ", 1)[0]
-    verdicts = [m["verdict"].strip() for m in map(VERDICT_ROW.match, table.splitlines())
-                if m and m["verdict"].strip() not in ("verdict", "---")]
-    kinds = {"consistent": 0, "reproduced": 0, "not reproduced": 0, "within": 0, "outside": 0}
-    for v in verdicts:
-        kind = next((k for k in ("not reproduced", "consistent", "reproduced", "within", "outside")
-                     if v.startswith(k)), None)
-        if kind:
-            kinds[kind] += 1
-    judged = sum(kinds.values())
-    out = [f"REPORT.md compares {len(verdicts)} numbers of the paper with ours. With a 95 % CI: "
-           f"{kinds['consistent']} consistent (the paper's value inside our interval), "
-           f"{kinds['not reproduced']} not reproduced. Five-run means: {kinds['reproduced']} reproduced "
-           "(within two of the paper's standard deviations; counted among 'not reproduced' otherwise). "
-           f"Table 1's precision and recall (no interval): {kinds['within']} within +-0.02 of the paper, "
-           f"{kinds['outside']} outside. {len(verdicts) - judged} measured on another device (epoch time), "
-           "not judged."]
+    rows = [line.strip().strip("|").split("|") for line in table.splitlines() if line.startswith("| ")]
+    header = next((r for r in rows if r[-1].strip() == "verdict"), None)
+    verdicts = [r[-1].strip() for r in rows if header and r is not header and len(r) == len(header)
+                and not set(r[-1].strip()) <= set("-: ")]
+    counts = {k: sum(v.startswith(k) for v in verdicts) for k in ("n/a",) + OUTCOMES}
+    out = [f"REPORT.md sets {len(verdicts)} numbers of the paper beside ours: "
+           + ", ".join(f"{n} {k}" for k, n in counts.items() if n) + "."]
+    if counts["n/a"]:
+        out.append("'n/a' rows follow another protocol than the paper's (each says what differs: data, "
+                   "profile, weights, split, image size); their numbers and intervals are shown, but they "
+                   "neither reproduce nor refute the paper.")
     if is_synthetic(dataset):
-        out.append("On the synthetic twin every verdict is marked 'not comparable': agreement or disagreement "
-                   "with the paper means nothing until the pipeline runs on the real images "
-                   "(`python -m ecgpaper download`, then `./run_all.sh --profile paper` on a GPU).")
+        out.append("On the synthetic twin every verdict is n/a: agreement or disagreement with the paper "
+                   "means nothing until the pipeline runs on the real images "
+                   "(`./run_all.sh --profile paper --download` on a GPU).")
     return _paragraph(dataset, profile, out)
 
 

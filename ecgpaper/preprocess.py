@@ -65,24 +65,64 @@ def crop_box(width: int, height: int) -> tuple[int, int, int, int]:
     return (round(fl * width), round(ft * height), round(fr * width), round(fb * height))
 
 
-def prepare_image(img: Image.Image, settings: PreprocessSettings) -> np.ndarray:
-    """An opened image -> (size, size, 3) uint8 RGB, per ``settings``.
+#: EXIF orientations that swap width and height (5-8: transposed or rotated by 90 degrees)
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+#: like Pillow's ``reducing_gap``: keep at least twice the pixels the final resize needs
+_REDUCING_GAP = 2
+
+
+def _pixels_needed(settings: PreprocessSettings) -> tuple[int, int]:
+    """Width and height of the full (upright) page that still leave ``settings.size``
+    pixels in the region kept (all of it, or the grid box of docs/design_notes.md when cropping)."""
+    n = settings.size
+    if not settings.crop:
+        return n, n
+    fl, ft, fr, fb = HEADER_CROP_FRACTIONS
+    return math.ceil(n / (fr - fl)), math.ceil(n / (fb - ft))
+
+
+def decode_reduced(img: Image.Image, settings: PreprocessSettings) -> Image.Image:
+    """Decode ``img`` at the smallest scale that still serves ``settings``: the only
+    step that reads compressed data (so the only one that can fail on a damaged file).
+
+    Memory stays bounded by the decoded file itself: JPEGs are decoded in the DCT
+    domain at a reduced scale (``Image.draft``); other formats are shrunk right after
+    decoding (``Image.reduce``, or a box filter for modes ``reduce`` lacks), before
+    any rotation or mode conversion could copy the full image. The result keeps
+    its mode and EXIF orientation for :func:`finish_image`.
+    """
+    need_w, need_h = _pixels_needed(settings)
+    if img.getexif().get(0x0112, 1) in _SWAPPING_ORIENTATIONS:
+        need_w, need_h = need_h, need_w  # the stored picture is on its side
+    if img.format in ("JPEG", "MPO"):  # MPO: phone cameras' multi-picture JPEG
+        # (docs/design_notes.md: never decode 2213 x 1572 to make 224 x 224)
+        img.draft("RGB", (need_w, need_h))
+    img.load()
+    factor = min(img.width // (_REDUCING_GAP * need_w), img.height // (_REDUCING_GAP * need_h))
+    if factor < 2:
+        return img
+    if img.mode in ("P", "1"):  # palette indices cannot be averaged: colours first
+        has_alpha = img.mode == "P" and ("transparency" in img.info or img.palette.mode == "RGBA")
+        img = img.convert("RGBA" if has_alpha else "RGB")
+    size = (img.width // factor, img.height // factor)
+    if img.mode.startswith("I;16"):  # Image.reduce has no 16-bit mode; a box filter is the same
+        return img.resize(size, Image.Resampling.BOX)
+    return img.reduce(factor)
+
+
+def finish_image(img: Image.Image, settings: PreprocessSettings) -> np.ndarray:
+    """A (reduced) decoded image -> (size, size, 3) uint8 RGB, per ``settings``.
 
     Handles what real uploads contain: EXIF rotation, palette/grey/CMYK/RGBA
-    (alpha composited on white paper), 16-bit images.
+    (alpha composited on white paper), 16-bit images (scaled to 8 bits in float32).
     """
     n = settings.size
-    if img.format in ("JPEG", "MPO"):  # MPO: phone cameras' multi-picture JPEG
-        # decode at the smallest DCT scale that still leaves >= n pixels in
-        # the region we keep (docs/design_notes.md: never decode 2213 x 1572 to make 224 x 224)
-        fw, fh = (HEADER_CROP_FRACTIONS[2] - HEADER_CROP_FRACTIONS[0],
-                  HEADER_CROP_FRACTIONS[3] - HEADER_CROP_FRACTIONS[1]) if settings.crop else (1.0, 1.0)
-        img.draft("RGB", (math.ceil(n / fw), math.ceil(n / fh)))
-    img = ImageOps.exif_transpose(img)
+    if img.getexif().get(0x0112, 1) != 1:
+        img = ImageOps.exif_transpose(img)  # untagged images are not copied
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit, 32-bit and float grey
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
-        lo, hi = min(arr.min(), 0.0), arr.max()
-        img = Image.fromarray(((arr - lo) * (255.0 / ((hi - lo) or 1.0))).astype(np.uint8), "L")
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float32))
+        lo, hi = min(float(arr.min()), 0.0), float(arr.max())
+        img = Image.fromarray(((arr - lo) * np.float32(255.0 / ((hi - lo) or 1.0))).astype(np.uint8), "L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, PAPER_WHITE + (255,))
@@ -95,6 +135,12 @@ def prepare_image(img: Image.Image, settings: PreprocessSettings) -> np.ndarray:
     else:
         img = img.resize((n, n), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(img, dtype=np.uint8)
+
+
+def prepare_image(img: Image.Image, settings: PreprocessSettings) -> np.ndarray:
+    """An opened image -> (size, size, 3) uint8 RGB, per ``settings``
+    (:func:`decode_reduced`, then :func:`finish_image`)."""
+    return finish_image(decode_reduced(img, settings), settings)
 
 
 def load_image(path: str | Path, settings: PreprocessSettings) -> np.ndarray:

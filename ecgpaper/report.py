@@ -1,11 +1,14 @@
 """``results/<dataset>/<profile>/REPORT.md``: every number the paper reports,
-ours beside it, the difference and a one-line verdict, then every figure.
+ours beside it with its 95 % interval, the difference and one verdict, then
+every figure.
 
-Verdicts: a single number of the paper (baseline, Table 1) is "consistent"
-when it lies inside our bootstrap 95 % confidence interval; a mean of the
-five-run table (section 5.4) is "reproduced" when ours is within two of the
-paper's standard deviations. Numbers from the synthetic twin are labelled as
-such and can never be "reproduced": the verdict then says so.
+One rule gives every verdict (:mod:`ecgpaper.verdicts`, computed by
+``significance.paper_comparison_rows``, which notebook 06's
+``table_statistics`` shares): "consistent", "lower", "higher" or
+"inconclusive" from the interval of ours - paper and an equivalence margin,
+and only for runs that follow the paper's protocol; any other run (the
+synthetic twin, a CPU profile, random weights, another split or size) reads
+``n/a: <what differs>``.
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ FIGURE_CAPTIONS = {
     "fig11_curves_resnet50": "Fig. 11: accuracy and loss curves of ResNet50",
     "fig12_curves_vgg16": "Fig. 12: accuracy and loss curves of VGG16",
     "fig13_multirun_bars": "Fig. 13: mean +- std over independent VGG16 runs",
+    "fig_audit_phash_distances": "Duplicate audit: phash distances of distinct files and the near-duplicate "
+                                 "threshold, largest group and groups crossing labels",
     **BEYOND_FIGURE_CAPTIONS,  # notebook 06: fig14-fig17
 }
 
@@ -62,18 +67,27 @@ def paper_numbers() -> list[str]:
     return labels
 
 
-def _single_verdict(ours: float, paper: float, ci, synthetic: bool) -> str:
-    inside = ci is not None and ci[0] <= paper <= ci[1]
-    text = ("consistent: the paper's value is inside our 95 % CI" if inside
-            else "not reproduced: the paper's value is outside our 95 % CI")
-    return f"{text} (synthetic twin: not comparable)" if synthetic else text
+TABLE_HEADER = ["| paper number | runs | ours | 95 % CI (duplicate groups) | paper | ours - paper "
+                "(95 % CI) | verdict |", "|---|---:|---:|---|---:|---|---|"]
 
 
-def _row(label, ours, paper, verdict) -> str:
-    numbers = all(isinstance(v, (int, float)) for v in (ours, paper))
-    diff = f"{ours - paper:+.4f}" if numbers else ""
-    fmt = (lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)))
-    return f"| {label} | {fmt(ours)} | {fmt(paper)} | {diff} | {verdict} |"
+def _row(r: dict) -> str:
+    """A main-table row from ``significance.comparison_row``."""
+    diff = f"{r['difference']:+.4f} ({r['difference_ci95']})"
+    return (f"| {r['number']} | {r['runs']} | {r['ours']:.4f} | {r['ci95_groups']} | {r['paper']:.4f} | "
+            f"{diff} | {r['verdict']} |")
+
+
+def precision_lines(runs: list[dict]) -> list[str]:
+    """Mixed precision and XLA, when any run had them on (the paper trained in float32)."""
+    out = []
+    for key, what in (("mixed_precision", "mixed precision (float16 compute, float32 weights; "
+                                          "the paper: float32)"),
+                      ("xla", "XLA compilation of the training step (the paper: none stated)")):
+        on = [r for r in runs if r["config"].get(key)]
+        if on:
+            out.append(f"{what}: on in {len(on)} of {len(runs)} runs")
+    return out
 
 
 def recipe_lines(dataset: str, profile: str) -> list[str]:
@@ -93,6 +107,7 @@ def recipe_lines(dataset: str, profile: str) -> list[str]:
         for d in run["config"].get("deviations", []):
             if d not in seen:
                 seen.append(d)
+    seen += precision_lines([r for _, r in runs])
     lines += [f"- {d}" for d in seen] or ["- none: the paper's protocol"]
     lines += ["", "| experiment | model | batch | lr | optimizer steps (head + fine-tune) | paper's steps "
                   "| train acc | test acc | evaluated checkpoint |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -126,6 +141,11 @@ def write_report(dataset: str, profile: str, *, data_root: str | None = None) ->
                   f"{s['n_files_readable']} readable files ({s['n_unreadable']} unreadable skipped), "
                   f"{s['distinct_groups']} distinct ECGs: {s['copy_fraction']:.0%} of files are copies "
                   "of another (exact or near). See `results/<dataset>/audit/`."]
+        if (out / "table_audit_groups.md").exists():
+            lines.append(f"- near-duplicate threshold: {s['near_threshold_bits']} of 256 phash bits, checkable in "
+                         "`table_audit_phash_distances` and `table_audit_groups` (Tables) and "
+                         "`fig_audit_phash_distances`; groups whose copies carry two labels: "
+                         f"{s['groups_crossing_labels']}")
         for proto in ("paper", "grouped", "kaggle"):
             f = paths.dataset_results(dataset) / "splits" / f"{proto}_seed0.json"
             if f.exists():
@@ -133,8 +153,16 @@ def write_report(dataset: str, profile: str, *, data_root: str | None = None) ->
                 lines.append(f"- split `{proto}`: {m['totals']}, test images with a copy in train: "
                              f"{m['test_with_copy_in_train']}")
 
+    from .config import EQUIVALENCE_MARGIN
+    from .significance import paper_comparison_rows
+
     lines += ["", "## Every number of the paper, ours beside it", "",
-              "| paper number | ours | paper | difference | verdict |", "|---|---:|---:|---:|---|"]
+              f"Our 95 % intervals resample duplicate groups (copies of one ECG count once). The "
+              f"verdict (`ecgpaper.verdicts`): the 95 % interval of ours - paper, which also carries "
+              f"the paper's test-set and seed spread, inside +-{EQUIVALENCE_MARGIN:g}: consistent; "
+              "below or above 0: lower or higher; else inconclusive. Only runs that follow the "
+              "paper's protocol (Kaggle images, paper profile, ImageNet weights, the paper's split, "
+              "224 px) get one; others read `n/a:` and what differs.", ""] + TABLE_HEADER
     missing = []
 
     def runs_of(name):
@@ -144,42 +172,19 @@ def write_report(dataset: str, profile: str, *, data_root: str | None = None) ->
             missing.append(name)
             return []
 
-    for run in runs_of("baseline"):
-        model, m = run["config"]["model"], run["metrics"]
-        paper = PAPER_RESULTS["baseline"][model]["accuracy"]
-        lines.append(_row(f"baseline {model} accuracy", m["accuracy"], paper,
-                          _single_verdict(m["accuracy"], paper, m["ci95"]["accuracy"], synthetic)))
-    for run in runs_of("grid"):
-        c, m = run["config"], run["metrics"]
-        for k, paper in PAPER_RESULTS["grid"][(c["batch_size"], c["learning_rate"])].items():
-            ci = m["ci95"].get(k) if k in ("accuracy", "f1") else None
-            verdict = (_single_verdict(m[k], paper, ci, synthetic) if ci else
-                       f"{'within' if abs(m[k] - paper) <= 0.02 else 'outside'} +-0.02 of the paper"
-                       + (" (synthetic twin: not comparable)" if synthetic else ""))
-            lines.append(_row(f"Table 1 batch {c['batch_size']} lr {c['learning_rate']:g} {k}",
-                              m[k], paper, verdict))
-    multirun = runs_of("multirun")
-    if multirun:
-        from .evaluation import mean_std
-
-        stats = mean_std([r["metrics"] for r in multirun])
-        for k, (pm, ps) in PAPER_RESULTS["multirun"].items():
-            mean, std = stats[k]
-            ok = abs(mean - pm) <= 2 * ps
-            verdict = (f"{'reproduced' if ok else 'not reproduced'}: ours {mean:.4f} +- {std or 0:.4f} "
-                       f"over {len(multirun)} runs vs the paper's spread (2 std = {2 * ps:.4f})")
-            if synthetic:
-                verdict += " (synthetic twin: not comparable)"
-            lines.append(_row(f"5.4 {k} mean +- std", mean, pm, verdict))
+    for name in ("baseline", "grid", "multirun"):
+        runs_of(name)
+    lines += [_row(r) for r in paper_comparison_rows(dataset, profile)]
     curves = runs_of("curves")
     secs = [r["metrics"]["epoch_seconds_mean"] for r in curves if r["metrics"].get("epoch_seconds_mean")]
     if secs:
         lo, hi = PAPER_RESULTS["epoch_seconds_t4"]
         env = curves[0]["environment"]
         device = ", ".join(g["name"] for g in env.get("gpus", [])) or f"CPU ({env.get('cpu_count')} cores)"
-        lines.append(_row("3.5 seconds per epoch", float(max(secs)), f"{lo}-{hi}",
-                          f"ours on {device} with {curves[0]['metrics']['n_train']} training images of "
-                          f"{curves[0]['config']['image_size']} px; the paper: a T4, ~2,765 images of 224 px"))
+        lines.append(f"| 3.5 seconds per epoch | {len(secs)} | {max(secs):.1f} (slowest run) | | {lo}-{hi} | | "
+                     f"n/a: not a statistic; ours on {device} with {curves[0]['metrics']['n_train']} "
+                     f"training images of {curves[0]['config']['image_size']} px, the paper's on a T4 "
+                     "with ~2,765 images of 224 px |")
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)} (`python -m ecgpaper run NAME --profile {profile}`)."]
     lines += recipe_lines(dataset, profile)

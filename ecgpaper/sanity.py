@@ -44,7 +44,7 @@ def overfit_one_batch(config: RunConfig, data: RunData, *, per_class: int = OVER
     """
     import keras
 
-    from .models import HEAD_NORM
+    from .models import fit_head_normalization
     from .pipeline import scaling_fn
 
     x, y = _fixed_batch(data.train[0], data.train[1], per_class)
@@ -53,11 +53,11 @@ def overfit_one_batch(config: RunConfig, data: RunData, *, per_class: int = OVER
     finetune = "none" if config.recipe == "transfer" or not config.train_base else config.finetune
     model = build_run_model(config, finetune)
     onehot = keras.utils.to_categorical(y, len(CLASS_CODES))
-    if config.recipe == "transfer" or config.head == "standardized":
+    if config.recipe == "transfer" or config.head != "paper":
         prepare_frozen_backbone(model, config, data.train[0], log=lambda *_: None)
         features = backbone_features(model, config, [x], log=lambda *_: None)[0]
-        if config.head == "standardized":
-            model.get_layer(HEAD_NORM).adapt(features)
+        if config.head != "paper":
+            fit_head_normalization(model, features)
     if config.recipe == "transfer":
         net, inputs, lr = head_model(model), features, config.head_learning_rate
     else:

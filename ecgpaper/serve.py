@@ -3,11 +3,15 @@
 Prepares the database (migrations, the throttling cache table) and the static
 files, then replaces this process with gunicorn serving ``webapp/``'s Django
 project; every worker loads the exported model from ``models/`` once.
-Settings come from the environment (webapp/README.md).
+Settings come from the environment (webapp/README.md). Everything the server
+writes is private to its user (the settings set umask 077: patient data, paper
+section 5.3). Bound beyond loopback, it first prints Django's deployment checks.
 """
 from __future__ import annotations
 
 import argparse
+import io
+import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -17,17 +21,49 @@ from .errors import UserError
 WEBAPP = Path(__file__).resolve().parent.parent / "webapp"
 
 
-def _prepare_django(env: dict) -> None:
-    """migrate, createcachetable, collectstatic: in this process, before the exec."""
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def deploy_check_report() -> str:
+    """Django's ``check --deploy`` findings (HTTPS, HSTS, cookies...) as text, '' when clean."""
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    out = io.StringIO()
+    try:
+        call_command("check", deploy=True, stdout=out, stderr=out, fail_level="CRITICAL")
+    except SystemCheckError as exc:
+        out.write(str(exc))
+    text = out.getvalue().strip()
+    return "" if text.startswith("System check identified no issues") else text
+
+
+def _prepare_django(env: dict, host: str) -> None:
+    """migrate, createcachetable, collectstatic (and the deployment checks when bound
+    beyond loopback): in this process, before the exec."""
     os.environ.update(env)
     sys.path[:0] = [str(WEBAPP), str(WEBAPP.parent)]
     import django
+    from django.conf import settings
     from django.core.management import call_command
 
     django.setup()
     call_command("migrate", interactive=False, verbosity=0)
-    call_command("createcachetable", verbosity=0)
+    for database in settings.DATABASES:  # the throttle counters may have a database of their own
+        call_command("createcachetable", database=database, verbosity=0)
     call_command("collectstatic", interactive=False, verbosity=0)
+    if not is_loopback(host):
+        report = deploy_check_report()
+        print(f"bound to {host}, beyond loopback: Django's deployment checks say\n"
+              f"{report or 'no issues'}\n(webapp/README.md: HTTPS behind a reverse proxy)",
+              file=sys.stderr, flush=True)
     from django.db import connections
 
     connections.close_all()
@@ -50,7 +86,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 2) -> None:
             [str(WEBAPP), str(WEBAPP.parent)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
     }
-    _prepare_django(env)
+    _prepare_django(env, host)
     argv = [sys.executable, "-m", "gunicorn", "ecgweb.wsgi:application",
             "--chdir", str(WEBAPP), "--bind", f"{host}:{port}", "--workers", str(workers),
             # loading the model and tracing its graph happens at worker start

@@ -3,23 +3,26 @@ headline number and a paired test of the two paper models.
 
 The paper reports single numbers (92 %, 81 %, Table 1, 97.58 %) from one test
 fold of a few hundred images, in which the same ECG can appear several times.
-This module puts a 95 % bootstrap interval on each headline number twice:
-resampling test images (what the per-run ``ci95`` does) and resampling
-duplicate GROUPS (copies of one ECG count once, the honest variant), and
-compares VGG16 with ResNet50 on the very same test images with McNemar's exact
-test and a paired bootstrap interval of their accuracy difference. Everything
-is computed from the finished runs' predictions; nothing is retrained.
+This module puts a 95 % bootstrap interval on each of them, resampling
+duplicate GROUPS (copies of one ECG count once), sets the paper's number
+beside it with the one verdict rule of :mod:`ecgpaper.verdicts`, and compares
+VGG16 with ResNet50 on the very same test images by a paired group-bootstrap
+interval of their accuracy difference (which drives that verdict) and
+McNemar's exact test with each duplicate group as one unit. Everything is
+computed from the finished runs' predictions; nothing is retrained.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 
 from .beyond import (METRIC_NAMES, bootstrap_sets, fmt_ci, group_members, label_indices,
                      load_predictions, percentile_ci, scores, test_groups)
 from .config import PAPER_RESULTS
 from .errors import UserError
-from .evaluation import mcnemar
+from .verdicts import (compare_with_paper, paired_outcome, paper_seed_spread, runs_differences,
+                       verdict_text)
 
 N_BOOTSTRAP = 1000
 
@@ -47,38 +50,80 @@ def _copies_in_train(dataset: str, config: dict, paths) -> int:
     return int(man.loc[list(paths), "copy_in_train"].sum())
 
 
-def headline_row(label: str, dataset: str, profile: str, runs: list[dict], metric: str,
-                 paper: float | None, *, n_bootstrap: int = N_BOOTSTRAP) -> dict:
-    """One headline number (mean over ``runs`` when several, all on one test
-    set) with its image and duplicate-group bootstrap intervals."""
+def comparison_row(label: str, dataset: str, profile: str, runs: list[dict], metric: str,
+                   paper: float, *, paper_runs: int = 1, n_bootstrap: int = N_BOOTSTRAP) -> dict:
+    """One number of the paper beside ours (the mean over ``runs`` when several,
+    all on one test set): our 95 % interval over duplicate groups, the
+    difference ours - paper with its interval, and the verdict of
+    :mod:`ecgpaper.verdicts` (``n/a: ...`` unless the runs follow the paper's
+    protocol). ``paper_runs``: how many runs the paper's number averages (5.4: 5)."""
     sets = [_test_set(dataset, profile, r) for r in runs]
     k = METRIC_NAMES.index(metric)
     ours = float(np.mean([scores(s["y"], s["pred"])[k] for s in sets]))
-    by_image = bootstrap_sets([(s["y"], s["pred"], np.arange(len(s["y"]))) for s in sets],
-                              n_bootstrap=n_bootstrap, seed=0, paired=True)[:, k]
     by_group = bootstrap_sets([(s["y"], s["pred"], s["groups"]) for s in sets],
                               n_bootstrap=n_bootstrap, seed=0, paired=True)[:, k]
-    ci_img, ci_grp = percentile_ci(by_image), percentile_ci(by_group)
+    differences = runs_differences(runs, dataset)
+    comparison = compare_with_paper(by_group, paper, ours=ours, n_test=len(sets[0]["y"]),
+                                    n_groups=len(group_members(sets[0]["groups"])),
+                                    seed_spread=paper_seed_spread(metric, paper_runs))
     return {
-        "number": label, "test": "bootstrap CI", "runs": len(runs), "ours": ours, "paper": paper,
-        "ci95_images": fmt_ci(ci_img), "ci95_groups": fmt_ci(ci_grp),
-        "paper_inside_ci_groups": None if paper is None else bool(ci_grp[0] <= paper <= ci_grp[1]),
+        "number": label, "test": "group bootstrap", "runs": len(runs), "ours": ours,
+        "ci95_groups": fmt_ci(percentile_ci(by_group)), "paper": paper,
+        "difference": comparison["difference"], "difference_ci95": "{:+.3f} to {:+.3f}".format(*comparison["ci95"]),
+        "outcome": "n/a" if differences else comparison["outcome"],
+        "verdict": verdict_text(comparison, differences),
         "n_test": len(sets[0]["y"]), "distinct_ecgs_in_test": len(group_members(sets[0]["groups"])),
         "test_with_copy_in_train": _copies_in_train(dataset, runs[0]["config"], sets[0]["path"]),
-        "mcnemar_b": None, "mcnemar_c": None, "p_value": None,
+        "groups_a_better": None, "groups_b_better": None, "p_value_groups": None,
     }
 
 
-def mcnemar_row(label: str, dataset: str, profile: str, run_a: dict, run_b: dict, *,
-                n_bootstrap: int = N_BOOTSTRAP) -> dict:
-    """McNemar's exact test of two runs on the same test images, and the paired
-    duplicate-group bootstrap interval of their accuracy difference (A - B),
-    also as numbers (``ci95_groups_bounds``)."""
+def paper_comparison_rows(dataset: str, profile: str, *, baseline_runs: list[dict] | None = None,
+                          n_bootstrap: int = N_BOOTSTRAP) -> list[dict]:
+    """:func:`comparison_row` for every number of the paper we have runs for:
+    baseline accuracies (section 4), Table 1 and the five-run means (5.4).
+    ``baseline_runs`` stand in when no ``baseline`` experiment was recorded."""
+    rows = []
+    baseline = _runs("baseline", dataset, profile) or [
+        r for r in (baseline_runs or []) if r["config"]["model"] in PAPER_RESULTS["baseline"]]
+    for run in baseline:
+        model = run["config"]["model"]
+        rows.append(comparison_row(f"baseline {model} accuracy", dataset, profile, [run], "accuracy",
+                                   PAPER_RESULTS["baseline"][model]["accuracy"], n_bootstrap=n_bootstrap))
+    for run in _runs("grid", dataset, profile):
+        c = run["config"]
+        for metric, paper in PAPER_RESULTS["grid"][(c["batch_size"], c["learning_rate"])].items():
+            rows.append(comparison_row(f"Table 1 batch {c['batch_size']} lr {c['learning_rate']:g} {metric}",
+                                       dataset, profile, [run], metric, paper, n_bootstrap=n_bootstrap))
+    multirun = _runs("multirun", dataset, profile)
+    if multirun:
+        for metric, (paper, _) in PAPER_RESULTS["multirun"].items():
+            rows.append(comparison_row(f"5.4 {metric} mean +- std", dataset, profile, multirun, metric,
+                                       paper, paper_runs=len(multirun), n_bootstrap=n_bootstrap))
+    return rows
+
+
+def group_sign_test(ok_a: np.ndarray, ok_b: np.ndarray, groups) -> dict:
+    """McNemar's exact test with each duplicate group as one unit: ``a_better``
+    groups where model A is right on a larger share of the copies than B,
+    ``b_better`` the reverse; ``p_value``: two-sided binomial test at 0.5 (1.0
+    when no group differs). Copies of one ECG are one piece of evidence."""
+    members = group_members(groups)
+    d = np.array([ok_a[m].mean() - ok_b[m].mean() for m in members])
+    a_better, b_better = int((d > 0).sum()), int((d < 0).sum())
+    p = float(binomtest(a_better, a_better + b_better, 0.5).pvalue) if a_better + b_better else 1.0
+    return {"a_better": a_better, "b_better": b_better, "p_value": p}
+
+
+def paired_row(label: str, dataset: str, profile: str, run_a: dict, run_b: dict, *,
+               n_bootstrap: int = N_BOOTSTRAP) -> dict:
+    """Two runs on the same test images: the accuracy difference (A - B) with its
+    paired 95 % interval over duplicate groups, which drives the verdict, and
+    McNemar's test over duplicate groups (:func:`group_sign_test`)."""
     a, b = _test_set(dataset, profile, run_a), _test_set(dataset, profile, run_b)
     if a["path"] != b["path"]:
         raise ValueError(f"{label}: the two runs were not tested on the same images")
     ok_a, ok_b = a["pred"] == a["y"], b["pred"] == b["y"]
-    test = mcnemar(ok_a, ok_b)
     members = group_members(a["groups"])
     rng = np.random.default_rng(0)
     diffs = np.empty(n_bootstrap)
@@ -86,22 +131,26 @@ def mcnemar_row(label: str, dataset: str, profile: str, run_a: dict, run_b: dict
         idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
         diffs[i] = ok_a[idx].mean() - ok_b[idx].mean()
     ci = percentile_ci(diffs)
+    name_a, name_b = run_a["config"]["model"], run_b["config"]["model"]
+    test = group_sign_test(ok_a, ok_b, a["groups"])
     return {
-        "number": label, "test": f"McNemar (exact) + paired bootstrap: {run_a['config']['model']} "
-                                 f"vs {run_b['config']['model']}", "runs": 2,
-        "ours": float(ok_a.mean() - ok_b.mean()), "paper": None, "ci95_images": "",
-        "ci95_groups": fmt_ci(ci), "ci95_groups_bounds": (float(ci[0]), float(ci[1])),
-        "paper_inside_ci_groups": None,
+        "number": label, "test": f"paired group bootstrap + McNemar over groups: {name_a} vs {name_b}",
+        "runs": 2, "ours": float(ok_a.mean() - ok_b.mean()), "ci95_groups": fmt_ci(ci),
+        "ci95_groups_bounds": (float(ci[0]), float(ci[1])), "paper": None,
+        "difference": None, "difference_ci95": "", "outcome": paired_outcome(*ci, name_a, name_b),
+        "verdict": paired_outcome(*ci, name_a, name_b),
         "n_test": len(a["y"]), "distinct_ecgs_in_test": len(members),
         "test_with_copy_in_train": _copies_in_train(dataset, run_a["config"], a["path"]),
-        "mcnemar_b": test["b"], "mcnemar_c": test["c"], "p_value": test["p_value"],
+        "groups_a_better": test["a_better"], "groups_b_better": test["b_better"],
+        "p_value_groups": test["p_value"],
     }
 
 
 def table_statistics(dataset: str, profile: str, *, baseline_runs: list[dict] | None = None,
                      n_bootstrap: int = N_BOOTSTRAP) -> pd.DataFrame:
-    """``table_statistics``: every headline number of the paper that we have
-    runs for, with 95 % intervals, and the paired VGG16 vs ResNet50 tests.
+    """``table_statistics``: every number of the paper that we have runs for,
+    beside ours with the REPORT.md verdict, and the paired VGG16 vs ResNet50
+    comparisons.
 
     The runs are the recorded ``baseline``, ``grid``, ``multirun`` and
     ``curves`` experiments; ``baseline_runs`` (the same setting, e.g. from
@@ -109,70 +158,39 @@ def table_statistics(dataset: str, profile: str, *, baseline_runs: list[dict] | 
     recorded (notebook 06 run on its own)."""
     from .figures import save_table
 
-    rows = []
-    baseline = _runs("baseline", dataset, profile) or [
-        r for r in (baseline_runs or []) if r["config"]["model"] in PAPER_RESULTS["baseline"]]
-    for run in baseline:
-        model = run["config"]["model"]
-        rows.append(headline_row(f"baseline {model} accuracy", dataset, profile, [run], "accuracy",
-                                 PAPER_RESULTS["baseline"][model]["accuracy"], n_bootstrap=n_bootstrap))
-    for run in _runs("grid", dataset, profile):
-        c = run["config"]
-        for metric, paper in PAPER_RESULTS["grid"][(c["batch_size"], c["learning_rate"])].items():
-            rows.append(headline_row(f"Table 1 batch {c['batch_size']} lr {c['learning_rate']:g} {metric}",
-                                     dataset, profile, [run], metric, paper, n_bootstrap=n_bootstrap))
-    multirun = _runs("multirun", dataset, profile)
-    if multirun:
-        for metric, (paper, _) in PAPER_RESULTS["multirun"].items():
-            rows.append(headline_row(f"5.4 {metric} mean of {len(multirun)} runs", dataset, profile,
-                                     multirun, metric, paper, n_bootstrap=n_bootstrap))
+    rows = paper_comparison_rows(dataset, profile, baseline_runs=baseline_runs, n_bootstrap=n_bootstrap)
+    baseline = _runs("baseline", dataset, profile) or list(baseline_runs or [])
     for name in ("baseline", "curves"):
         pair = baseline if name == "baseline" else _runs(name, dataset, profile)
         runs = {r["config"]["model"]: r for r in pair}
         if {"VGG16", "ResNet50"} <= set(runs):
-            rows.append(mcnemar_row(f"VGG16 vs ResNet50 ({name}), accuracy difference", dataset, profile,
-                                    runs["VGG16"], runs["ResNet50"], n_bootstrap=n_bootstrap))
+            rows.append(paired_row(f"VGG16 vs ResNet50 ({name}), accuracy difference", dataset, profile,
+                                   runs["VGG16"], runs["ResNet50"], n_bootstrap=n_bootstrap))
     if not rows:
         raise UserError(f"no finished baseline, grid, multirun or curves runs for {dataset}/{profile}; "
                         "run notebooks 02-04 (or `python -m ecgpaper run baseline`) first")
     table = pd.DataFrame(rows).drop(columns=["ci95_groups_bounds"], errors="ignore")  # bounds: narrative.py
     save_table(table, "table_statistics", dataset, profile,
-               "Honest statistics (section 5.2): the paper's headline numbers with 95 % bootstrap "
-               "intervals over test images and over duplicate groups (copies of one ECG count once), "
-               "and McNemar's exact test of VGG16 vs ResNet50 on the same test images")
+               "Honest statistics (section 5.2): the paper's numbers beside ours with 95 % bootstrap "
+               "intervals over duplicate groups (copies of one ECG count once), the difference and "
+               "the verdict of REPORT.md (ecgpaper.verdicts), and VGG16 vs ResNet50 on the same test "
+               "images: paired group-bootstrap interval of the accuracy difference, McNemar over groups")
     return table
 
 
 def report_lines(table: pd.DataFrame) -> list[str]:
-    """Markdown for REPORT.md: the paper's single numbers beside ours with
-    intervals, and the paired tests in words."""
-    lines = ["### The paper's single numbers beside ours, with 95 % intervals", "",
-             "| number | paper | ours | 95 % CI (images) | 95 % CI (duplicate groups) | paper inside | "
-             "test images / distinct ECGs / with a copy in train |",
-             "|---|---:|---:|---|---|---|---|"]
-    tests = []
+    """Markdown for REPORT.md: the paired VGG16 vs ResNet50 comparisons in words
+    (the paper's numbers and their verdicts are in REPORT.md's main table)."""
+    lines = []
     for r in table.to_dict("records"):
-        if str(r["test"]).startswith("McNemar"):
-            tests.append(r)
+        if not str(r["test"]).startswith("paired"):
             continue
-        inside = {"True": "yes", "False": "no"}.get(str(r["paper_inside_ci_groups"]), "")
-        paper = f"{float(r['paper']):.4f}" if str(r["paper"]) not in ("", "None", "nan") else ""
-        lines.append(f"| {r['number']} | {paper} | {float(r['ours']):.4f} | {r['ci95_images']} | "
-                     f"{r['ci95_groups']} | {inside} | {r['n_test']} / {r['distinct_ecgs_in_test']} / "
-                     f"{r['test_with_copy_in_train']} |")
-    lines.append("")
-    for r in tests:
-        b, c, p = int(float(r["mcnemar_b"])), int(float(r["mcnemar_c"])), float(r["p_value"])
         model_a, model_b = str(r["test"]).rsplit(": ", 1)[-1].split(" vs ")
-        if b + c == 0:
-            verdict = "the two models never disagree on a test image, so the test has nothing to weigh"
-        elif p < 0.05:
-            verdict = "a significant difference at the 5 % level"
-        else:
-            verdict = "no significant difference at the 5 % level"
-        lines.append(f"- {r['number']}: {float(r['ours']):+.4f} (95 % CI over duplicate groups "
-                     f"{r['ci95_groups']}); McNemar: {b} images only {model_a} gets right, {c} only "
-                     f"{model_b}, exact p = {p:.3g}: {verdict}.")
-    if tests:
-        lines.append("")
+        a, b, p = int(float(r["groups_a_better"])), int(float(r["groups_b_better"])), float(r["p_value_groups"])
+        lines.append(f"- {r['number']}: {float(r['ours']):+.4f} (paired 95 % CI over "
+                     f"{r['distinct_ecgs_in_test']} duplicate groups {r['ci95_groups']}): {r['verdict']}. "
+                     f"McNemar over groups: on {a} groups {model_a} is right more often, on {b} "
+                     f"{model_b}, exact p = {p:.3g}.")
+    if lines:
+        lines = ["### VGG16 vs ResNet50 on the same test images", ""] + lines + [""]
     return lines

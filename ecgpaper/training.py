@@ -5,8 +5,8 @@ epochs, early stopping, seed, image size, protocol, crop, dataset, profile...)
 with a stable id derived from the config and the split manifest. It writes its
 own folder ``results/<dataset>/<profile>/runs/<id>/`` (config.json,
 history.csv with per-epoch wall time, metrics.json, confusion.csv,
-predictions.csv, environment.json, model.keras without optimizer state,
-best.weights.h5 of the best validation epoch) and only then appends one
+predictions.csv, environment.json, model.keras: the best validation epoch's
+weights, without optimizer state) and only then appends one
 record to the registry ``runs.jsonl``. The folder is built under a temporary
 name and renamed when complete, and a registry line is written in one
 ``O_APPEND`` write and fsynced: a crash never leaves half a record, and the
@@ -200,28 +200,32 @@ def _score(logs) -> tuple[float, float]:
     return float(logs["val_accuracy"]), -float(logs["val_loss"])
 
 
-def _best_checkpoint(path: Path, best: tuple[float, float] | None, patience: int | None):
-    """Keep the weights of the epoch with the best validation accuracy, ties broken by
-    validation loss (paper 3.1: "a final model checkpoint, representing the highest
-    validation performance"); stop after ``patience`` epochs without a better one.
+def _best_checkpoint(keep, best: tuple[float, float] | None = None, weights: list | None = None,
+                     patience: int | None = None):
+    """Keep (in memory) ``keep``'s weights of the epoch with the best validation
+    accuracy, ties broken by validation loss (paper 3.1: "a final model checkpoint,
+    representing the highest validation performance"); stop after ``patience``
+    epochs without a better one. ``best``/``weights``: the best so far from an
+    earlier phase. After ``fit``, the callback's ``kept`` are the best epoch's weights.
 
     Hand-written because Keras's ModelCheckpoint and EarlyStopping monitor one
     quantity: by accuracy alone, ties (46 validation images) keep the first epoch;
     by loss alone, a collapsed model predicting 1/4 everywhere (loss 1.386) beats
-    an accurate but overconfident one.
+    an accurate but overconfident one. In memory, not a file: writing the model
+    at every better epoch cost more than the head phase's steps.
     """
     import keras
 
     class BestCheckpoint(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.best, self.wait = best, 0
+            self.best, self.kept, self.wait = best, weights, 0
 
         def on_epoch_end(self, epoch, logs=None):
             score = _score(logs)
             if self.best is None or score > self.best:
                 self.best, self.wait = score, 0
-                self.model.save_weights(path)
+                self.kept = keep.get_weights()
             else:
                 self.wait += 1
                 if patience is not None and self.wait >= patience:
@@ -251,57 +255,91 @@ def paper_steps(batch_size: int, paper_epochs: int, n_train: int = PAPER_TRAIN_I
     return math.ceil(n_train / batch_size) * paper_epochs
 
 
-def _backbone_fingerprint(model) -> str:
-    """A cheap digest of the backbone's first and last weights: cached features are
-    reused only by an identical backbone (same weights source, same random init)."""
-    from .models import backbone_layers
+def _frozen_fingerprint(model, config: RunConfig) -> str:
+    """A cheap digest of the frozen layers' first and last weights (below the top
+    block): cached activations are reused only by an identical frozen part (same
+    weights source, same random initialisation, same BatchNorm statistics)."""
+    from .models import TOP_BLOCK_START, backbone_layers
 
-    weighted = [layer for layer in backbone_layers(model) if layer.weights]
+    layers = backbone_layers(model)
+    names = [layer.name for layer in layers]
+    frozen = [layer for layer in layers[:names.index(TOP_BLOCK_START[config.model])] if layer.weights]
     h = hashlib.sha256()
-    for layer in (weighted[0], weighted[-1]):
+    for layer in (frozen[0], frozen[-1]):
         for w in layer.get_weights():
             h.update(np.ascontiguousarray(w).tobytes())
     return h.hexdigest()[:16]
 
 
-def backbone_features(model, config: RunConfig, arrays: list[np.ndarray], *, batch_size: int = 32,
-                      log=print) -> list[np.ndarray]:
-    """Pooled features of the frozen backbone (inference mode) for each uint8 array.
-
-    The transfer recipe's head phase trains on these instead of the images, so
-    its hundreds of steps take seconds on a CPU (keras.io transfer-learning guide,
-    "feature extraction"). Cached on disk under ``data/cache/<dataset>/features/``
-    by backbone fingerprint, scaling and image bytes: the grid's six VGG16 runs
-    share one forward pass.
-    """
+def top_block_split(model, config: RunConfig):
+    """``(below, above)``: the model cut at the input of the backbone's top block
+    (``models.top_block_input``), two models sharing ``model``'s layers. ``below``
+    is what the transfer recipe keeps frozen; ``above`` (top block and head) is what
+    it trains, on ``below``'s cached outputs."""
     import keras
 
-    from .models import HEAD_POOL
+    from .models import top_block_input
+
+    cut = top_block_input(model, config.model)
+    return keras.Model(model.input, cut), keras.Model(cut, model.output)
+
+
+#: frozen-part activations of the last few (backbone, images) pairs, in memory:
+#: the grid's six VGG16 runs in one notebook share one forward pass
+_ACTIVATIONS: dict[str, list[np.ndarray]] = {}
+_ACTIVATIONS_KEPT = 2
+
+
+def frozen_activations(model, config: RunConfig, arrays: list[np.ndarray], *, batch_size: int = 32,
+                       log=print) -> list[np.ndarray]:
+    """For each uint8 image array, the frozen part's output (the top block's input),
+    computed in inference mode once per backbone and images.
+
+    With the backbone frozen below its top block and no augmentation, these never
+    change during a run, so the transfer recipe computes them once and trains the
+    top block and head on them: the same updates as on the images (keras.io
+    transfer-learning guide, "feature extraction"), a tenth of the compute on a
+    CPU. Hand-written memo: Keras has no activation cache.
+    """
     from .pipeline import scaling_fn
 
     h = hashlib.sha256(json.dumps([config.model, config.scaling, config.image_size,
-                                   _backbone_fingerprint(model)]).encode())
+                                   _frozen_fingerprint(model, config)]).encode())
     for a in arrays:
         h.update(hashlib.sha1(np.ascontiguousarray(a).tobytes()).digest())
-    path = paths.CACHE / config.dataset / "features" / f"{config.model.lower()}-{h.hexdigest()[:20]}.npz"
-    if path.exists():
-        with np.load(path) as z:
-            return [z[f"a{i}"] for i in range(len(arrays))]
-    extractor = keras.Model(model.input, model.get_layer(HEAD_POOL).output)
+    key = h.hexdigest()
+    if key in _ACTIVATIONS:
+        return _ACTIVATIONS[key]
+    below, _ = top_block_split(model, config)
     scale = scaling_fn(config.scaling, config.model)
     t0 = time.perf_counter()
     out = []
     for a in arrays:
-        parts = [np.asarray(extractor(scale(a[i:i + batch_size]), training=False))
+        parts = [np.asarray(below(scale(a[i:i + batch_size]), training=False))
                  for i in range(0, len(a), batch_size)]
         out.append(np.concatenate(parts).astype(np.float32))
-    log(f"  backbone features of {sum(len(a) for a in arrays)} images in "
-        f"{time.perf_counter() - t0:.1f} s (cached in {path.parent})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-    np.savez(tmp, **{f"a{i}": f for i, f in enumerate(out)})
-    os.replace(tmp, path)
+    log(f"  frozen layers' outputs for {sum(len(a) for a in arrays)} images in "
+        f"{time.perf_counter() - t0:.1f} s (computed once, reused by every phase)")
+    while len(_ACTIVATIONS) >= _ACTIVATIONS_KEPT:
+        _ACTIVATIONS.pop(next(iter(_ACTIVATIONS)))
+    _ACTIVATIONS[key] = out
     return out
+
+
+def backbone_features(model, config: RunConfig, arrays: list[np.ndarray], *, log=print) -> list[np.ndarray]:
+    """Pooled features of the frozen backbone (inference mode) for each uint8 array:
+    what the head reads (``models.head_features_layer``). The transfer recipe's
+    head phase trains on these instead of the images, so its hundreds of steps
+    take seconds on a CPU."""
+    import keras
+
+    from .models import head_features_layer, top_block_input
+
+    cut = top_block_input(model, config.model)
+    pooled = keras.Model(cut, model.get_layer(head_features_layer(model)).output)
+    return [np.concatenate([np.asarray(pooled(a[i:i + 64], training=False), dtype=np.float32)
+                            for i in range(0, len(a), 64)])
+            for a in frozen_activations(model, config, arrays, log=log)]
 
 
 def build_run_model(config: RunConfig, finetune: str):
@@ -333,11 +371,12 @@ def head_model(model):
     pooled features, sharing the layers (and so the weights) with ``model``."""
     import keras
 
-    from .models import HEAD_POOL
+    from .models import head_features_layer
 
     names = [layer.name for layer in model.layers]
-    start = names.index(HEAD_POOL) + 1
-    inp = keras.Input(model.get_layer(HEAD_POOL).output.shape[1:], name="pooled_features")
+    features = head_features_layer(model)
+    start = names.index(features) + 1
+    inp = keras.Input(model.get_layer(features).output.shape[1:], name="pooled_features")
     x = inp
     for layer in model.layers[start:]:
         x = layer(x)
@@ -352,34 +391,32 @@ def _history_frame(history, phase: str, steps_per_epoch: int) -> pd.DataFrame:
     return h
 
 
-def _fit_head_phase(model, config: RunConfig, features, y_tr, y_va, best_file: Path, *,
-                    log) -> pd.DataFrame:
+def _fit_head_phase(model, config: RunConfig, features, y_tr, y_va, *, log):
     """Transfer recipe, phase 1: the head alone on the cached features, Adam at
     ``head_learning_rate`` for ``head_steps`` steps; the weights of the best
-    validation epoch are kept (keras.io transfer-learning guide)."""
+    validation epoch are kept (keras.io transfer-learning guide). Returns the
+    history and the best checkpoint (its score and the whole model's weights)."""
     import keras
 
-    head_file = best_file.with_name("head.weights.h5")
     f_tr, f_va = features[0], features[1]
     hm = head_model(model)
-    hm.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate),
-               loss="categorical_crossentropy", metrics=["accuracy"])
     steps_per_epoch = math.ceil(len(f_tr) / config.batch_size)
+    # one compiled call per epoch: a small head's steps are cheaper than Keras's per-step overhead
+    hm.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate),
+               loss="categorical_crossentropy", metrics=["accuracy"], steps_per_execution=steps_per_epoch)
     epochs = max(1, math.ceil(config.head_steps / steps_per_epoch))
     n_classes = len(CLASS_CODES)
+    best = _best_checkpoint(hm)
     history = hm.fit(f_tr, keras.utils.to_categorical(y_tr, n_classes), batch_size=config.batch_size,
                      epochs=epochs, validation_data=(f_va, keras.utils.to_categorical(y_va, n_classes)),
-                     callbacks=[_epoch_timer(), _best_checkpoint(head_file, None, None)],
-                     verbose=0, shuffle=True)
-    hm.load_weights(head_file)  # the head's best epoch, in the layers it shares with ``model``
-    head_file.unlink()
-    model.save_weights(best_file)
+                     callbacks=[_epoch_timer(), best], verbose=0, shuffle=True)
+    hm.set_weights(best.kept)  # the head's best epoch, in the layers it shares with ``model``
     frame = _history_frame(history, "head", steps_per_epoch)
-    best = _best_row(frame)
+    row = _best_row(frame)
     log(f"  head phase: {epochs * steps_per_epoch} steps on cached features at lr "
-        f"{config.head_learning_rate:g}; best validation epoch {best + 1}: validation accuracy "
-        f"{frame['val_accuracy'][best]:.3f}, loss {frame['val_loss'][best]:.3f}")
-    return frame
+        f"{config.head_learning_rate:g}; best validation epoch {row + 1}: validation accuracy "
+        f"{frame['val_accuracy'][row]:.3f}, loss {frame['val_loss'][row]:.3f}")
+    return frame, (best.best, model.get_weights())
 
 
 def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) -> dict:
@@ -390,7 +427,7 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
 
     from .config import HEADS, RECIPES
     from .evaluation import evaluate_predictions, predictions_table
-    from .models import HEAD_NORM
+    from .models import fit_head_normalization
     from .pipeline import make_dataset
     from .progress import training_progress
 
@@ -431,55 +468,66 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
     log(f"[{run_id}] {config.model} ({config.recipe} recipe, weights {config.weights}, scaling "
         f"{config.scaling}) batch {config.batch_size} lr {config.learning_rate:g} on {len(x_tr)} "
         f"train / {len(x_va)} val images{', SHUFFLED LABELS' if config.label_control == 'shuffled' else ''}")
-    best_file = work / "best.weights.h5"
     frames: list[pd.DataFrame] = []
     t0 = time.perf_counter()
-    best_so_far = None
-    if config.head == "standardized" or config.recipe == "transfer":
+    best_so_far, best_weights = None, None
+    if config.head != "paper" or config.recipe == "transfer":
         prepare_frozen_backbone(model, config, x_tr, log=log)
         features = backbone_features(model, config, [x_tr, x_va], log=log)
-        if config.head == "standardized":
-            model.get_layer(HEAD_NORM).adapt(features[0])
+        if config.head != "paper":
+            fit_head_normalization(model, features[0])
         if config.recipe == "transfer":
-            frames.append(_fit_head_phase(model, config, features, y_tr, y_va, best_file, log=log))
-            row = _best_row(frames[0])  # the head phase's best: the first checkpoint candidate
-            best_so_far = _score(frames[0].iloc[row])
+            frame, (best_so_far, best_weights) = _fit_head_phase(model, config, features, y_tr, y_va, log=log)
+            frames.append(frame)  # the head phase's best: the first checkpoint candidate
 
     phase = "finetune" if config.recipe == "transfer" else "paper"
+    # the transfer recipe's top block trains on the frozen layers' cached outputs
+    # (exactly the same updates: nothing below it trains and nothing is augmented)
+    cached = config.recipe == "transfer" and finetune == "top"
+    onehot = {k: keras.utils.to_categorical(v, len(CLASS_CODES)) for k, v in (("tr", y_tr), ("va", y_va))}
+    if cached:
+        acts = frozen_activations(model, config, [x_tr, x_va], log=log)
+        _, trained = top_block_split(model, config)
+        fit_data = dict(x=acts[0], y=onehot["tr"], batch_size=config.batch_size,
+                        validation_data=(acts[1], onehot["va"]), shuffle=True)
+    else:
+        trained = model
+        fit_data = dict(x=train_ds, validation_data=val_ds, shuffle=False)  # tf.data shuffles
     if finetune != "none" and config.epochs > 0:
         with strategy.scope():
-            model.compile(optimizer=_optimizer(config), loss="categorical_crossentropy",
-                          metrics=["accuracy"], jit_compile=config.xla)
-        # best validation epoch's weights only (optimizer state would triple the file);
+            trained.compile(optimizer=_optimizer(config), loss="categorical_crossentropy",
+                            metrics=["accuracy"], jit_compile=config.xla)
         # with early stopping (3.1; the transfer recipe), stop after ``patience``
         # epochs that do not beat the best so far, the head phase's included
-        callbacks = [_epoch_timer(), _best_checkpoint(best_file, best_so_far,
-                                                      config.patience if config.early_stopping else None)]
+        best = _best_checkpoint(model, best_so_far, best_weights,
+                                config.patience if config.early_stopping else None)
         progress, fit_verbose = training_progress(  # compact bar / one line per epoch (progress.py)
             verbose, epochs=config.epochs, steps_per_epoch=math.ceil(len(x_tr) / config.batch_size),
             label=f"{config.model} {phase}")
-        history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks + progress,
-                            verbose=fit_verbose, shuffle=False)  # tf.data shuffles
+        history = trained.fit(epochs=config.epochs, callbacks=[_epoch_timer(), best] + progress,
+                              verbose=fit_verbose, **fit_data)
         frames.append(_history_frame(history, phase, math.ceil(len(x_tr) / config.batch_size)))
+        best_weights = best.kept
     train_seconds = time.perf_counter() - t0
     hist = pd.concat(frames, ignore_index=True)
     hist.to_csv(work / "history.csv", index=False)
 
     # evaluate the checkpoint with the best validation accuracy, then loss (paper 3.1 and 5.1)
     best_row = _best_row(hist)
-    if best_file.exists():
-        import warnings
-
-        with warnings.catch_warnings():  # the file holds no optimizer state, by design
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            model.load_weights(best_file)
+    if best_weights is not None:
+        model.set_weights(best_weights)
     selected = {"phase": str(hist["phase"][best_row]), "epoch": int(hist["epoch"][best_row]),
                 "val_accuracy": float(hist["val_accuracy"][best_row]),
                 "val_loss": float(hist["val_loss"][best_row])}
-    ev = dict(batch_size=64, scaling=config.scaling, model_name=config.model)
-    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
-    train_loss, train_accuracy = model.evaluate(make_dataset(x_tr, y_tr, shuffle=False, **ev), verbose=0)
-    val_loss, val_accuracy = model.evaluate(val_ds, verbose=0)
+    trained.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    if cached:
+        train_loss, train_accuracy = trained.evaluate(acts[0], onehot["tr"], batch_size=64, verbose=0)
+        val_loss, val_accuracy = trained.evaluate(acts[1], onehot["va"], batch_size=64, verbose=0)
+    else:
+        ev = dict(batch_size=64, scaling=config.scaling, model_name=config.model)
+        train_loss, train_accuracy = model.evaluate(make_dataset(x_tr, y_tr, shuffle=False, **ev), verbose=0)
+        val_loss, val_accuracy = model.evaluate(val_ds, verbose=0)
+    # the test set goes through the whole model, from pixels, as in serving
     t1 = time.perf_counter()
     proba = model.predict(test_ds, verbose=0)
     predict_seconds = time.perf_counter() - t1
@@ -496,6 +544,8 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
         "optimizer_steps": {**steps, "total": int(sum(steps.values()))},
         "paper_steps": paper_steps(config.batch_size, config.paper_epochs) if config.paper_epochs else None,
         "selected_checkpoint": selected,
+        # the fine-tuning epochs' inputs: epoch times are not image throughput when cached
+        "finetune_inputs": "cached outputs of the frozen layers" if cached else "images",
         "evaluated_weights": (f"best validation accuracy (ties: loss): {selected['phase']} phase, epoch "
                               f"{selected['epoch']} (paper 3.1, 5.1: the checkpoint with the best "
                               "validation performance)"),
@@ -552,6 +602,9 @@ def deviations(config: RunConfig) -> list[str]:
         out.append(f"backbone layers trained: {config.finetune if config.train_base else 'none'} (paper: all)")
     if config.head == "standardized":
         out.append("head: Normalization of the pooled features fitted to the training set")
+    elif config.head == "multiscale":
+        out.append("head: the pooled input of the backbone's top block beside its pooled output, "
+                   "with a Normalization fitted to the training set (paper: the pooled output only)")
     if config.bn_stats == "train_images" and config.model != "VGG16":
         out.append("random backbone: BatchNorm statistics computed on the training images, then frozen")
     if config.weights != "imagenet":

@@ -8,7 +8,7 @@ from PIL import Image
 
 from ecgpaper import splits as splits_mod
 from ecgpaper.audit import run_audit, write_audit
-from ecgpaper.config import CLASS_CODES, KAGGLE_CLASS_FOLDERS
+from ecgpaper.config import CLASS_CODES, KAGGLE_CLASS_FOLDERS, SPLIT_FRACTIONS
 from ecgpaper.data import prepare_data
 from ecgpaper.discovery import class_of_folder, discover, is_stray, parse_class_map
 from ecgpaper.errors import UserError
@@ -157,8 +157,10 @@ def test_grouped_never_splits_a_duplicate_group_and_paper_does(audited):
     assert grouped["copy_in_train"].sum() == 0
     leaks = [make_manifest(audited.files, "paper", seed=s)["copy_in_train"].sum() for s in range(3)]
     assert min(leaks) > 0  # random splits put copies of training images in val/test
-    fractions = grouped["subset"].value_counts(normalize=True)
-    assert 0.5 < fractions["train"] < 0.85
+    # 20 folds of groups, 14 / 3 / 3: each subset's share of the groups is within one fold of 70/15/15
+    groups = grouped.drop_duplicates("group")["subset"].value_counts(normalize=True)
+    for subset, target in SPLIT_FRACTIONS.items():
+        assert abs(groups[subset] - target) <= 0.05, (subset, groups.to_dict())
 
 
 def test_kaggle_protocol_keeps_the_archive_test_folder(audited):
@@ -260,3 +262,122 @@ def test_inventory_made_with_another_hash_method_is_not_reused(real_like_tree):
     meta["phash_method"] = "phash8-wholepage"
     info.write_text(_json.dumps(meta))
     assert previous_inventory("arch") is None
+
+
+def _files(sizes, per_group=3):
+    """Files of four classes of the given sizes, in groups of ``per_group`` copies."""
+    return pd.DataFrame([{"path": f"{c}/{i:04d}.jpg", "label": c, "group": f"{c}{i // per_group}",
+                          "source_split": ""}
+                         for c, n in zip(CLASS_CODES, sizes) for i in range(n)])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_paper_split_is_70_15_15_within_one_image_per_class(seed, audited):
+    # the real archive's class sizes (3.1: 240, 172, 233, 284 ECGs x 12 / 12 per folder), and the fixture
+    for files in (_files((240, 172, 233, 284)), audited.files):
+        man = make_manifest(files, "paper", seed=seed)
+        counts = man.groupby(["label", "subset"]).size().unstack(fill_value=0)
+        for code in CLASS_CODES:
+            n = counts.loc[code].sum()
+            for subset, fraction in SPLIT_FRACTIONS.items():
+                assert abs(counts.loc[code, subset] - fraction * n) <= 1, (code, subset, counts.loc[code].to_dict())
+
+
+def test_grouped_split_is_70_15_15_of_the_files_within_two_points():
+    for seed in range(3):
+        man = make_manifest(_files((240, 172, 233, 284)), "grouped", seed=seed)
+        share = man["subset"].value_counts(normalize=True)
+        for subset, target in SPLIT_FRACTIONS.items():
+            assert abs(share[subset] - target) <= 0.02, (seed, share.to_dict())
+        assert (man.groupby("group")["subset"].nunique() == 1).all()
+
+
+def _hex(bits_set) -> str:
+    import imagehash
+
+    bits = np.zeros(256, bool)
+    bits[list(bits_set)] = True
+    return str(imagehash.ImageHash(bits.reshape(16, 16)))
+
+
+def _phash_files():
+    """A ~ B (15 bits), B ~ C (15 bits), A !~ C (30 bits), D far from all; A2: a
+    byte copy of A filed under another class."""
+    return pd.DataFrame({
+        "path": ["a.jpg", "a2.jpg", "b.jpg", "c.jpg", "d.jpg"],
+        "label": ["MI", "HMI", "MI", "MI", "NORM"],
+        "sha256": ["sa", "sa", "sb", "sc", "sd"],
+        "phash": [_hex([]), _hex([]), _hex(range(15)), _hex(range(30)), _hex(range(100, 200))],
+        "readable": True, "source_split": "",
+    })
+
+
+def test_a_chain_of_near_duplicates_lands_in_one_group():
+    from ecgpaper.audit import assign_groups
+
+    files = assign_groups(_phash_files(), threshold=20).set_index("path")
+    assert files.loc["a.jpg", "group"] == files.loc["b.jpg", "group"] == files.loc["c.jpg", "group"]
+    assert files.loc["a.jpg", "group"] == files.loc["a2.jpg", "group"] != files.loc["d.jpg", "group"]
+    assert files.loc["c.jpg", "group_size"] == 4
+    # with threshold 14 the links (15 bits) break: the chain falls apart
+    files = assign_groups(_phash_files(), threshold=14).set_index("path")
+    assert files["group"].nunique() == 4 and files.loc["a.jpg", "group"] == files.loc["a2.jpg", "group"]
+
+
+def test_threshold_check_shows_the_histogram_largest_group_and_label_crossings(project_root):
+    from ecgpaper.audit import phash_distance_counts, run_audit, write_threshold_check
+
+    audit = run_audit(_phash_files(), threshold=20)
+    counts = phash_distance_counts(audit.files).set_index("distance")
+    # distinct contents a, b, c (MI) and d (NORM): a-b 15, b-c 15, a-c 30 same class; d-x different
+    assert counts["same_class"].sum() == 3 and counts.loc[15, "same_class"] == 2 and counts.loc[30, "same_class"] == 1
+    assert counts["different_class"].sum() == 3
+    assert counts.loc[100, "different_class"] == 1 and counts.loc[115, "different_class"] == 1  # d-a, d-b
+    check = write_threshold_check(audit, "synthetic-chain", "smoke")
+    assert check["largest_group_files"] == 4 and check["groups_crossing_labels"] == 1
+    assert check["pairs_at_or_below"] == 2 and check["nearest_above"] == 30
+    groups = check["groups"]
+    assert len(groups) == 1 and groups.iloc[0]["why"] == "largest group; crosses labels"
+    assert groups.iloc[0]["classes"] == "HMI, MI" and groups.iloc[0]["distinct_contents"] == 3
+    bins = check["bins"].set_index("distance")
+    assert bins.loc["11-15", "pairs_same_class"] == 2 and bins.loc["11-15", "same_ecg_at_threshold"] == "yes"
+    assert bins.loc["16-20", "same_ecg_at_threshold"] == "yes" and bins.loc["21-25", "same_ecg_at_threshold"] == "no"
+    results = project_root / "results/synthetic-chain/smoke"
+    assert "dataset synthetic-chain (SYNTHETIC" in (results / "table_audit_groups.md").read_text()
+    assert (project_root / "figures/synthetic-chain/smoke/fig_audit_phash_distances.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("mode", ["I;16", "RGBA", "P", "L", "RGB"])
+def test_large_images_are_reduced_before_conversion_with_the_same_picture(tmp_path, mode):
+    """decode_reduced shrinks a 1600 x 1200 page right after decoding (by 9 for a 64 px
+    input: at least twice the input size is kept); the result matches converting the
+    full page first, then resizing."""
+    from ecgpaper.preprocess import decode_reduced
+
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)  # big flat patches of colour
+    page = Image.fromarray(blocks).resize((1600, 1200), Image.Resampling.NEAREST)
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(page.convert("L"), dtype=np.uint16) * 257)
+    elif mode == "P":
+        img = page.convert("P", palette=Image.Palette.ADAPTIVE)
+    else:
+        img = page.convert(mode)
+    p = tmp_path / "page.png"
+    img.save(p)
+    settings = PreprocessSettings(64)
+    with Image.open(p) as opened:
+        reduced = decode_reduced(opened, settings)
+        assert reduced.height in (1200 // 9, 1200 // 9 + 1) and reduced.height >= 2 * 64
+        assert reduced.width in (1600 // 9, 1600 // 9 + 1)
+        assert reduced.mode == ("RGB" if mode == "P" else mode)  # no conversion yet (palettes aside)
+    out = load_image(p, settings).astype(int)
+    if mode == "I;16":  # the full-size way: scaled to 8 bits by the brightest pixel
+        grey = np.asarray(img, dtype=np.float64)
+        reference = Image.fromarray((grey * (255.0 / grey.max())).astype(np.uint8), "L")
+    else:
+        reference = img
+    full_first = reference.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    diff = np.abs(out - np.asarray(full_first, int))
+    # the same picture: equal inside the flat patches, off only along the patches' sharp edges
+    assert np.median(diff) <= 1 and diff.mean() < 4, (np.median(diff), diff.mean())

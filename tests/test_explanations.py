@@ -123,3 +123,24 @@ def test_overlay_is_the_image_size_and_colours_the_hot_region():
     assert hot[0] > hot[2]  # the jet map's hot end is red
     assert cold[2] > cold[0]  # its cold end is blue
     assert np.array_equal(np.asarray(overlay(image, heat, alpha=0.0)), image)
+
+
+def test_gradcam_differentiates_the_class_score_before_softmax():
+    """A confident prediction (probability 1.0 in float32) still gets a heat map: the
+    softmax probability's gradient vanishes there, the logit's does not."""
+    inputs = keras.Input((8, 8, 1))
+    conv = keras.layers.Conv2D(2, 1, use_bias=False, name="last_conv")
+    h = keras.layers.GlobalAveragePooling2D()(conv(inputs))
+    dense = keras.layers.Dense(2, activation="softmax", use_bias=False)
+    model = keras.Model(inputs, dense(h))
+    conv.set_weights([np.array([1.0, 0.0], "float32").reshape(1, 1, 1, 2)])
+    dense.set_weights([np.array([[40.0, -40.0], [0.0, 0.0]], "float32")])
+    x = np.zeros((1, 8, 8, 1), "float32")
+    x[0, 2, 5] = 64.0  # one bright pixel: mean 1.0 -> logits (40, -40)
+    grad_model = gradcam_model(model)
+    features, logits, proba = (np.asarray(t) for t in grad_model(x))
+    assert np.allclose(logits, [[40.0, -40.0]]) and proba[0, 0] == 1.0  # saturated in float32
+    p, heat = gradcam(grad_model, x)
+    assert np.allclose(p, proba)
+    # d logit_0 / d feature channel 0 = 40 / 64 per cell: the map is the bright pixel, peak 1
+    assert heat[0, 2, 5] == pytest.approx(1.0) and heat[0].sum() == pytest.approx(1.0)

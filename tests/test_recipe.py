@@ -9,7 +9,7 @@ from ecgpaper import experiments, sanity
 from ecgpaper.data import prepare_data
 from ecgpaper.experiments import experiment_configs, load_run_data, resolve_scaling, resolve_weights
 from ecgpaper.models import build_model
-from ecgpaper.training import head_model
+from ecgpaper.training import RunConfig, head_model, top_block_split
 
 keras = pytest.importorskip("keras")
 
@@ -36,6 +36,66 @@ def test_the_standardized_head_learns_features_of_any_scale_the_paper_head_canno
     tiny = (1e-3 + 1e-6 * signal).astype("float32")  # a common part, tiny differences
     assert _head_fit("standardized", tiny, y) >= 0.95
     assert _head_fit("paper", tiny, y) <= 0.5
+
+
+def test_the_multiscale_head_reads_the_top_block_input_and_output_and_survives_saving(tmp_path):
+    """Head "multiscale" (docs/training_recipe.md, "Two scales"): the pooled input of
+    VGG16's block 5 (block4_pool, 512) beside its pooled output (512), standardized."""
+    keras.utils.set_random_seed(0)
+    model = build_model("VGG16", image_size=32, weights="none", head="multiscale", finetune="top")
+    assert model.get_layer("head_features").output.shape[-1] == 1024
+    assert model.get_layer("head_pool_mid").input.name == model.get_layer("block4_pool").output.name
+    x = np.random.default_rng(0).uniform(0, 1, (3, 32, 32, 3)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["VGG16", "ResNet50"])
+def test_training_the_top_block_on_cached_activations_makes_the_same_update_as_on_images(name):
+    """The transfer recipe trains the top block and head on the frozen layers' cached
+    outputs: one full-batch Adam step from the same weights must give the same model
+    as the step on the images (nothing below the top block trains, nothing is augmented)."""
+    from ecgpaper.models import calibrate_batchnorm
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (8, 32, 32, 3)).astype("float32")
+    y = np.eye(4)[np.arange(8) % 4]
+    keras.utils.set_random_seed(0)
+    # no dropout: its random masks would differ between the two models
+    a = build_model(name, image_size=32, weights="none", head="multiscale", finetune="top", bn_mode="frozen",
+                    dropout=0.0)
+    calibrate_batchnorm(a, x)
+    b = keras.models.clone_model(a)
+    b.set_weights(a.get_weights())
+    before = b.predict(x, verbose=0)
+    a.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
+    a.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    config = RunConfig(model=name, image_size=32)
+    below, above = top_block_split(b, config)
+    above.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
+    above.fit(np.asarray(below(x, training=False)), y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    assert np.abs(a.predict(x, verbose=0) - before).max() > 1e-3  # the step changed the model
+    np.testing.assert_allclose(b.predict(x, verbose=0), a.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+def test_the_head_normalization_keeps_a_dead_feature_from_exploding():
+    """A channel constant on the training images (variance 0) would be divided by
+    ~0 on a new image (seen: validation loss 306 on the grouped split); its
+    variance is floored at NORM_VARIANCE_FLOOR x the mean variance."""
+    from ecgpaper.models import NORM_VARIANCE_FLOOR, fit_head_normalization
+
+    model = build_model("VGG16", image_size=32, weights="none", head="standardized", finetune="none")
+    rng = np.random.default_rng(0)
+    train = rng.normal(1.0, 1.0, (20, 512)).astype("float32")
+    train[:, 0] = 0.0  # dead on every training image
+    fit_head_normalization(model, train)
+    norm = model.get_layer("head_norm")
+    variance = np.asarray(norm.variance).ravel()
+    assert variance[0] == pytest.approx(NORM_VARIANCE_FLOOR * train.var(axis=0).mean(), rel=1e-3)
+    np.testing.assert_allclose(variance[1:], train.var(axis=0)[1:], rtol=1e-3)  # the others untouched
+    new = np.ones((1, 512), "float32")
+    assert np.abs(np.asarray(norm(new))).max() < 20
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,17 @@
 ``ecgpaper.serve.serve`` on a free loopback port, serving a tiny model trained
 here on the synthetic twin. Happy path with Grad-CAM (section 5.2), auth,
 other users' records, throttling, every bad input, odd valid images, no model,
-and persistence across a restart.
+and persistence across a restart; then the hardening of section 5.3: login
+throttles that rotating X-Forwarded-For does not fool (API and admin), a model
+that cannot be loaded, deletion with the files, private file modes, metadata
+stripped from stored copies, the auditor role, token expiry and revocation,
+retention, CSP and no-store headers, the deployment checks.
+
+The main server's tests run twice: on SQLite and on a throw-away PostgreSQL
+(``ecgpaper.devdb``: Debian's initdb/pg_ctl, loopback port, temporary folder),
+the database webapp/README.md recommends; two instances on one PostgreSQL
+database must lose no concurrent upload, share each user's throttle and see
+each other's records.
 
 The servers run in subprocesses with their own settings, so pytest-django stays
 inactive (no DJANGO_SETTINGS_MODULE in this process).
@@ -147,6 +157,11 @@ class LiveServer:
         self.proc = None
         self.log = root / "server.log"
 
+    @property
+    def state(self) -> Path:
+        """ECGWEB_STATE_DIR's default: the database, uploads, secret key and audit log."""
+        return self.root / "var" / "webapp"
+
     def start(self) -> "LiveServer":
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -224,10 +239,29 @@ def frontend_dist(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(exported_model, frontend_dist, tmp_path_factory):
-    srv = LiveServer(tmp_path_factory.mktemp("main-server"),
-                     {"ECGWEB_MODELS_DIR": str(exported_model),
-                      "ECGWEB_FRONTEND_DIST": str(frontend_dist)}, workers=1)
+def postgres():
+    """A throw-away PostgreSQL server for this module (``TempPostgres.database_url``
+    makes one database per web server)."""
+    from ecgpaper.devdb import INSTALL_HINT, TempPostgres, find_pg_bin
+
+    if find_pg_bin() is None:
+        pytest.skip(f"PostgreSQL is not installed: {INSTALL_HINT}")
+    pg = TempPostgres().start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(request, exported_model, frontend_dist, tmp_path_factory):
+    env = {"ECGWEB_MODELS_DIR": str(exported_model), "ECGWEB_FRONTEND_DIST": str(frontend_dist),
+           # these tests upload dozens of images a minute; guarded_server tests the limit
+           "ECGWEB_THROTTLE_UPLOAD": "1000/min"}
+    if request.param == "postgres":
+        env["DATABASE_URL"] = request.getfixturevalue("postgres").database_url("main_server")
+    srv = LiveServer(tmp_path_factory.mktemp(f"main-server-{request.param}"), env, workers=1)
+    srv.database = request.param
     try:
         yield srv.start()
     finally:
@@ -283,6 +317,7 @@ def assert_error(resp: requests.Response, status: int, code: str) -> dict:
 def test_public_endpoints_schema_docs_and_front_end(server):
     health = server.get(f"{API}/health/")
     assert health.json() == {"status": "ok", "model_loaded": True}
+    assert server.get(f"{API}/ready/").json() == {"status": "ready", "model_loaded": True}
     csrf = requests.get(server.url + f"{API}/auth/csrf/", timeout=10)
     assert csrf.status_code == 200 and csrf.json()["csrfToken"] and "csrftoken" in csrf.cookies
 
@@ -297,10 +332,20 @@ def test_public_endpoints_schema_docs_and_front_end(server):
     assert {"201", "400", "413", "503"} <= set(upload["responses"])
     docs = server.get(f"{API}/docs/")
     assert docs.status_code == 200 and "text/html" in docs.headers["Content-Type"]
+    # Swagger UI from this server (drf-spectacular-sidecar), its start-up script a file of its own
+    scripts = re.findall(r'<script[^>]*src="([^"]+)"', docs.text)
+    assert scripts and all(src.startswith("/") and not src.startswith("//") for src in scripts), scripts
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", docs.text)  # no inline script
+    assert "cdn" not in docs.text.lower()
+    for src in scripts:
+        assert server.get(src).status_code == 200, src
+    csp = docs.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-eval" not in csp
     server.manage("spectacular", "--fail-on-warn", "--validate", "--file", str(server.root / "schema.yml"))
 
     index = server.get("/")
     assert index.status_code == 200 and 'id="root"' in index.text
+    assert index.headers["Content-Security-Policy"] == docs.headers["Content-Security-Policy"]
     assert server.get("/history/42").text == index.text  # client-side routes get the page too
     asset = server.get("/static/assets/index-AbCd1234.js")
     assert asset.status_code == 200 and "ecg front end" in asset.text
@@ -339,7 +384,7 @@ def test_session_login_with_csrf(server, users):
     headers["X-CSRFToken"] = s.cookies["csrftoken"]
     r = s.post(url, files={"image": ("p.jpg", page)}, headers=headers, timeout=60)
     assert r.status_code == 201, r.text[:500]
-    assert s.get(f"{server.url}{r.json()['image_url']}", timeout=10).content == page
+    assert s.get(f"{server.url}{r.json()['image_url']}", timeout=10).headers["Content-Type"] == "image/jpeg"
     assert s.post(f"{server.url}{API}/auth/logout/", headers=headers, timeout=10).status_code == 204
     assert_error(s.get(f"{server.url}{API}/auth/me/", timeout=10), 403, "not_authenticated")
 
@@ -393,9 +438,14 @@ def test_happy_path_classification_with_heat_map(server, users, exported_model):
 
     token = users["alice"]
     stored = server.get(body["image_url"], token=token)
-    assert stored.content == page and stored.headers["Content-Type"] == "image/jpeg"
+    assert stored.headers["Content-Type"] == "image/jpeg"
+    assert stored.headers["Cache-Control"] == "no-store"  # not kept in the browser after sign-out
+    assert "Content-Security-Policy" in stored.headers
+    kept, sent = Image.open(io.BytesIO(stored.content)), Image.open(io.BytesIO(page))
+    assert kept.size == sent.size  # the stored copy is the picture, re-encoded (see metadata test)
+    assert np.abs(np.asarray(kept, float) - np.asarray(sent, float)).mean() < 3
     heat = server.get(body["heatmap_url"], token=token)
-    assert heat.headers["Content-Type"] == "image/png"
+    assert heat.headers["Content-Type"] == "image/png" and heat.headers["Cache-Control"] == "no-store"
     assert base64.b64decode(body["heatmap_png"].split(",", 1)[1]) == heat.content
     detail = server.get(f"{API}/classifications/{body['id']}/", token=token).json()
     assert detail == {k: v for k, v in body.items() if k != "heatmap_png"}
@@ -414,12 +464,14 @@ def test_happy_path_classification_with_heat_map(server, users, exported_model):
     assert "heatmap_png" not in listing["results"][0]
 
     # stored under generated names inside MEDIA_ROOT only; the audit log has the upload's sha256
-    media = server.root / "results" / "webapp" / "uploads"
+    media = server.state / "uploads"
     files = [p.relative_to(media).as_posix() for p in media.rglob("*") if p.is_file()]
     assert files and all(re.fullmatch(r"(images|heatmaps)/\d{4}/\d{2}/[0-9a-f]{32}\.\w+", f) for f in files)
-    audit = (server.root / "results" / "webapp" / "audit.log").read_text()
-    assert re.search(rf'user="alice" method=POST path="{API}/classifications/" status=201 '
-                     rf'ms=[\d.]+ sha256={body["sha256"]}', audit)
+    audit = (server.state / "audit.log").read_text()
+    assert re.search(rf'user="alice" ip=127.0.0.1 method=POST path="{API}/classifications/" '
+                     rf'status=201 ms=[\d.]+ sha256={body["sha256"]} record={body["id"]} '
+                     rf'owner="alice"$', audit, re.M)
+    assert not (server.root / "results" / "webapp").exists()  # nothing beside the shareable results
 
 
 def test_users_see_only_their_own_records_unless_staff(server, users):
@@ -461,6 +513,9 @@ def test_bad_inputs_get_clear_4xx_and_the_server_keeps_answering(server, users):
             answer += chunk
     head, _, body = answer.decode(errors="replace").partition("\r\n\r\n")
     assert head.startswith("HTTP/1.1 413") and '{"error": "too_large"' in body
+    audit = (server.state / "audit.log").read_text()
+    assert re.search(rf'user="bob" ip=127.0.0.1 method=POST path="{API}/classifications/" status=413 ',
+                     audit)  # the refusal names who sent it
 
     assert server.get(f"{API}/health/").json()["status"] == "ok"
     ok = server.upload(encode(ecg_page(4), "JPEG"), token)
@@ -477,7 +532,9 @@ def test_odd_but_valid_images_are_classified(server, users, name):
 
 
 def test_exif_orientation_is_applied_before_classifying(server, users):
-    page = ecg_page(6, (500, 355))
+    # 768 x 512 and the 64 px model: both sides are multiples of the decoder's reduction
+    # factor (4), so reducing before rotating gives exactly the pixels of the upright page
+    page = ecg_page(6, (768, 512))
     tagged = server.upload(exif_rotated(page, "PNG"), users["alice"], name="tagged.png").json()
     upright = page.transpose(Image.Transpose.ROTATE_270)  # what a viewer shows for orientation 6
     plain = server.upload(encode(upright, "PNG"), users["alice"], name="upright.png").json()
@@ -515,7 +572,7 @@ def test_records_survive_a_restart(server, users):
     csrf = s.get(f"{server.url}{API}/auth/csrf/", timeout=10).json()["csrfToken"]
     s.post(f"{server.url}{API}/auth/login/", json={"username": "bob", "password": "bob-pw-1234"},
            headers={"X-CSRFToken": csrf, "Referer": server.url + "/"}, timeout=10).raise_for_status()
-    key_file = server.root / "results" / "webapp" / "secret_key"
+    key_file = server.state / "secret_key"
     key = key_file.read_text()
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
 
@@ -560,3 +617,447 @@ def test_classifier_refuses_missing_or_altered_models(exported_model, tmp_path):
         fh.write(b"\0")
     with pytest.raises(ModelUnavailable, match="does not match the sha256"):
         Classifier(altered)
+
+
+
+# --------------------------------------------------------------------------
+# hardening (paper section 5.3): throttles, model failures, patient data, roles
+# --------------------------------------------------------------------------
+
+def broken_model_dir(exported_model: Path, folder: Path) -> Path:
+    """An export whose model file passes the sha256 check but is no Keras archive."""
+    folder.mkdir(parents=True)
+    meta = json.loads((exported_model / "ecg_classifier.json").read_text())
+    junk = b"PK\x03\x04 not a Keras archive, but its sha256 is in the metadata\n" * 64
+    (folder / Path(meta["model_file"]).name).write_bytes(junk)
+    meta["model_sha256"] = hashlib.sha256(junk).hexdigest()
+    (folder / "ecg_classifier.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def guarded_server(exported_model, tmp_path_factory):
+    """A model that cannot be loaded; 3 login attempts and 2 uploads a minute; tokens
+    that last an hour; two workers (the limits must hold across them)."""
+    root = tmp_path_factory.mktemp("guarded-server")
+    models = broken_model_dir(exported_model, root / "broken-models")
+    srv = LiveServer(root, {"ECGWEB_MODELS_DIR": str(models), "ECGWEB_THROTTLE_LOGIN": "3/min",
+                            "ECGWEB_THROTTLE_UPLOAD": "2/min", "ECGWEB_TOKEN_TTL_HOURS": "1"},
+                     workers=2)
+    try:
+        srv.start()
+        script = ("import json; from django.contrib.auth import get_user_model; "
+                  "from rest_framework.authtoken.models import Token; "
+                  "print(json.dumps({n: Token.objects.create(user=get_user_model().objects.create_user("
+                  "n, password=n + '-pw-1234')).key for n in ('erin', 'frank', 'gina')}))")
+        srv.tokens = json.loads(srv.manage("shell", "-c", script).strip().splitlines()[-1])
+        srv.models = models
+        yield srv
+    finally:
+        srv.stop()
+
+
+def csrf_session(srv: LiveServer) -> tuple[requests.Session, dict]:
+    s = requests.Session()
+    token = s.get(f"{srv.url}{API}/auth/csrf/", timeout=10).json()["csrfToken"]
+    return s, {"X-CSRFToken": token, "Referer": srv.url + "/"}
+
+
+def test_login_throttle_holds_when_x_forwarded_for_rotates(guarded_server):
+    srv = guarded_server
+    s, headers = csrf_session(srv)
+    login = f"{srv.url}{API}/auth/login/"
+    for i in range(3):
+        r = s.post(login, json={"username": "frank", "password": f"guess-{i}"},
+                   headers={**headers, "X-Forwarded-For": f"203.0.113.{i}"}, timeout=10)
+        assert_error(r, 400, "invalid_credentials")
+    for i in range(3, 6):  # a new "client address" per guess changes nothing: the socket's counts
+        r = s.post(login, json={"username": "frank", "password": "frank-pw-1234"},
+                   headers={**headers, "X-Forwarded-For": f"198.51.100.{i}, 203.0.113.{i}"}, timeout=10)
+        body = assert_error(r, 429, "throttled")
+        assert "3/min login attempts per user name and address" in body["detail"]
+        assert int(r.headers["Retry-After"]) > 0
+    # the limit is per user name: another account from the same address may still log in
+    r = s.post(login, json={"username": "gina", "password": "gina-pw-1234"}, headers=headers, timeout=10)
+    assert r.status_code == 200 and r.json()["username"] == "gina"
+    audit = (srv.state / "audit.log").read_text()
+    assert re.search(rf'user="-" ip=127.0.0.1 method=POST path="{API}/auth/login/" status=400 .* '
+                     r'attempted="frank"$', audit, re.M)  # failed logins name the account tried
+    assert "203.0.113" not in audit  # the address logged is the socket's, not the header's
+
+
+def form_csrf(html: str) -> str:
+    """The CSRF token of a Django form (the admin's)."""
+    return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
+
+
+def test_admin_login_is_throttled(guarded_server):
+    srv = guarded_server
+    s = requests.Session()
+    url = f"{srv.url}/admin/login/"
+    form = s.get(url, timeout=10)
+    assert form.status_code == 200
+    csrf = form_csrf(form.text)
+    answers = []
+    for i in range(5):
+        r = s.post(url, data={"csrfmiddlewaretoken": csrf, "username": "erin", "password": f"guess-{i}",
+                              "next": "/admin/"},
+                   headers={"Referer": url, "X-Forwarded-For": f"192.0.2.{i}"}, timeout=10)
+        answers.append(r.status_code)
+    assert answers == [200, 200, 200, 429, 429]  # 200: the form again, with its error
+    assert "Too many login attempts" in r.text and int(r.headers["Retry-After"]) > 0
+
+
+def test_a_model_that_cannot_be_loaded_leaves_the_service_up(guarded_server):
+    srv = guarded_server
+    assert srv.proc.poll() is None  # both workers booted (gunicorn would stop otherwise)
+    assert srv.get(f"{API}/health/").json() == {"status": "ok", "model_loaded": False}
+    ready = assert_error(srv.get(f"{API}/ready/"), 503, "model_unavailable")
+    token = srv.tokens["erin"]
+    for _ in range(2):  # the failure is remembered: both answers are 503 with the same sentence
+        upload = assert_error(srv.upload(encode(noise(), "PNG"), token), 503, "model_unavailable")
+        assert upload["detail"] == ready["detail"]
+    assert "could not be loaded" in ready["detail"] and "python -m ecgpaper export" in ready["detail"]
+    assert str(srv.models) not in ready["detail"] and str(srv.root) not in ready["detail"]
+    assert_error(srv.get(f"{API}/model/", token=token), 503, "model_unavailable")
+    assert "Worker failed to boot" not in srv.log_tail(200_000)
+
+
+def test_a_failed_lazy_load_is_remembered_too(exported_model, tmp_path):
+    """ECGWEB_PRELOAD_MODEL=0: the first upload tries to load the model; later ones
+    get the same 503 without loading it again."""
+    models = broken_model_dir(exported_model, tmp_path / "broken-models")
+    srv = LiveServer(tmp_path / "lazy", {"ECGWEB_MODELS_DIR": str(models), "ECGWEB_PRELOAD_MODEL": "0"},
+                     workers=1).start()
+    try:
+        token = make_tokens(srv, ["lazy"])["lazy"]
+        answers = [assert_error(srv.upload(encode(noise(), "PNG"), token), 503, "model_unavailable")
+                   for _ in range(3)]
+        assert answers[0] == answers[1] == answers[2]
+        assert srv.get(f"{API}/health/").status_code == 200
+        assert srv.log_tail(200_000).count("the exported model could not be loaded") == 1
+    finally:
+        srv.stop()
+
+
+def test_uploads_have_their_own_lower_limit(guarded_server):
+    srv = guarded_server
+    token = srv.tokens["gina"]
+    answers = [srv.upload(encode(noise(), "PNG"), token).status_code for _ in range(3)]
+    assert answers == [503, 503, 429]  # counted before the model is needed
+    body = assert_error(srv.upload(encode(noise(), "PNG"), token), 429, "throttled")
+    assert "2/min uploads per user" in body["detail"]
+    assert srv.get(f"{API}/classifications/", token=token).status_code == 200  # reading goes on
+
+
+def test_tokens_expire_and_logout_revokes_them(guarded_server):
+    srv = guarded_server
+    script = ("import datetime as dt; from django.contrib.auth import get_user_model; "
+              "from django.utils import timezone; from rest_framework.authtoken.models import Token; "
+              "u = get_user_model().objects.create_user('hal', password='hal-pw-1234'); "
+              "t = Token.objects.create(user=u); "
+              "Token.objects.filter(pk=t.pk).update(created=timezone.now() - dt.timedelta(hours=2)); "
+              "print(t.key)")
+    old = srv.manage("shell", "-c", script).strip().splitlines()[-1]
+    body = assert_error(srv.get(f"{API}/classifications/", token=old), 401, "authentication_failed")
+    assert "expired" in body["detail"] and "drf_create_token -r" in body["detail"]
+
+    token = srv.tokens["erin"]
+    assert srv.get(f"{API}/auth/me/", token=token).json()["username"] == "erin"
+    r = requests.post(f"{srv.url}{API}/auth/logout/", headers=auth(token), timeout=10)
+    assert r.status_code == 204
+    assert_error(srv.get(f"{API}/auth/me/", token=token), 401, "authentication_failed")
+    assert_error(srv.get(f"{API}/classifications/", token=token), 401, "authentication_failed")
+
+
+def stored_files(srv: LiveServer) -> set[Path]:
+    return {p for p in (srv.state / "uploads").rglob("*") if p.is_file()}
+
+
+def test_delete_removes_the_record_and_both_files(server, users):
+    before = stored_files(server)
+    made = server.upload(encode(ecg_page(8), "JPEG"), users["alice"], name="to-delete.jpg").json()
+    new = stored_files(server) - before
+    assert sorted(p.parts[-4] for p in new) == ["heatmaps", "images"]
+    url = f"{API}/classifications/{made['id']}/"
+    assert_error(requests.delete(server.url + url, headers=auth(users["bob"]), timeout=10),
+                 404, "not_found")  # not bob's
+    assert all(p.exists() for p in new)
+    r = requests.delete(server.url + url, headers=auth(users["alice"]), timeout=10)
+    assert r.status_code == 204
+    assert not any(p.exists() for p in new)
+    for suffix in ("", "image/", "heatmap/"):
+        assert_error(server.get(url + suffix, token=users["alice"]), 404, "not_found")
+    assert made["id"] not in [rec["id"] for rec in
+                              server.get(f"{API}/classifications/", token=users["admin"]).json()["results"]]
+    audit = (server.state / "audit.log").read_text()
+    assert re.search(rf'user="alice" .*method=DELETE path="{url}" status=204 .*record={made["id"]} '
+                     r'owner="alice"$', audit, re.M)
+
+
+def test_stored_files_are_private(server, users):
+    server.upload(encode(ecg_page(9), "PNG"), users["bob"], name="private.png")
+    state = server.state
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    files = [p for p in state.rglob("*") if p.is_file() and p.parent.name != "static"
+             and "static" not in p.relative_to(state).parts]
+    sqlite = {"db.sqlite3", "throttle.sqlite3"} if server.database == "sqlite" else set()
+    assert {p.name for p in files} >= {"audit.log", "secret_key"} | sqlite
+    assert len(stored_files(server)) >= 2
+    modes = {}
+    for p in files:
+        try:
+            modes[p.relative_to(state).as_posix()] = oct(stat.S_IMODE(p.stat().st_mode))
+        except FileNotFoundError:  # SQLite's -wal/-shm files come and go
+            pass
+    assert {"audit.log", "secret_key"} | sqlite <= set(modes)
+    assert set(modes.values()) == {"0o600"}, modes
+    folders = [p for p in (state / "uploads").rglob("*") if p.is_dir()]
+    assert folders and {oct(stat.S_IMODE(p.stat().st_mode)) for p in folders} == {"0o700"}
+
+
+def test_stored_copies_carry_no_metadata(server, users):
+    page = ecg_page(10, (800, 568))
+    exif = page.getexif()
+    exif[0x010E] = "Patient: John Doe, born 1950-02-03"  # ImageDescription
+    exif[0x013B] = "Dr. Jane Roe"  # Artist
+    jpeg = encode(page, "JPEG", exif=exif, comment=b"MRN 123456 John Doe")
+    from PIL import PngImagePlugin
+
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Patient", "John Doe MRN 123456")
+    png = encode(page, "PNG", pnginfo=text)
+    for name, data, kind in (("exif.jpg", jpeg, "image/jpeg"), ("text.png", png, "image/png")):
+        assert b"John Doe" in data
+        made = server.upload(data, users["alice"], name=name).json()
+        stored = server.get(made["image_url"], token=users["alice"])
+        assert stored.headers["Content-Type"] == kind
+        assert b"John Doe" not in stored.content and b"123456" not in stored.content
+        kept = Image.open(io.BytesIO(stored.content))
+        assert not kept.getexif() and "comment" not in kept.info and "Patient" not in kept.info
+        assert kept.size == page.size
+
+
+def test_auditor_group_reads_every_record_staff_alone_does_not(server, users):
+    script = ("import json; from django.contrib.auth import get_user_model; "
+              "from django.contrib.auth.models import Group; "
+              "from rest_framework.authtoken.models import Token; User = get_user_model(); "
+              "a = User.objects.create_user('audrey', password='audrey-pw-1234'); "
+              "a.groups.add(Group.objects.get(name='auditor')); "
+              "s = User.objects.create_user('sam', password='sam-pw-1234', is_staff=True); "
+              "print(json.dumps({u.username: Token.objects.create(user=u).key for u in (a, s)}))")
+    tokens = json.loads(server.manage("shell", "-c", script).strip().splitlines()[-1])
+    alices = server.get(f"{API}/classifications/", token=users["alice"]).json()["results"]
+    assert alices
+    seen = server.get(f"{API}/classifications/?page=1", token=tokens["audrey"]).json()
+    assert seen["count"] == server.get(f"{API}/classifications/", token=users["admin"]).json()["count"]
+    record = alices[0]
+    assert server.get(f"{API}/classifications/{record['id']}/image/", token=tokens["audrey"]).status_code == 200
+    # reading is not deleting
+    assert_error(requests.delete(f"{server.url}{API}/classifications/{record['id']}/",
+                                 headers=auth(tokens["audrey"]), timeout=10), 403, "permission_denied")
+    # admin access (is_staff) alone does not show other users' records
+    assert server.get(f"{API}/classifications/", token=tokens["sam"]).json()["count"] == 0
+    assert_error(server.get(f"{API}/classifications/{record['id']}/", token=tokens["sam"]), 404, "not_found")
+    audit = (server.state / "audit.log").read_text()
+    assert re.search(rf'user="audrey" .*path="{API}/classifications/{record["id"]}/image/" status=200 '
+                     r'.*owner="alice" other_user=1$', audit, re.M)
+
+
+def admin_session(srv: LiveServer) -> requests.Session:
+    s = requests.Session()
+    url = f"{srv.url}/admin/login/"
+    csrf = form_csrf(s.get(url, timeout=10).text)
+    r = s.post(url, data={"csrfmiddlewaretoken": csrf, "username": "admin", "password": "admin-pw-9876",
+                          "next": "/admin/"}, headers={"Referer": url}, timeout=10)
+    assert r.status_code == 200 and "Log out" in r.text, r.text[:500]
+    return s
+
+
+def test_admin_change_page_and_deletions_remove_files(server, users):
+    s = admin_session(server)
+    made = server.upload(encode(ecg_page(11), "JPEG"), users["bob"], name="admin-view.jpg").json()
+    page = s.get(f"{server.url}/admin/classifier/classification/{made['id']}/change/", timeout=10)
+    assert page.status_code == 200
+    assert f'href="{made["image_url"]}"' in page.text and f'href="{made["heatmap_url"]}"' in page.text
+    assert "admin-view.jpg" in page.text
+    assert page.headers["Content-Security-Policy"]
+
+    # deleting in the admin removes the files
+    before = stored_files(server)
+    url = f"{server.url}/admin/classifier/classification/{made['id']}/delete/"
+    csrf = form_csrf(s.get(url, timeout=10).text)
+    r = s.post(url, data={"csrfmiddlewaretoken": csrf, "post": "yes"}, headers={"Referer": url}, timeout=10)
+    assert r.status_code == 200 and "was deleted successfully" in r.text
+    assert len(before - stored_files(server)) == 2
+
+    # and deleting a user removes all their records' files
+    script = ("from django.contrib.auth import get_user_model; "
+              "from rest_framework.authtoken.models import Token; "
+              "print(Token.objects.create(user=get_user_model().objects.create_user("
+              "'ivy', password='ivy-pw-1234')).key)")
+    ivy = server.manage("shell", "-c", script).strip().splitlines()[-1]
+    before = stored_files(server)
+    for seed in (12, 13):
+        assert server.upload(encode(ecg_page(seed), "JPEG"), ivy).status_code == 201
+    ivys = stored_files(server) - before
+    assert len(ivys) == 4
+    server.manage("shell", "-c", "from django.contrib.auth import get_user_model; "
+                                 "get_user_model().objects.get(username='ivy').delete()")
+    assert not any(p.exists() for p in ivys)
+
+
+def test_retention_command_purges_old_records(server, users):
+    old = server.upload(encode(ecg_page(14), "JPEG"), users["bob"], name="old.jpg").json()
+    recent = server.upload(encode(ecg_page(15), "JPEG"), users["bob"], name="recent.jpg").json()
+    server.manage("shell", "-c", "import datetime as dt; from django.utils import timezone; "
+                                 "from classifier.models import Classification; "
+                                 f"Classification.objects.filter(pk={old['id']}).update("
+                                 "created=timezone.now() - dt.timedelta(days=100))")
+    before = stored_files(server)
+    dry = server.manage("purge_classifications", "--days", "90", "--dry-run")
+    assert dry.startswith("would delete 1 classification(s)") and stored_files(server) == before
+    out = server.manage("purge_classifications", env={"ECGWEB_RETENTION_DAYS": "90"})
+    assert out.startswith("deleted 1 classification(s)")
+    assert len(before - stored_files(server)) == 2
+    assert_error(server.get(f"{API}/classifications/{old['id']}/", token=users["bob"]), 404, "not_found")
+    assert server.get(f"{API}/classifications/{recent['id']}/", token=users["bob"]).status_code == 200
+    res = subprocess.run([sys.executable, str(MANAGE), "purge_classifications"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, env=server.env)
+    assert res.returncode != 0 and "set ECGWEB_RETENTION_DAYS" in res.stderr
+
+
+@pytest.mark.parametrize("host, checked", [("0.0.0.0", True), ("127.0.0.1", False)])
+def test_serve_prints_the_deployment_checks_beyond_loopback(tmp_path, host, checked):
+    # serve() up to the point where it would exec gunicorn: nothing is bound
+    code = ("import os, sys; os.execve = lambda *a: print('would exec gunicorn', file=sys.stderr); "
+            f"from ecgpaper.serve import serve; serve({host!r}, 8000, 1)")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env={**env, "ECGPAPER_ROOT": str(tmp_path), "ECGWEB_SECRET_KEY": ""})
+    assert res.returncode == 0, res.stderr
+    assert "would exec gunicorn" in res.stderr
+    if checked:
+        assert "beyond loopback: Django's deployment checks say" in res.stderr
+        assert "security.W004" in res.stderr  # no HSTS: what the proxy in webapp/README.md sets
+    else:
+        assert "deployment checks" not in res.stderr
+
+
+def test_stored_copy_can_blank_the_header_band():
+    from ecgpaper.config import HEADER_CROP_FRACTIONS
+    from ecgpaper.inference import stored_copy
+
+    page = ecg_page(16, (1106, 786))
+    top = round(HEADER_CROP_FRACTIONS[1] * page.height)
+    for fmt, ext in (("JPEG", "jpg"), ("PNG", "png")):
+        data = encode(page, fmt)
+        kept, kept_ext = stored_copy(data)
+        blanked, blanked_ext = stored_copy(data, blank_header=True)
+        assert kept_ext == blanked_ext == ext
+        kept = np.asarray(Image.open(io.BytesIO(kept)).convert("L"), float)
+        blanked = np.asarray(Image.open(io.BytesIO(blanked)).convert("L"), float)
+        assert kept[:top].min() < 128  # the header text is there ...
+        assert blanked[:top - 2].min() >= 250  # ... and painted white when asked
+        assert np.abs(blanked[top + 2:] - kept[top + 2:]).mean() < 1  # the grid is untouched
+
+
+# --------------------------------------------------------------------------
+# two instances behind one PostgreSQL database (webapp/README.md)
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_instances(exported_model, postgres, tmp_path_factory):
+    """Two ``serve`` instances (one worker each) on one PostgreSQL database, with one
+    shared upload folder and secret key, as webapp/README.md deploys them;
+    10 requests a minute per user."""
+    shared = tmp_path_factory.mktemp("shared-media") / "uploads"
+    common = {"DATABASE_URL": postgres.database_url("two_instances"), "ECGWEB_MEDIA_ROOT": str(shared),
+              "ECGWEB_SECRET_KEY": "two-instances-share-this-key", "ECGWEB_MODELS_DIR": str(exported_model),
+              "ECGWEB_THROTTLE_USER": "10/min", "ECGWEB_THROTTLE_UPLOAD": "10/min"}
+    servers = [LiveServer(tmp_path_factory.mktemp(f"instance-{name}"), common, workers=1) for name in "ab"]
+    try:
+        for srv in servers:  # one after the other: the first one migrates
+            srv.start()
+            srv.shared_media = shared
+        yield servers
+    finally:
+        for srv in servers:
+            srv.stop()
+
+
+def make_tokens(srv: LiveServer, names) -> dict:
+    script = ("import json; from django.contrib.auth import get_user_model; "
+              "from rest_framework.authtoken.models import Token; "
+              "print(json.dumps({n: Token.objects.create(user=get_user_model().objects.create_user("
+              f"n, password=n + '-pw-1234')).key for n in {list(names)!r}}}))")
+    return json.loads(srv.manage("shell", "-c", script).strip().splitlines()[-1])
+
+
+def test_two_instances_lose_no_concurrent_upload(two_instances):
+    import threading
+
+    a, b = two_instances
+    names = [f"client{i}" for i in range(8)]
+    tokens = make_tokens(a, names)
+    pages = {name: [encode(ecg_page(10 * i + k, (600, 426)), "JPEG") for k in range(3)]
+             for i, name in enumerate(names)}
+    answers: dict[str, list] = {name: [] for name in names}
+
+    def client(i: int, name: str) -> None:
+        for k, page in enumerate(pages[name]):
+            srv = two_instances[(i + k) % 2]  # alternate between the instances
+            r = srv.upload(page, tokens[name], name=f"{name}-{k}.jpg", query="?explain=0")
+            answers[name].append((r.status_code, r.json().get("id")))
+
+    threads = [threading.Thread(target=client, args=(i, name)) for i, name in enumerate(names)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = [status for got in answers.values() for status, _ in got]
+    assert statuses == [201] * 24, answers
+    ids = {rid for got in answers.values() for _, rid in got}
+    assert len(ids) == 24  # no record lost or merged
+    for name in names:  # each user sees all three, through either instance
+        for srv in two_instances:
+            listing = srv.get(f"{API}/classifications/", token=tokens[name]).json()
+            assert sorted(r["id"] for r in listing["results"]) == sorted(rid for _, rid in answers[name])
+    count = b.manage("shell", "-c", "from classifier.models import Classification; "
+                                    "print(Classification.objects.filter(user__username__startswith="
+                                    "'client').count())").strip().splitlines()[-1]
+    assert count == "24"
+    assert len([p for p in a.shared_media.rglob("*") if p.is_file()]) >= 24
+
+
+def test_a_users_limit_holds_across_instances(two_instances):
+    a, b = two_instances
+    token = make_tokens(a, ["tess"])["tess"]
+    answers = [two_instances[i % 2].get(f"{API}/classifications/", token=token).status_code
+               for i in range(11)]
+    assert answers == [200] * 10 + [429]  # 5 + 5 allowed, then the shared budget is spent
+    for srv in two_instances:
+        body = assert_error(srv.get(f"{API}/classifications/", token=token), 429, "throttled")
+        assert "10/min per user" in body["detail"]
+
+
+def test_a_record_made_through_one_instance_is_served_and_deleted_by_the_other(two_instances):
+    a, b = two_instances
+    token = make_tokens(a, ["uma"])["uma"]
+    made = a.upload(encode(ecg_page(21), "JPEG"), token, name="from-a.jpg").json()
+    url = f"{API}/classifications/{made['id']}/"
+    assert b.get(url, token=token).json() == {k: v for k, v in made.items() if k != "heatmap_png"}
+    for suffix in ("image/", "heatmap/"):
+        assert b.get(url + suffix, token=token).status_code == 200
+    files = {p for p in a.shared_media.rglob("*") if p.is_file()}
+    r = requests.delete(b.url + url, headers=auth(token), timeout=10)
+    assert r.status_code == 204
+    assert_error(a.get(url, token=token), 404, "not_found")
+    assert len(files - {p for p in a.shared_media.rglob("*") if p.is_file()}) == 2
+
+    # a browser session made on one instance is valid on the other (same key, sessions in the DB)
+    s, headers = csrf_session(a)
+    r = s.post(f"{a.url}{API}/auth/login/", json={"username": "uma", "password": "uma-pw-1234"},
+               headers=headers, timeout=10)
+    assert r.status_code == 200
+    assert s.get(f"{b.url}{API}/auth/me/", timeout=10).json()["username"] == "uma"

@@ -4,8 +4,10 @@ Django + gunicorn) serving a tiny model trained on the synthetic twin.
 
 Sign in, upload a twin ECG image, see its class, four probability bars and the
 Grad-CAM overlay, find it in the history, upload a text file and get a sentence
-a clinician understands. Leaves a screenshot in results/webapp/screenshot.png, which
-REPORT.md then shows as Fig. 4 (report.webpage_screenshot).
+a clinician understands, delete the ECG, sign out; all under the server's
+Content-Security-Policy (no violation reported). Leaves a screenshot in
+results/webapp/screenshot.png, which REPORT.md then shows as Fig. 4
+(report.webpage_screenshot).
 """
 from __future__ import annotations
 
@@ -124,6 +126,7 @@ def test_a_clinician_classifies_an_ecg_in_the_browser(web_server, trained_root):
 
     ecg = sorted((trained_root / "data/raw/synthetic-smoke/ECG_DATA/test").rglob("*.jpg"))[0]
     page_errors: list[str] = []
+    csp_violations: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=str(CHROMIUM), headless=True,
@@ -134,6 +137,8 @@ def test_a_clinician_classifies_an_ecg_in_the_browser(web_server, trained_root):
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(30_000)
             page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            page.on("console", lambda msg: csp_violations.append(msg.text)
+                    if "Content Security Policy" in msg.text else None)
             page.goto(web_server + "/")
 
             # sign in (session + CSRF)
@@ -191,8 +196,15 @@ def test_a_clinician_classifies_an_ecg_in_the_browser(web_server, trained_root):
                                           "(use JPEG, PNG, WebP or TIFF).")
             expect(alert).to_contain_text("Details: ")
 
+            # delete the ECG (after the browser's confirmation): gone from the history
+            entry.click()
+            page.once("dialog", lambda dialog: dialog.accept())
+            result.get_by_role("button", name="Delete this ECG").click()
+            expect(result).to_have_count(0)
+            expect(history.get_by_text("No ECGs analysed yet.")).to_be_visible()
+
             page.get_by_role("button", name="Sign out").click()
             expect(page.get_by_role("button", name="Sign in")).to_be_visible()
         finally:
             browser.close()
-    assert page_errors == []
+    assert page_errors == [] and csp_violations == []

@@ -20,6 +20,8 @@ class ClassifierConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from . import signals  # noqa: F401  (stored files go with their records)
+
         self._classifier = None
         self._failure: tuple | None = None  # (export stamp, message) of the last failed load
         self._lock = threading.Lock()
@@ -29,18 +31,24 @@ class ClassifierConfig(AppConfig):
         return self._classifier is not None
 
     def _export_stamp(self):
+        """(mtime, size) of the export's metadata and model files: a new export changes it."""
         from ecgpaper.experiments import EXPORT_NAME
 
-        meta = settings.ECGWEB_MODELS_DIR / f"{EXPORT_NAME}.json"
-        try:
-            st = meta.stat()
-        except FileNotFoundError:
-            return None
-        return st.st_mtime_ns, st.st_size
+        stamp = []
+        for name in (f"{EXPORT_NAME}.json", f"{EXPORT_NAME}.keras"):
+            try:
+                st = (settings.ECGWEB_MODELS_DIR / name).stat()
+                stamp.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                stamp.append(None)
+        return tuple(stamp)
 
     def get_classifier(self):
-        """The process's Classifier; raises ModelUnavailable (retried only once the
-        export's metadata file changes, so a missing model costs a stat per request)."""
+        """The process's Classifier; raises ModelUnavailable, for a missing model and
+        for any failure to load one (a damaged Keras file, a layer safe mode refuses,
+        metadata of the wrong shape). The failure is remembered and retried only once
+        the export's files change, so a broken model costs a stat per request, not a
+        reload, and never takes the worker down."""
         if self._classifier is not None:
             return self._classifier
         from ecgpaper.inference import Classifier, ModelUnavailable
@@ -55,6 +63,13 @@ class ClassifierConfig(AppConfig):
                 except ModelUnavailable as exc:
                     self._failure = (stamp, str(exc))
                     raise
+                except Exception as exc:  # noqa: BLE001: whatever Keras or TF raise while loading
+                    log.exception("the exported model could not be loaded")
+                    self._failure = (stamp, (
+                        f"The exported model could not be loaded ({type(exc).__name__}; details in "
+                        "the server log). Export it again: `python -m ecgpaper export`, then "
+                        "restart the server."))
+                    raise ModelUnavailable(self._failure[1]) from None
                 meta = self._classifier.metadata
                 log.info("loaded model %s (run %s, dataset %s) from %s", meta["model"],
                          meta["run_id"], meta["dataset"], settings.ECGWEB_MODELS_DIR)

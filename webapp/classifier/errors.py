@@ -59,9 +59,11 @@ def api_exception_handler(exc, context):
     if isinstance(exc, ApiError):
         error, detail = exc.error, str(exc.detail)
     elif isinstance(exc, exceptions.Throttled):
-        rate = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["user"]
+        request = context.get("request")
+        rate, what = getattr(getattr(request, "_request", request), "throttle_limit",
+                             (settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["user"], "per user"))
         wait = f" Try again in {int(exc.wait) + 1} s." if exc.wait is not None else ""
-        error, detail = "throttled", f"Too many requests: the limit is {rate} per user.{wait}"
+        error, detail = "throttled", f"Too many requests: the limit is {rate} {what}.{wait}"
     elif isinstance(exc, exceptions.ValidationError):
         error, detail = "invalid_request", _flatten(exc.detail)
     elif isinstance(exc, exceptions.PermissionDenied) and str(exc.detail).startswith("CSRF Failed"):

@@ -25,6 +25,9 @@ class Classification(models.Model):
 
     class Meta:
         ordering = ["-created", "-id"]
+        #: reading other users' records is a role of its own (the "auditor" group holds it),
+        #: separate from admin access (is_staff)
+        permissions = [("view_all_classifications", "Can read every user's classifications")]
         indexes = [models.Index(fields=["user", "-created"], name="classif_user_created")]
 
     def __str__(self) -> str:

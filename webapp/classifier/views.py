@@ -2,7 +2,9 @@
 time; section 5.2: with a Grad-CAM heat map), plus the React page at ``/``.
 
 No user-controlled value ever becomes a path: uploads are stored under
-generated names and served by record id, after the ownership check.
+generated names and served by record id, after the ownership check. Stored
+copies carry no metadata (and optionally no header band), and every record can
+be deleted with its files (paper section 5.3).
 """
 from __future__ import annotations
 
@@ -23,19 +25,25 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.authentication import SessionAuthentication
+from rest_framework.authtoken.models import Token
 from rest_framework.decorators import action
 from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ecgpaper.inference import FORMAT_EXTENSIONS, InvalidImage, ModelUnavailable, decode_upload
+from ecgpaper.inference import InvalidImage, ModelUnavailable, decode_upload, stored_copy
 
 from .errors import ApiError
 from .models import Classification
+from .security import LoginRateThrottle, UploadRateThrottle, UserRateThrottle
 from .serializers import (ClassificationCreatedSerializer, ClassificationSerializer, CsrfSerializer,
                           ErrorSerializer, HealthSerializer, LoginSerializer, ModelInfoSerializer,
                           UploadSerializer, UserSerializer)
+
+#: the permission that lets a user read every user's records (the "auditor" group has it)
+VIEW_ALL = "classifier.view_all_classifications"
+DELETE_ANY = "classifier.delete_classification"
 
 CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp",
                  "tif": "image/tiff", "bmp": "image/bmp", "gif": "image/gif"}
@@ -58,7 +66,8 @@ def _user_data(user) -> dict:
 
 
 class HealthView(APIView):
-    """Liveness for load balancers and the front end: never throttled, no login."""
+    """Liveness: the process answers (200 even without a model; see ready/).
+    Never throttled, no login."""
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
@@ -68,6 +77,20 @@ class HealthView(APIView):
     def get(self, request):
         loaded = apps.get_app_config("classifier").model_loaded
         return Response(HealthSerializer({"status": "ok", "model_loaded": loaded}).data)
+
+
+class ReadyView(APIView):
+    """Readiness for load balancers: 200 once this worker has a usable model, else 503
+    ``model_unavailable`` (with what to do). Never throttled, no login."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes: list = []
+
+    @extend_schema(responses={200: HealthSerializer, **_errors(503)}, auth=[])
+    def get(self, request):
+        _classifier()
+        return Response(HealthSerializer({"status": "ready", "model_loaded": True}).data)
 
 
 class CsrfTokenView(APIView):
@@ -83,12 +106,14 @@ class CsrfTokenView(APIView):
 
 
 class LoginView(APIView):
-    """Session login; CSRF is enforced here too (no login CSRF)."""
+    """Session login; CSRF is enforced here too (no login CSRF). Attempts are
+    throttled per user name and client address (``ECGWEB_THROTTLE_LOGIN``)."""
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    throttle_classes = [LoginRateThrottle, UserRateThrottle]
 
-    @extend_schema(request=LoginSerializer, responses={200: UserSerializer, **_errors(400, 403)},
+    @extend_schema(request=LoginSerializer, responses={200: UserSerializer, **_errors(400, 403, 429)},
                    auth=[])
     def post(self, request):
         SessionAuthentication().enforce_csrf(request)
@@ -97,6 +122,7 @@ class LoginView(APIView):
         user = authenticate(request, username=form.validated_data["username"],
                             password=form.validated_data["password"])
         if user is None:
+            request._request.audit_attempted_username = form.validated_data["username"]
             raise ApiError(status.HTTP_400_BAD_REQUEST, "invalid_credentials",
                            "The user name or password is wrong. Check them and try again.")
         login(request, user)
@@ -104,12 +130,15 @@ class LoginView(APIView):
 
 
 class LogoutView(APIView):
-    """End the session (CSRF enforced for session users)."""
+    """End the session (CSRF enforced for session users) and revoke the API token
+    the request was made with, if any."""
 
     permission_classes = [AllowAny]
 
     @extend_schema(request=None, responses={204: None})
     def post(self, request):
+        if isinstance(request.auth, Token):
+            request.auth.delete()
         logout(request)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -154,18 +183,43 @@ def _explain_flag(value: str | None) -> bool:
 
 
 class ClassificationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
-                            viewsets.GenericViewSet):
-    """Upload an ECG image to classify it; list and fetch your classifications
-    (staff see everyone's), their stored images and heat maps."""
+                            mixins.DestroyModelMixin, viewsets.GenericViewSet):
+    """Upload an ECG image to classify it; list, fetch and delete your
+    classifications, their stored images and heat maps. Users with the
+    permission ``view_all_classifications`` (the "auditor" group, superusers)
+    read everyone's; deleting another user's record needs ``delete_classification``."""
 
     serializer_class = ClassificationSerializer
     parser_classes = [MultiPartParser]
 
+    def get_throttles(self):
+        throttles = super().get_throttles()
+        if self.action == "create":
+            throttles.append(UploadRateThrottle())
+        return throttles
+
     def get_queryset(self):
-        records = Classification.objects.all()
+        records = Classification.objects.select_related("user")
         if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the types
             return records.none()
-        return records if self.request.user.is_staff else records.filter(user=self.request.user)
+        user = self.request.user
+        return records if user.has_perm(VIEW_ALL) else records.filter(user=user)
+
+    def get_object(self) -> Classification:
+        record = super().get_object()
+        self.request._request.audit_record = (record.pk, record.user.get_username())
+        return record
+
+    @extend_schema(responses={204: None, **_errors(401, 403, 404)})
+    def destroy(self, request, *args, **kwargs):
+        """Delete the record with its stored image and heat map (owner, or a user
+        with the ``delete_classification`` permission)."""
+        record = self.get_object()
+        if record.user_id != request.user.pk and not request.user.has_perm(DELETE_ANY):
+            raise ApiError(status.HTTP_403_FORBIDDEN, "permission_denied",
+                           "Only the user who uploaded this ECG (or an administrator) may delete it.")
+        record.delete()  # classifier.signals removes the files once committed
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
         request={"multipart/form-data": UploadSerializer},
@@ -193,14 +247,17 @@ class ClassificationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             image = decode_upload(data, max_bytes=limit, max_pixels=settings.ECGWEB_MAX_PIXELS,
                                   load=False)
             result = classifier.classify(image, explain=explain)
+            del image  # the decoded upload: stored_copy decodes it again, one copy at a time
+            stored, extension = stored_copy(data, blank_header=settings.ECGWEB_BLANK_HEADER)
         except InvalidImage as exc:
             code = (status.HTTP_413_REQUEST_ENTITY_TOO_LARGE if exc.code == "too_large"
                     else status.HTTP_400_BAD_REQUEST)
             raise ApiError(code, exc.code, exc.detail) from None
-
         meta = classifier.metadata
+        filename = ((upload.name or "upload") if settings.ECGWEB_KEEP_FILENAMES
+                    else f"upload.{extension}")
         record = Classification(
-            user=request.user, filename=(upload.name or "upload")[:255], sha256=sha256,
+            user=request.user, filename=filename[:255], sha256=sha256,
             class_code=result["class_code"], model_run_id=meta["run_id"],
             inference_ms=result["timings"]["inference_ms"], total_ms=0.0,
             result={
@@ -213,17 +270,18 @@ class ClassificationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
                 "timings": result["timings"],
             })
         stem = uuid.uuid4().hex
-        record.image.save(f"{stem}.{FORMAT_EXTENSIONS[image.format]}", ContentFile(data), save=False)
-        if result["heatmap_png"] is not None:
-            record.heatmap.save(f"{stem}.png", ContentFile(result["heatmap_png"]), save=False)
-        try:
+        try:  # nothing is left behind if any step fails
+            record.image.save(f"{stem}.{extension}", ContentFile(stored), save=False)
+            if result["heatmap_png"] is not None:
+                record.heatmap.save(f"{stem}.png", ContentFile(result["heatmap_png"]), save=False)
             record.total_ms = (time.perf_counter() - t0) * 1e3
             record.save()
         except Exception:
-            for stored in (record.image, record.heatmap):
-                if stored:
-                    stored.delete(save=False)
+            for field in (record.image, record.heatmap):
+                if field:
+                    field.delete(save=False)
             raise
+        request._request.audit_record = (record.pk, request.user.get_username())
         heatmap_png = (None if result["heatmap_png"] is None else
                        "data:image/png;base64," + base64.b64encode(result["heatmap_png"]).decode())
         body = ClassificationCreatedSerializer(record, context={"heatmap_png": heatmap_png}).data
@@ -232,13 +290,13 @@ class ClassificationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     def _stored_file(self, field) -> FileResponse:
         extension = field.name.rsplit(".", 1)[-1]
         response = FileResponse(field.open("rb"), content_type=CONTENT_TYPES[extension])
-        response["Cache-Control"] = "private, max-age=86400"
+        response["Cache-Control"] = "no-store"  # patient data: not in any cache after sign-out
         return response
 
     @extend_schema(responses={(200, "image/*"): OpenApiTypes.BINARY, **_errors(401, 404)})
     @action(detail=True, methods=["get"])
     def image(self, request, pk=None):
-        """The uploaded image, as stored."""
+        """The uploaded image, as stored (no metadata; header band blank if configured)."""
         return self._stored_file(self.get_object().image)
 
     @extend_schema(responses={(200, "image/png"): OpenApiTypes.BINARY, **_errors(401, 404)})

@@ -1,9 +1,12 @@
 """Settings of the ecgpaper web service (paper section 3.4), all from the environment.
 
 Secure by default: DEBUG off, a secret key that is never hard-coded, every API
-endpoint but health, CSRF and login needs a logged-in user or a token,
-per-user throttling. State lives in ``results/webapp/`` (``ECGPAPER_ROOT``
-moves it): the SQLite database, the uploads, the generated secret key and the
+endpoint but health, readiness, CSRF and login needs a logged-in user or a token
+(tokens expire), per-user throttling with stricter limits on logins and
+uploads, a Content-Security-Policy. Patient data (paper section 5.3) lives in
+its own state folder, ``ECGWEB_STATE_DIR`` (default ``var/webapp/`` of the
+project root, outside ``results/`` and its shareable outputs), mode 0700 with
+files 0600: the SQLite database, the uploads, the generated secret key and the
 audit log. The variables are listed in webapp/README.md.
 """
 from __future__ import annotations
@@ -25,9 +28,17 @@ def _env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+def _private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) readable by this user only (0700)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+# every file this process makes (database, uploads, audit log) is readable by its user only
+os.umask(0o077)
 WEBAPP_DIR = Path(__file__).resolve().parent.parent
-STATE_DIR = paths.RESULTS / "webapp"
-STATE_DIR.mkdir(parents=True, exist_ok=True)
+STATE_DIR = _private_dir(Path(os.environ.get("ECGWEB_STATE_DIR", paths.ROOT / "var" / "webapp")))
 
 
 def _secret_key(path: Path) -> str:
@@ -63,6 +74,16 @@ if _env_flag("ECGWEB_HTTPS"):  # TLS ends at a reverse proxy that sets X-Forward
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
 X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+#: sent on every response (classifier.middleware.ContentSecurityPolicyMiddleware): scripts
+#: and styles from this origin only (Vite's build, the admin and the local Swagger UI have
+#: no inline script); images may be data:/blob: URLs (the heat map, the upload preview).
+#: Swagger UI and the admin set some inline styles.
+ECGWEB_CSP = os.environ.get("ECGWEB_CSP", "; ".join([
+    "default-src 'self'", "script-src 'self'", "style-src 'self' 'unsafe-inline'",
+    "img-src 'self' data: blob:", "font-src 'self'", "connect-src 'self'", "object-src 'none'",
+    "base-uri 'self'", "form-action 'self'", "frame-ancestors 'none'"]))
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -74,18 +95,22 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's scripts served from here, not from a CDN
     "classifier",
 ]
 
 MIDDLEWARE = [
     "classifier.middleware.AuditLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "classifier.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "classifier.middleware.UploadSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # after authentication (lazy, reads no body) so that the audit log names who was refused
+    "classifier.middleware.UploadSizeLimitMiddleware",
+    "classifier.middleware.NoStoreApiMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -117,9 +142,16 @@ else:
     }}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# throttling counters must be shared by every worker and instance: keep them in the database
+# throttling counters must be shared by every worker and instance: keep them in a database.
+# On SQLite they get a file of their own (classifier.routers.ThrottleCacheRouter), so that
+# counting requests never takes the write lock of the database that holds the records.
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache",
-                      "LOCATION": "ecgweb_cache"}}
+                      "LOCATION": "ecgweb_cache",
+                      "OPTIONS": {"MAX_ENTRIES": 20000, "CULL_FREQUENCY": 4}}}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["throttle"] = {**DATABASES["default"],
+                             "NAME": str(Path(DATABASES["default"]["NAME"]).with_name("throttle.sqlite3"))}
+    DATABASE_ROUTERS = ["classifier.routers.ThrottleCacheRouter"]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -147,10 +179,20 @@ STORAGES = {
 WHITENOISE_IMMUTABLE_FILE_TEST = r"^.+/assets/.+-[A-Za-z0-9_-]{8,}\.[a-z0-9]+$"
 MEDIA_ROOT = Path(os.environ.get("ECGWEB_MEDIA_ROOT", STATE_DIR / "uploads"))
 MEDIA_URL = None  # uploads are served only through the API, with its permission checks
+FILE_UPLOAD_PERMISSIONS = 0o600  # patient data: this user only
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
+#: 1: paint the header band (patient name, id) white in the stored copy of each upload
+ECGWEB_BLANK_HEADER = _env_flag("ECGWEB_BLANK_HEADER")
+#: 0: store "upload.<ext>" instead of the uploaded file name (which may name the patient)
+ECGWEB_KEEP_FILENAMES = _env_flag("ECGWEB_KEEP_FILENAMES", default=True)
+#: records older than this many days are removed by `manage.py purge_classifications` (0: keep)
+ECGWEB_RETENTION_DAYS = float(os.environ.get("ECGWEB_RETENTION_DAYS", "0"))
+#: API tokens stop working this many hours after they were made (drf_create_token -r renews)
+ECGWEB_TOKEN_TTL_HOURS = float(os.environ.get("ECGWEB_TOKEN_TTL_HOURS", str(7 * 24)))
 
 ECGWEB_MODELS_DIR = Path(os.environ.get("ECGWEB_MODELS_DIR", paths.MODELS))
 ECGWEB_MAX_UPLOAD_BYTES = int(float(os.environ.get("ECGWEB_MAX_UPLOAD_MB", "20")) * 2**20)
-ECGWEB_MAX_PIXELS = int(float(os.environ.get("ECGWEB_MAX_MEGAPIXELS", "40")) * 1e6)
+ECGWEB_MAX_PIXELS = int(float(os.environ.get("ECGWEB_MAX_MEGAPIXELS", "25")) * 1e6)
 # uploads up to the limit stay in memory (one read, no temporary file); other fields stay small
 FILE_UPLOAD_MAX_MEMORY_SIZE = ECGWEB_MAX_UPLOAD_BYTES
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1 * 2**20
@@ -160,12 +202,19 @@ DATA_UPLOAD_MAX_NUMBER_FILES = 1
 # --- the API --------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",  # first: anonymous -> 401
+        "classifier.security.ExpiringTokenAuthentication",  # first: anonymous -> 401
         "rest_framework.authentication.SessionAuthentication",  # enforces CSRF
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
-    "DEFAULT_THROTTLE_RATES": {"user": os.environ.get("ECGWEB_THROTTLE_USER", "120/min")},
+    "DEFAULT_THROTTLE_CLASSES": ["classifier.security.UserRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": os.environ.get("ECGWEB_THROTTLE_USER", "120/min"),  # per user (anonymous: per IP)
+        "login": os.environ.get("ECGWEB_THROTTLE_LOGIN", "5/min"),  # per user name + client IP
+        "upload": os.environ.get("ECGWEB_THROTTLE_UPLOAD", "30/min"),  # uploads per user
+    },
+    # proxies in front of the server that append to X-Forwarded-For: 0 (no proxy) makes DRF
+    # use the socket's address and ignore the header; 1 behind one nginx (webapp/README.md)
+    "NUM_PROXIES": int(os.environ.get("ECGWEB_NUM_PROXIES", "0")),
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
@@ -183,9 +232,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": __version__,
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",  # local copies (drf-spectacular-sidecar), no CDN
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
-# --- logging: one audit line per request, to results/webapp/audit.log and stderr --------
+# --- logging: one audit line per request, to <state>/audit.log and stderr ----------------
 AUDIT_LOG = Path(os.environ.get("ECGWEB_AUDIT_LOG", STATE_DIR / "audit.log"))
 AUDIT_LOG.parent.mkdir(parents=True, exist_ok=True)
 LOGGING = {

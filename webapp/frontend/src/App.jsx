@@ -1,5 +1,5 @@
 import { useEffect, useState } from "react";
-import { getMe, getModel, logout } from "./api.js";
+import { getMe, getModel, logout, onSessionEnded } from "./api.js";
 import ErrorNotice from "./ErrorNotice.jsx";
 import HistoryList from "./HistoryList.jsx";
 import LoginForm from "./LoginForm.jsx";
@@ -24,11 +24,28 @@ export default function App() {
   const [user, setUser] = useState(undefined); // undefined: still asking, null: signed out
   const [model, setModel] = useState(null); // { info } or { error }
   const [result, setResult] = useState(null);
-  const [uploads, setUploads] = useState(0); // remounts the history after each upload
+  const [uploads, setUploads] = useState(0); // remounts the history after each upload or deletion
+  const [notice, setNotice] = useState(null);
 
   useEffect(() => {
     getMe().then(setUser, () => setUser(null));
   }, []);
+
+  // any 401/403 "not signed in" answer (session ended, signed out in another tab, token revoked)
+  useEffect(
+    () =>
+      onSessionEnded(() => {
+        setUser(null);
+        setResult(null);
+        setNotice("Your session has ended. Please sign in again.");
+      }),
+    [],
+  );
+
+  function signIn(signedIn) {
+    setNotice(null);
+    setUser(signedIn);
+  }
 
   useEffect(() => {
     if (user) getModel().then((info) => setModel({ info }), (error) => setModel({ error }));
@@ -46,6 +63,11 @@ export default function App() {
 
   function showUpload(classification) {
     setResult(classification);
+    setUploads((n) => n + 1);
+  }
+
+  function forgetResult() {
+    setResult(null);
     setUploads((n) => n + 1);
   }
 
@@ -76,7 +98,12 @@ export default function App() {
       )}
       <main>
         {user === undefined && <p className="muted">Checking your session…</p>}
-        {user === null && <LoginForm onLogin={setUser} />}
+        {user === null && notice && (
+          <p className="notice" role="status">
+            {notice}
+          </p>
+        )}
+        {user === null && <LoginForm onLogin={signIn} />}
         {user && (
           <>
             {model && <ModelSummary model={model} />}
@@ -86,7 +113,7 @@ export default function App() {
                 <HistoryList key={uploads} selectedId={result?.id} onSelect={setResult} />
               </div>
               {result ? (
-                <ResultView result={result} />
+                <ResultView result={result} onDeleted={forgetResult} />
               ) : (
                 <section className="card placeholder">
                   <p className="muted">Choose an ECG image and press “Analyse ECG”, or pick an earlier result from the history.</p>

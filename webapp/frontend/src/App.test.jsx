@@ -185,3 +185,55 @@ it("pages through the history and opens an earlier result", async () => {
   expect(within(history).getByText("Page 2 · 3 in total")).toBeInTheDocument();
   expect(callsTo(fetch, "GET", "/api/v1/classifications/?page=2")).toHaveLength(1);
 });
+
+it("goes back to the sign-in form when the session has ended elsewhere", async () => {
+  fakeServer({
+    "GET /api/v1/classifications/?page=1": [401, { error: "authentication_failed", detail: "Invalid token." }],
+  });
+  render(<App />);
+  expect(await screen.findByRole("button", { name: "Sign in" })).toBeInTheDocument();
+  expect(screen.getByRole("status")).toHaveTextContent("Your session has ended. Please sign in again.");
+  expect(screen.queryByText(/Signed in as/)).not.toBeInTheDocument();
+});
+
+it("sends the current CSRF cookie and retries once with a fresh token after csrf_failed", async () => {
+  document.cookie = "csrftoken=from-cookie";
+  try {
+    let posts = 0;
+    const fetch = fakeServer({
+      "POST /api/v1/classifications/": () =>
+        ++posts === 1
+          ? [403, { error: "csrf_failed", detail: "CSRF Failed: CSRF token from the 'X-Csrftoken' HTTP header incorrect." }]
+          : [201, classification(5)],
+    });
+    const user = userEvent.setup();
+    render(<App />);
+    await user.upload(await screen.findByLabelText(/Choose ECG image/), ecgFile());
+    await user.click(screen.getByRole("button", { name: "Analyse ECG" }));
+    expect(await screen.findByRole("region", { name: "Result" })).toBeInTheDocument();
+    const sent = callsTo(fetch, "POST", "/api/v1/classifications/").map(([, init]) => init.headers["X-CSRFToken"]);
+    expect(sent).toEqual(["from-cookie", "tok123"]);
+    expect(callsTo(fetch, "GET", "/api/v1/auth/csrf/")).toHaveLength(1);
+  } finally {
+    document.cookie = "csrftoken=; expires=Thu, 01 Jan 1970 00:00:00 GMT";
+  }
+});
+
+it("deletes a result after confirmation and refreshes the history", async () => {
+  const fetch = fakeServer({
+    "GET /api/v1/classifications/?page=1": [200, page([classification(9)])],
+    "DELETE /api/v1/classifications/9/": [204, null],
+  });
+  vi.stubGlobal("confirm", vi.fn(() => true));
+  const user = userEvent.setup();
+  render(<App />);
+  const history = await screen.findByRole("region", { name: "History" });
+  await user.click(await within(history).findByRole("button", { name: /ecg-9\.jpg/ }));
+  await user.click(screen.getByRole("button", { name: "Delete this ECG" }));
+
+  await waitFor(() => expect(screen.queryByRole("region", { name: "Result" })).not.toBeInTheDocument());
+  expect(window.confirm).toHaveBeenCalledWith("Delete the ECG ecg-9.jpg and its result from the server?");
+  const [[, init]] = callsTo(fetch, "DELETE", "/api/v1/classifications/9/");
+  expect(init.headers["X-CSRFToken"]).toBe("tok123");
+  await waitFor(() => expect(callsTo(fetch, "GET", "/api/v1/classifications/?page=1")).toHaveLength(2));
+});

@@ -1,10 +1,29 @@
+import { useState } from "react";
+import { deleteClassification } from "./api.js";
+import ErrorNotice from "./ErrorNotice.jsx";
 import ProbabilityBars from "./ProbabilityBars.jsx";
 
 const formatMs = (ms) => (ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`);
 
-export default function ResultView({ result }) {
+export default function ResultView({ result, onDeleted }) {
   // A fresh upload carries the heat map inline, a history entry links to it; null without Grad-CAM.
   const heatmap = result.heatmap_png ?? result.heatmap_url;
+  const [deleting, setDeleting] = useState(false);
+  const [error, setError] = useState(null);
+
+  async function remove() {
+    if (!window.confirm(`Delete the ECG ${result.filename} and its result from the server?`)) return;
+    setDeleting(true);
+    setError(null);
+    try {
+      await deleteClassification(result.id);
+      onDeleted(result.id);
+    } catch (err) {
+      setError(err);
+      setDeleting(false);
+    }
+  }
+
   return (
     <section className="card result" aria-labelledby="result-title">
       <h2 id="result-title">Result</h2>
@@ -41,6 +60,10 @@ export default function ResultView({ result }) {
           {result.model.name} · {result.model.dataset} · run {result.model.run_id}
         </dd>
       </dl>
+      <button type="button" className="secondary" onClick={remove} disabled={deleting}>
+        {deleting ? "Deleting…" : "Delete this ECG"}
+      </button>
+      {error && <ErrorNotice error={error} />}
     </section>
   );
 }
