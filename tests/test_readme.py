@@ -27,7 +27,10 @@ def test_the_profile_table_is_the_one_config_profiles_generates():
     assert generated_block("profile-table") == profile_table(), (
         "README's profile table is out of date: paste the output of "
         "`python -c 'from ecgpaper.readme import profile_table; print(profile_table())'`")
-    assert "| `quick` | 64 px |" in profile_table()  # the value issue 10 found the README contradicting
+    from ecgpaper.config import PROFILES
+
+    # the value issue 10 found the README contradicting, read from the profile itself
+    assert f"| `quick` | {PROFILES['quick'].image_size} px |" in profile_table()
 
 
 def test_the_weights_table_names_the_files_keras_loads():
