@@ -7,7 +7,6 @@ SYNTHETIC twin or the real archive, so a twin result never reads as the paper's.
 """
 from __future__ import annotations
 
-import re
 
 from .config import PAPER_IMAGE_SIZE, PAPER_RESULTS, PAPER_TRAIN_IMAGES, get_profile
 
