@@ -425,8 +425,16 @@ def conclusions(summary: dict) -> list[str]:
                        f"({g['majority_rate']:.3f}) under either protocol, i.e. they did not learn in "
                        f"this profile ({setting}), so no gap is measurable from them; this gap is noise.")
         elif g["measurable"] and g["accuracy_gap"] > 0:
-            out.append(f"{head}: a measurable gap; the random split scores this model higher than "
-                       "ECGs it never saw (`grouped`).")
+            text = (f"{head}: a measurable gap; the random split scores this model higher than "
+                    "ECGs it never saw (`grouped`)")
+            if g["accuracy_grouped"] <= g["majority_rate"]:
+                weights = summary.get("weights", {}).get(g["classifier"])
+                why = (" It started from random weights: no ImageNet file was reachable and this backbone "
+                       "has no offline stand-in (docs/standins.md), and random features do not generalise "
+                       "to unseen ECGs (docs/training_recipe.md, \"Two scales\")." if weights == "none" else "")
+                text += (f"; under `grouped` it is not above the majority-class rate "
+                         f"({g['majority_rate']:.3f}): it recognises copies, not ECG morphology.{why}")
+            out.append(text if text.endswith(".") else text + ".")
         elif g["measurable"]:
             out.append(f"{head}: measurable, but `grouped` scores higher, so the random split did not "
                        "inflate this number.")

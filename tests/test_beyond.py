@@ -141,6 +141,23 @@ def _fake_study(cnn_acc: dict, probe_acc: dict, n=40, seeds=2, cnn_copy_acc=None
             "copy_flags": flags, "copies": copies, "run_ids": [], "n_seeds": seeds}
 
 
+def test_a_cnn_that_only_recognises_copies_is_named_with_its_weights():
+    """Above chance under `paper`, at the majority rate under `grouped`: the gap is
+    measurable, and the sentence says the model recognises copies; when it started
+    from random weights (no ImageNet file, no stand-in) it says that too."""
+    study = _fake_study({"paper": 0.9, "grouped": 0.2}, {"paper": 0.8, "grouped": 0.3}, seeds=3)
+    rep = study["replicates"]
+    rep["weights"] = np.where(rep["classifier"] == leakage.CNN_LABEL, "none", None)
+    _, _, summary = leakage.table_leakage(study)
+    line = next(t for t in leakage.conclusions(summary) if t.startswith(f"{leakage.CNN_LABEL} (full page): acc"))
+    assert "a measurable gap" in line and "not above the majority-class rate (0.250)" in line
+    assert "recognises copies, not ECG morphology" in line and "started from random weights" in line
+    rep["weights"] = np.where(rep["classifier"] == leakage.CNN_LABEL, "hed-bsds500", None)
+    _, _, summary = leakage.table_leakage(study)
+    line = next(t for t in leakage.conclusions(summary) if t.startswith(f"{leakage.CNN_LABEL} (full page): acc"))
+    assert "recognises copies" in line and "random weights" not in line
+
+
 def test_leakage_conclusions_are_computed_from_the_numbers():
     # CNN at chance under both protocols, probe right on every copy
     study = _fake_study({"paper": 0.25, "grouped": 0.25}, {"paper": 0.9, "grouped": 0.3})
