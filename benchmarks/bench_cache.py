@@ -4,7 +4,7 @@
 
 Synthesises full-size (2213 x 1572) twin pages in a temporary folder, then
 times (1) the obvious ``Image.open().convert().resize()`` loop, one process,
-and (2) :func:`ecgpaper.preprocess.build_cache` (JPEG draft decoding, all
+and (2) :func:`ecgpaper.data.preprocess.build_cache` (JPEG draft decoding, all
 cores). Targets (issue 2): cache >= 5x naive and >= 100 images/s on 2 cores.
 Writes ``results/benchmarks/cache.json``.
 """
@@ -21,10 +21,10 @@ from pathlib import Path
 import PIL
 
 from ecgpaper import paths
-from ecgpaper.discovery import discover
-from ecgpaper.inventory import build_inventory
-from ecgpaper.preprocess import PreprocessSettings, build_cache, load_image_naive
-from ecgpaper.synthetic import synthesize
+from ecgpaper.data.discovery import discover
+from ecgpaper.data.inventory import build_inventory
+from ecgpaper.data.preprocess import PreprocessSettings, build_cache, load_image_naive
+from ecgpaper.data.synthetic import synthesize
 
 
 def main() -> None:

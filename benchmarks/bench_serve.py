@@ -11,7 +11,7 @@ weights: speed does not depend on them) into a temporary models folder.
 
 1. bare forward pass: the Classifier's own compiled ``tf.function`` in this
    process, on the preprocessed page (with and without Grad-CAM);
-2. the real server (``ecgpaper.serve``: gunicorn, loopback, free port, fresh
+2. the real server (``ecgpaper.serve.server``: gunicorn, loopback, free port, fresh
    temporary database) and a user with a token; sequential uploads of a
    full-size (2213 x 1572) synthetic ECG page as JPEG, with ``?explain=0`` and
    with the Grad-CAM heat map (section 5.2);
@@ -25,7 +25,7 @@ weights: speed does not depend on them) into a temporary models folder.
    ``--memory-only`` runs just this part.
 
 ``--database postgres`` runs the server(s) on a throw-away PostgreSQL
-(``ecgpaper.devdb``, durable settings) instead of SQLite; ``--instances 2``
+(``ecgpaper.serve.devdb``, durable settings) instead of SQLite; ``--instances 2``
 starts two ``serve`` instances on one database with one shared upload folder and
 secret key (webapp/README.md), and the load clients alternate between them;
 ``--load-only`` measures just the load (step 3), for comparing the databases.
@@ -61,7 +61,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from ecgpaper import __version__, paths  # noqa: E402
 from ecgpaper.config import CLASS_CODES, CLASS_NAMES, PAPER_IMAGE_SIZE  # noqa: E402
 from ecgpaper.errors import UserError  # noqa: E402
-from ecgpaper.experiments import EXPORT_NAME  # noqa: E402
+from ecgpaper.runs.export import EXPORT_NAME
 
 API = "/api/v1"
 
@@ -75,8 +75,8 @@ def percentiles(values_ms: list[float]) -> dict:
 def build_vgg16(folder: Path) -> None:
     """The paper's model shape (VGG16, 224 px, 4 classes) with random weights, exported
     with the same metadata keys as ``experiments.export_best``."""
-    from ecgpaper.models import build_model
-    from ecgpaper.preprocess import PREPROCESS_VERSION
+    from ecgpaper.data.preprocess import PREPROCESS_VERSION
+    from ecgpaper.model.backbones import build_model
 
     folder.mkdir(parents=True, exist_ok=True)
     model_file = folder / f"{EXPORT_NAME}.keras"
@@ -98,7 +98,7 @@ def build_vgg16(folder: Path) -> None:
 
 def sample_upload() -> bytes:
     """A full-size synthetic ECG page as JPEG, as a scanner or ECG cart would send it."""
-    from ecgpaper.synthetic import render_page
+    from ecgpaper.data.synthetic import render_page
 
     page = render_page("MI", np.random.default_rng(0), patient_id="BENCH-0001", date="2024-01-01 09:00")
     buf = io.BytesIO()
@@ -108,8 +108,8 @@ def sample_upload() -> bytes:
 
 def bare_forward(models_dir: Path, upload: bytes, repeats: int) -> tuple[dict, dict]:
     """Median/p95 of the Classifier's compiled forward pass (and with Grad-CAM), in process."""
-    from ecgpaper.inference import Classifier, decode_upload
-    from ecgpaper.preprocess import prepare_image
+    from ecgpaper.data.preprocess import prepare_image
+    from ecgpaper.serve.inference import Classifier, decode_upload
 
     clf = Classifier(models_dir)
     batch = prepare_image(decode_upload(upload, load=False), clf.settings)[np.newaxis]
@@ -135,7 +135,7 @@ def free_port() -> int:
 
 
 class Server:
-    """``ecgpaper.serve.serve`` in a subprocess on a loopback port, state in ``root``."""
+    """``ecgpaper.serve.server.serve`` in a subprocess on a loopback port, state in ``root``."""
 
     def __init__(self, root: Path, models_dir: Path, workers: int, env: dict | None = None):
         self.port = free_port()
@@ -145,7 +145,7 @@ class Server:
                         ECGWEB_THROTTLE_USER="1000000/min", ECGWEB_THROTTLE_UPLOAD="1000000/min",
                         TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
         self.log = open(root / "server.log", "wb")
-        code = f"from ecgpaper.serve import serve; serve('127.0.0.1', {self.port}, {workers})"
+        code = f"from ecgpaper.serve.server import serve; serve('127.0.0.1', {self.port}, {workers})"
         self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -251,7 +251,7 @@ def start_instances(tmp: Path, models_dir: Path, workers: int, database: str,
     pg = None
     common = {"ECGWEB_SECRET_KEY": "bench-serve-shared-key", "ECGWEB_MEDIA_ROOT": str(tmp / "uploads")}
     if database == "postgres":
-        from ecgpaper.devdb import TempPostgres
+        from ecgpaper.serve.devdb import TempPostgres
 
         pg = TempPostgres(durable=True).start()
         common["DATABASE_URL"] = pg.database_url("bench")
@@ -345,7 +345,7 @@ def main() -> None:
     ap.add_argument("--memory-only", action="store_true",
                     help="only the peak memory of one 40-megapixel 16-bit PNG upload")
     ap.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite",
-                    help="the server's database (postgres: a throw-away server, see ecgpaper/devdb.py)")
+                    help="the server's database (postgres: a throw-away server, see ecgpaper/serve/devdb.py)")
     ap.add_argument("--instances", type=int, default=1, help="serve instances on the one database")
     ap.add_argument("--load-only", action="store_true", help="only the load test (step 3)")
     ap.add_argument("--out", default=None, help="default results/benchmarks/serve.json "

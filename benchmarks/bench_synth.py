@@ -1,6 +1,6 @@
 """Speed of the synthetic twin: full-size distinct pages per second.
 
-Each page counts everything ``ecgpaper.synthetic.synthesize`` does for it:
+Each page counts everything ``ecgpaper.data.synthetic.synthesize`` does for it:
 render, JPEG encode, sha256 and write, in ``--workers`` processes (pool start
 included). No copies are planted, so every file is a freshly drawn page.
 
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from ecgpaper.config import REFERENCE_PAGE_SIZE  # noqa: E402
-from ecgpaper.synthetic import synthesize  # noqa: E402
+from ecgpaper.data.synthetic import synthesize  # noqa: E402
 
 
 def measure(n: int, workers: int) -> dict:

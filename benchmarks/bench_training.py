@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from ecgpaper import paths  # noqa: E402
-from ecgpaper.pipeline import make_dataset  # noqa: E402
+from ecgpaper.model.pipeline import make_dataset  # noqa: E402
 
 
 def pipeline_images_per_second(images, labels, batch_size: int, repeats: int = 3) -> float:
@@ -45,7 +45,7 @@ def pipeline_images_per_second(images, labels, batch_size: int, repeats: int = 3
 def training_images_per_second(model_name, images, labels, batch_size, steps, xla) -> float:
     import keras
 
-    from ecgpaper.models import build_model
+    from ecgpaper.model.backbones import build_model
 
     keras.backend.clear_session()
     model = build_model(model_name, image_size=images.shape[1], weights="none")

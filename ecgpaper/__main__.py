@@ -1,6 +1,6 @@
 """``python -m ecgpaper``: see :mod:`ecgpaper.cli`."""
 import sys
 
-from .cli import main
+from ecgpaper.cli import main
 
 sys.exit(main())

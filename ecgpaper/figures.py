@@ -32,8 +32,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from . import paths  # noqa: E402
-from .config import CLASS_CODES, CLASS_NAMES, PAPER_RESULTS  # noqa: E402
+from ecgpaper import paths  # noqa: E402
+from ecgpaper.config import CLASS_CODES, CLASS_NAMES, PAPER_RESULTS  # noqa: E402
 
 METRICS = ("accuracy", "precision", "recall", "f1")
 METRIC_LABELS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1-score"}
@@ -272,7 +272,7 @@ def table1_grid(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
 
 def table_multirun(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
     """Section 5.4: mean +- std over independent runs, beside the paper's."""
-    from .evaluation import mean_std
+    from ecgpaper.metrics import mean_std
 
     stats = mean_std([r["metrics"] for r in runs], METRICS)
     rows = []

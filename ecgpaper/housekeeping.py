@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from . import paths
+from ecgpaper import paths
 
 
 def folder_size(path: Path) -> int:

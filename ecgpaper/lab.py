@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import paths
+from ecgpaper import paths
 
 KERNEL_NAME = "ecgpaper"
 KERNEL_DISPLAY_NAME = "Python (ecgpaper)"

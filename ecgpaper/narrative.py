@@ -7,8 +7,7 @@ SYNTHETIC twin or the real archive, so a twin result never reads as the paper's.
 """
 from __future__ import annotations
 
-
-from .config import PAPER_IMAGE_SIZE, PAPER_RESULTS, PAPER_TRAIN_IMAGES, get_profile
+from ecgpaper.config import PAPER_IMAGE_SIZE, PAPER_RESULTS, PAPER_TRAIN_IMAGES, get_profile
 
 
 def is_synthetic(dataset: str) -> bool:
@@ -38,7 +37,7 @@ def _inside(value: float, ci) -> bool:
 def _beside_paper(paper: float, run: dict, dataset: str) -> str:
     """The paper's number beside ours: compared only when the run follows the paper's
     protocol (``verdicts.protocol_differences``; REPORT.md gives the verdict)."""
-    from .verdicts import protocol_differences
+    from ecgpaper.studies.verdicts import protocol_differences
 
     differs = protocol_differences(run["config"], dataset)
     if differs:
@@ -53,7 +52,7 @@ def _paragraph(dataset: str, profile: str, sentences: list[str]) -> str:
 
 def baseline(runs: list[dict], dataset: str, profile: str) -> str:
     """Notebook 02 (section 4, Fig. 8-9): VGG16 vs ResNet50, with the paired test."""
-    from .significance import paired_row
+    from ecgpaper.studies.significance import paired_row
 
     by = {r["config"]["model"]: r for r in runs}
     out = []
@@ -106,7 +105,7 @@ def grid(runs: list[dict], dataset: str, profile: str) -> str:
 
 
 def _differs(runs: list[dict], dataset: str) -> list[str]:
-    from .verdicts import runs_differences
+    from ecgpaper.studies.verdicts import runs_differences
 
     return runs_differences(runs, dataset)
 
@@ -135,7 +134,7 @@ def curves(runs: list[dict], dataset: str, profile: str) -> str:
 
 def multirun(runs: list[dict], dataset: str, profile: str) -> str:
     """Notebook 04, part 2 (section 5.4, Fig. 13): five seeds, mean and spread."""
-    from .evaluation import mean_std
+    from ecgpaper.metrics import mean_std
 
     stats = mean_std([r["metrics"] for r in runs])
     out = []
@@ -151,8 +150,8 @@ def multirun(runs: list[dict], dataset: str, profile: str) -> str:
 
 
 def report(text: str, dataset: str, profile: str) -> str:
-    """Notebook 05: how REPORT.md's verdicts (``ecgpaper.verdicts``) came out."""
-    from .verdicts import OUTCOMES
+    """Notebook 05: how REPORT.md's verdicts (``ecgpaper.studies.verdicts``) came out."""
+    from ecgpaper.studies.verdicts import OUTCOMES
 
     table = text.split("## Every number of the paper", 1)[-1].split("\n## ", 1)[0]
     rows = [line.strip().strip("|").split("|") for line in table.splitlines() if line.startswith("| ")]
@@ -181,6 +180,6 @@ def beyond(sections: dict[str, list[str]], dataset: str, profile: str) -> str:
 
 def paired_test_sentences(stats) -> list[str]:
     """Notebook 06, part 5: the McNemar sentences of ``significance.report_lines``."""
-    from .significance import report_lines
+    from ecgpaper.studies.significance import report_lines
 
     return [line[2:] for line in report_lines(stats) if line.startswith("- ")]

@@ -36,7 +36,7 @@ def progress_mode(stream=None) -> str:
     chosen = os.environ.get(ENV, "").strip().lower()
     if chosen:
         if chosen not in MODES:
-            from .errors import UserError
+            from ecgpaper.errors import UserError
 
             raise UserError(f"{ENV}={chosen!r}: choose one of {', '.join(MODES)}")
         return chosen

@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from .config import PROFILES
+from ecgpaper.config import PROFILES
 
 #: The paper's epoch counts (sections 4 and 5.4): the grid and baseline ran 20, the
 #: curves and the five runs 30; a profile scales them by ``epochs_scale``.
@@ -40,7 +40,7 @@ def profile_table() -> str:
 def weights_table() -> str:
     """Markdown table of the ImageNet files Keras loads (``weights._BACKBONES``): what to
     fetch, or to copy by hand into ``~/.keras/models/`` on a machine without internet."""
-    from .weights import _BACKBONES, weights_status
+    from ecgpaper.model.weights import _BACKBONES, weights_status
 
     rows = ["| backbone | file (into `~/.keras/models/`) | from |", "|---|---|---|"]
     for name in _BACKBONES:

@@ -2,7 +2,7 @@
 ours beside it with its 95 % interval, the difference and one verdict, then
 every figure.
 
-One rule gives every verdict (:mod:`ecgpaper.verdicts`, computed by
+One rule gives every verdict (:mod:`ecgpaper.studies.verdicts`, computed by
 ``significance.paper_comparison_rows``, which notebook 06's
 ``table_statistics`` shares): "consistent", "lower", "higher" or
 "inconclusive" from the interval of ours - paper and an equivalence margin,
@@ -18,13 +18,15 @@ import shutil
 import time
 from pathlib import Path
 
-from . import paths
-from .beyond import FIGURE_CAPTIONS as BEYOND_FIGURE_CAPTIONS
-from .beyond import report_lines as beyond_report_lines
-from .config import PAPER_RESULTS
-from .errors import UserError
-from .experiments import experiment_runs
-from .figures import data_label
+import pandas as pd
+
+from ecgpaper import paths
+from ecgpaper.config import PAPER_RESULTS
+from ecgpaper.errors import UserError
+from ecgpaper.figures import data_label
+from ecgpaper.runs.store import experiment_runs
+from ecgpaper.studies import interpretability, leakage, lightweight, robustness, significance
+from ecgpaper.studies.common import FIGURE_CAPTIONS as BEYOND_FIGURE_CAPTIONS
 
 FIGURE_CAPTIONS = {
     "fig01_samples": "Fig. 1: sample ECG pages per class",
@@ -123,6 +125,61 @@ def recipe_lines(dataset: str, profile: str) -> list[str]:
     return lines
 
 
+def read_table(dataset: str, profile: str, name: str) -> pd.DataFrame | None:
+    f = paths.profile_results(dataset, profile) / f"{name}.csv"
+    return pd.read_csv(f, keep_default_na=False) if f.exists() else None
+
+
+def beyond_the_paper_lines(dataset: str, profile: str) -> list[str]:
+    """The "Beyond the paper" section of REPORT.md, from the tables notebook 06
+    wrote; says what is missing when it has not run (never raises)."""
+    lines = ["", "## Beyond the paper (sections 5.2 and 5.5)", ""]
+    found = False
+    try:
+        stats = read_table(dataset, profile, "table_statistics")
+        if stats is not None:
+            found = True
+            lines += significance.report_lines(stats)
+        leak = paths.profile_results(dataset, profile) / "leakage_summary.json"
+        if leak.exists():
+            found = True
+            summary = json.loads(leak.read_text())
+            lines += ["### Leakage: does the split test on copies of training images?", ""]
+            lines += [f"- {s}" for s in leakage.conclusions(summary)]
+            copies = leakage.copy_effect_table(summary)
+            if len(copies):
+                lines += ["", "Within the `paper` split, accuracy on test images with and without a copy "
+                              "in train (means over seeds, 95 % CI over seeds and duplicate groups):", "",
+                          copies.drop(columns=["protocol"]).to_markdown(index=False, floatfmt=".3f")]
+            lines.append("")
+        heat = read_table(dataset, profile, "table_gradcam_header_fraction")
+        if heat is not None:
+            found = True
+            lines += ["### Grad-CAM: where the models look", ""]
+            lines += [f"- {s}" for s in interpretability.summary_sentences(heat)] + [""]
+        rob = read_table(dataset, profile, "table_robustness")
+        if rob is not None:
+            found = True
+            lines += ["### Robustness to acquisition corruptions", ""]
+            lines += [f"- {s}" for s in robustness.summary_sentences(rob)] + [""]
+        light = read_table(dataset, profile, "table_lightweight")
+        if light is not None:
+            found = True
+            lines += ["### Lightweight models and the ensemble", ""]
+            lines += [f"- {s}" for s in lightweight.summary_sentences(light)] + [""]
+        ablation = read_table(dataset, profile, "table_input_ablation")
+        if ablation is not None:
+            found = True
+            lines += ["### Inputs that match the weights: scaling x BatchNorm (3.1.1, 3.5)", "",
+                      ablation.drop(columns=["run"]).to_markdown(index=False, floatfmt=".3f"), ""]
+    except Exception as exc:  # the report must build even if one table is malformed
+        lines += [f"(the beyond-the-paper section could not be built: {type(exc).__name__}: {exc})", ""]
+    if not found:
+        lines += ["Not run yet: notebook `06_beyond_the_paper` (leakage, Grad-CAM, robustness, "
+                  "lightweight models, statistics).", ""]
+    return lines
+
+
 def write_report(dataset: str, profile: str, *, data_root: str | None = None) -> Path:
     """Gather the finished experiments into REPORT.md; return its path."""
     synthetic = dataset.startswith("synthetic")
@@ -153,12 +210,12 @@ def write_report(dataset: str, profile: str, *, data_root: str | None = None) ->
                 lines.append(f"- split `{proto}`: {m['totals']}, test images with a copy in train: "
                              f"{m['test_with_copy_in_train']}")
 
-    from .config import EQUIVALENCE_MARGIN
-    from .significance import paper_comparison_rows
+    from ecgpaper.config import EQUIVALENCE_MARGIN
+    from ecgpaper.studies.significance import paper_comparison_rows
 
     lines += ["", "## Every number of the paper, ours beside it", "",
               f"Our 95 % intervals resample duplicate groups (copies of one ECG count once). The "
-              f"verdict (`ecgpaper.verdicts`): the 95 % interval of ours - paper, which also carries "
+              f"verdict (`ecgpaper.studies.verdicts`): the 95 % interval of ours - paper, which also carries "
               f"the paper's test-set and seed spread, inside +-{EQUIVALENCE_MARGIN:g}: consistent; "
               "below or above 0: lower or higher; else inconclusive. Only runs that follow the "
               "paper's protocol (Kaggle images, paper profile, ImageNet weights, the paper's split, "
@@ -189,7 +246,7 @@ def write_report(dataset: str, profile: str, *, data_root: str | None = None) ->
         lines += ["", f"Not run yet: {', '.join(missing)} (`python -m ecgpaper run NAME --profile {profile}`)."]
     lines += recipe_lines(dataset, profile)
     # notebook 06: leakage, Grad-CAM, robustness, lightweight models, statistics (never raises)
-    lines += beyond_report_lines(dataset, profile)
+    lines += beyond_the_paper_lines(dataset, profile)
 
     fig_dir = paths.profile_figures(dataset, profile)
     if webpage_screenshot().exists():  # Fig. 4: the page as the browser test last saw it

@@ -18,9 +18,12 @@ import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-from conftest import smoke_notebook_run
-from ecgpaper import beyond, experiments, leakage, lightweight, robustness, significance
+from ecgpaper import metrics
 from ecgpaper.config import CLASS_CODES, PROFILES
+from ecgpaper.runs import experiments, store
+from ecgpaper.studies import common, leakage, lightweight, probe, robustness, significance
+
+from conftest import smoke_notebook_run
 
 
 def _quiet(*_args, **_kwargs):
@@ -30,7 +33,7 @@ def _quiet(*_args, **_kwargs):
 @pytest.fixture(scope="module")
 def tiny_twin(tmp_path_factory) -> Path:
     """A small twin with the real archive's planted copies (about 47 % of files)."""
-    from ecgpaper.synthetic import synthesize
+    from ecgpaper.data.synthetic import synthesize
 
     root = tmp_path_factory.mktemp("twin") / "synthetic-tiny"
     synthesize(root, distinct_per_class=12, page_size=(320, 227), workers=1, progress=False)
@@ -38,7 +41,7 @@ def tiny_twin(tmp_path_factory) -> Path:
 
 
 def _prepare(root, seed=0):
-    from ecgpaper.data import prepare_data
+    from ecgpaper.data.prepare import prepare_data
 
     return prepare_data(root, profile="smoke", seed=seed, image_size=32, progress=False, log=_quiet)
 
@@ -49,7 +52,7 @@ def _prepare(root, seed=0):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_grouped_split_has_no_cross_subset_duplicates_and_paper_has_some(tiny_twin, seed):
-    from ecgpaper.splits import read_manifest
+    from ecgpaper.data.splits import read_manifest
 
     prepared = _prepare(tiny_twin, seed)
     files = prepared.audit.files
@@ -79,13 +82,13 @@ def test_nn_probe_answers_every_test_image_with_a_copy_in_train_right(tiny_twin)
     """The probe matches pictures: a test image whose ECG (exact or near copy) is in
     train is answered right, so its paper-split accuracy is the copy share plus
     its accuracy on the rest, weighted; under grouped no test image has a copy."""
-    from ecgpaper.experiments import load_run_data
+    from ecgpaper.runs.experiments import load_run_data
 
     for seed in (0, 1, 2):
         prepared = _prepare(tiny_twin, seed)
         for protocol in ("paper", "grouped"):
             data = load_run_data(prepared, protocol, seed)
-            pred = leakage.nn_probe(data.train[0], data.train[1], data.test[0])
+            pred = probe.nn_probe(data.train[0], data.train[1], data.test[0])
             ok = pred == data.test[1]
             copied = data.test[2]["copy_in_train"].to_numpy(bool)
             if protocol == "grouped":
@@ -100,10 +103,10 @@ def test_probe_features_keep_exact_copies_exact_and_shrink():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     x[2] = x[0]
-    f = leakage.probe_features(x)
+    f = probe.probe_features(x)
     assert f.shape == (3, 32 * 32 * 3) and f.dtype == np.float32
     assert np.array_equal(f[0], f[2]) and not np.array_equal(f[0], f[1])
-    assert leakage.probe_features(rng.integers(0, 256, (2, 50, 50, 3), dtype=np.uint8)).shape == (2, 3072)
+    assert probe.probe_features(rng.integers(0, 256, (2, 50, 50, 3), dtype=np.uint8)).shape == (2, 3072)
 
 
 def _fake_study(cnn_acc: dict, probe_acc: dict, n=40, seeds=2, cnn_copy_acc=None):
@@ -113,7 +116,7 @@ def _fake_study(cnn_acc: dict, probe_acc: dict, n=40, seeds=2, cnn_copy_acc=None
     rng = np.random.default_rng(0)
     sets, rows, flags = {}, {}, {}
     rows = []
-    for classifier, accs in ((leakage.CNN_LABEL, cnn_acc), (leakage.PROBE_LABEL, probe_acc)):
+    for classifier, accs in ((leakage.CNN_LABEL, cnn_acc), (probe.PROBE_LABEL, probe_acc)):
         for protocol, a in accs.items():
             for r in range(seeds):
                 y = np.tile(np.arange(4), n // 4)
@@ -129,7 +132,7 @@ def _fake_study(cnn_acc: dict, probe_acc: dict, n=40, seeds=2, cnn_copy_acc=None
                 pred[wrong] = (y[wrong] + 1) % 4
                 sets.setdefault((classifier, protocol, False), []).append((y, pred, groups))
                 flags.setdefault((classifier, protocol, False), []).append(copy)
-                s = beyond.scores(y, pred)
+                s = metrics.scores(y, pred)
                 rows.append({"classifier": classifier, "protocol": protocol, "crop": False, "replicate": r,
                              "n_test": n, "test_with_copy_in_train": int(copy.sum()),
                              "accuracy": s[0], "f1": s[3], "majority_rate": 0.25,
@@ -166,8 +169,8 @@ def test_leakage_conclusions_are_computed_from_the_numbers():
     text = "\n".join(leakage.conclusions(summary))
     assert "did not learn" in text and "no gap is measurable" in text
     assert "upper bound" not in text and "describes the split, not the CNN" in text
-    probe = gaps[gaps["classifier"] == leakage.PROBE_LABEL].iloc[0]
-    assert probe["measurable"] and probe["accuracy_gap"] == pytest.approx(0.6, abs=0.03)
+    probe_gap = gaps[gaps["classifier"] == probe.PROBE_LABEL].iloc[0]
+    assert probe_gap["measurable"] and probe_gap["accuracy_gap"] == pytest.approx(0.6, abs=0.03)
     # a CNN that learns, right on every image with a copy in train and on 50 % of the others
     study = _fake_study({"paper": 0.5, "grouped": 0.5}, {"paper": 0.5, "grouped": 0.45}, cnn_copy_acc=1.0)
     _, gaps, summary = leakage.table_leakage(study)
@@ -186,12 +189,12 @@ def test_leakage_conclusions_are_computed_from_the_numbers():
     assert "do not show that the CNN exploits the copies" in "\n".join(leakage.conclusions(summary))
     results = Path(os.environ["ECGPAPER_ROOT"]) / "results/synthetic-fake/smoke"
     copies = pd.read_csv(results / "table_leakage_copies.csv")
-    assert list(copies["classifier"]) == [leakage.CNN_LABEL, leakage.PROBE_LABEL]
+    assert list(copies["classifier"]) == [leakage.CNN_LABEL, probe.PROBE_LABEL]
     assert (results / "leakage_summary.json").exists()
 
 
 def test_leakage_runs_reuse_the_grid_run_and_lightweight_reuses_the_baseline():
-    from ecgpaper.experiments import experiment_configs
+    from ecgpaper.runs.experiments import experiment_configs
 
     grid = [c for c in experiment_configs("grid", profile="quick", dataset="d")
             if (c.batch_size, c.learning_rate) == (32, 1e-4)][0]
@@ -216,33 +219,33 @@ def test_scores_match_scikit_learn():
         n = int(rng.integers(1, 30))
         y, p = rng.integers(0, 4, n), rng.integers(0, int(rng.integers(1, 5)), n)
         pr, rc, f1, _ = precision_recall_fscore_support(y, p, average="macro", zero_division=0)
-        assert np.allclose(beyond.scores(y, p), [accuracy_score(y, p), pr, rc, f1])
+        assert np.allclose(metrics.scores(y, p), [accuracy_score(y, p), pr, rc, f1])
 
 
 def test_group_bootstrap_counts_copies_once():
     y = np.repeat(np.arange(4), 10)
     pred = y.copy()
     pred[:10] = 1  # class 0 always wrong
-    boot = beyond.bootstrap_sets([(y, pred, np.arange(40))], n_bootstrap=300)
-    lo, hi = beyond.percentile_ci(boot[:, 0])
+    boot = metrics.bootstrap_sets([(y, pred, np.arange(40))], n_bootstrap=300)
+    lo, hi = metrics.percentile_ci(boot[:, 0])
     assert lo < 0.75 < hi
-    perfect = beyond.bootstrap_sets([(y, y, np.arange(40))], n_bootstrap=50)
+    perfect = metrics.bootstrap_sets([(y, y, np.arange(40))], n_bootstrap=50)
     assert np.allclose(perfect, 1.0)
     # ten copies of each of 4 ECGs are 4 pieces of evidence: a much wider interval
     groups = np.repeat(np.arange(4), 10)
-    wide = beyond.bootstrap_sets([(y, pred, groups)], n_bootstrap=300)
-    assert np.ptp(beyond.percentile_ci(wide[:, 0])) > 2 * (hi - lo)
+    wide = metrics.bootstrap_sets([(y, pred, groups)], n_bootstrap=300)
+    assert np.ptp(metrics.percentile_ci(wide[:, 0])) > 2 * (hi - lo)
     # paired: two runs on the same images, resampled together
-    paired = beyond.bootstrap_sets([(y, pred, np.arange(40)), (y, pred, np.arange(40))],
+    paired = metrics.bootstrap_sets([(y, pred, np.arange(40)), (y, pred, np.arange(40))],
                                    n_bootstrap=50, paired=True)
-    single = beyond.bootstrap_sets([(y, pred, np.arange(40))], n_bootstrap=50)
+    single = metrics.bootstrap_sets([(y, pred, np.arange(40))], n_bootstrap=50)
     assert np.allclose(paired, single)
 
 
 def _fake_run(dataset, profile, run_id, y, proba, paths_, *, val_accuracy=0.5, model="VGG16"):
-    from ecgpaper.evaluation import predictions_table
+    from ecgpaper.runs.store import predictions_table
 
-    folder = beyond.run_folder(dataset, profile, run_id)
+    folder = store.run_folder(dataset, profile, run_id)
     folder.mkdir(parents=True)
     predictions_table(paths_, y, proba).to_csv(folder / "predictions.csv", index=False)
     config = {"model": model, "protocol": "paper", "split_seed": 0, "crop": False}
@@ -250,7 +253,7 @@ def _fake_run(dataset, profile, run_id, y, proba, paths_, *, val_accuracy=0.5, m
 
 
 def _fake_manifest(dataset, paths_, y, groups):
-    from ecgpaper.splits import write_manifest
+    from ecgpaper.data.splits import write_manifest
 
     man = pd.DataFrame({"path": paths_, "label": [CLASS_CODES[i] for i in y], "subset": "test",
                         "group": groups, "copy_in_train": False})
@@ -300,7 +303,7 @@ def test_paired_row_counts_duplicate_groups_once():
 
 
 def _finished_run(dataset, profile, run_id, y, pred, paths_, **config):
-    """A fake finished run that experiments.load_run can read."""
+    """A fake finished run that store.load_run can read."""
     run = _fake_run(dataset, profile, run_id, y, np.eye(4)[pred], paths_, model=config.pop("model", "VGG16"))
     cfg = {**run["config"], "dataset": dataset, "profile": profile, "weights": "none", "image_size": 64,
            "batch_size": 16, "learning_rate": 1e-4, **config}
@@ -327,7 +330,7 @@ def test_report_gives_one_verdict_per_number_and_na_off_protocol(dataset, profil
     for model, right in (("VGG16", 184), ("ResNet50", 120)):  # 0.92 (the paper's) and 0.60 (paper: 0.81)
         pred = np.where(np.arange(n) < right, y, (y + 1) % 4)
         ids.append(_finished_run(dataset, profile, f"b-{model}", y, pred, paths_, model=model, **settings))
-    experiments.record_experiment("baseline", dataset, profile, ids)
+    store.record_experiment("baseline", dataset, profile, ids)
     text = write_report(dataset, profile).read_text()
     assert TABLE_HEADER[0] in text
     vgg = next(s for s in text.splitlines() if s.startswith("| baseline VGG16 accuracy |"))
@@ -389,7 +392,7 @@ def test_latency_and_deployable_size_of_a_small_model(tmp_path):
 
 def test_page_regions_split_the_input_into_header_grid_and_footer():
     from ecgpaper.config import HEADER_CROP_FRACTIONS
-    from ecgpaper.interpretability import heat_shares, page_regions
+    from ecgpaper.studies.interpretability import heat_shares, page_regions
 
     full = page_regions(crop=False)
     assert full["header"] == (0.0, 0.0, 1.0, HEADER_CROP_FRACTIONS[1])
@@ -415,8 +418,8 @@ def inputs():
     """Two twin pages as 64 px model inputs, decoded as the training cache does."""
     from PIL import Image
 
-    from ecgpaper.preprocess import PreprocessSettings, prepare_image
-    from ecgpaper.synthetic import render_page
+    from ecgpaper.data.preprocess import PreprocessSettings, prepare_image
+    from ecgpaper.data.synthetic import render_page
 
     pages = [render_page(code, np.random.default_rng(i), (512, 364), patient_id="0000-0000",
                          date="2020-01-01 10:00") for i, code in enumerate(("MI", "NORM"))]
@@ -459,7 +462,7 @@ def test_robustness_clean_condition_is_the_runs_own_test_set(tmp_path):
     """Severity 0 feeds the cached test images themselves: the run's recorded accuracy."""
     import keras
 
-    from ecgpaper.training import RunData
+    from ecgpaper.runs.training import RunData
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
@@ -513,7 +516,7 @@ def test_report_builds_without_notebook_06_and_says_so():
     assert "## Beyond the paper" in text and "Not run yet: notebook `06_beyond_the_paper`" in text
 
 
-FIGURES, TABLES = beyond.output_names()
+FIGURES, TABLES = common.output_names()
 
 
 @pytest.fixture(scope="module")
@@ -547,10 +550,10 @@ def test_notebook_06_leaves_every_figure_table_and_report_section(notebook_run_r
     effect = {(c["classifier"], c["crop"]): c for c in summary["copy_effect"]}
     paper_test = np.mean(summary["copies"]["paper"]["n_test"])
     for key in ((leakage.CNN_LABEL, False), (leakage.CNN_LABEL, True), ("ResNet50", False),
-                (leakage.PROBE_LABEL, False)):
+                (probe.PROBE_LABEL, False)):
         c = effect[key]
         assert c["n_copy"] + c["n_no_copy"] == paper_test and c["n_copy"] > 0, c
-    assert effect[(leakage.PROBE_LABEL, False)]["accuracy_copy"] == 1.0  # it matches pictures
+    assert effect[(probe.PROBE_LABEL, False)]["accuracy_copy"] == 1.0  # it matches pictures
     copies = pd.read_csv(results / "table_leakage_copies.csv")
     assert len(copies) == len(effect) and "accuracy_no_copy" in copies
     assert "with a copy in train vs" in report and "upper bound" not in report
@@ -574,8 +577,7 @@ def test_notebook_06_leaves_every_figure_table_and_report_section(notebook_run_r
 def test_leakage_study_trains_each_cell_once_and_resumes(tiny_twin, monkeypatch):
     """The orchestration, with training replaced by a constant classifier."""
     from ecgpaper import paths
-    from ecgpaper.evaluation import predictions_table
-    from ecgpaper.training import append_record
+    from ecgpaper.runs.store import append_record, predictions_table
 
     calls = []
 
@@ -602,7 +604,7 @@ def test_leakage_study_trains_each_cell_once_and_resumes(tiny_twin, monkeypatch)
     reps = study["replicates"]
     assert len(reps) == len(calls) + 2 * (3 + 2)  # one row per CNN run, one probe row per cell
     cnn = reps[reps["classifier"] == leakage.CNN_LABEL]
-    from ecgpaper.splits import read_manifest
+    from ecgpaper.data.splits import read_manifest
 
     for row in cnn.to_dict("records"):  # always "MI": the accuracy is the test set's share of MI
         man = read_manifest(study["dataset"], row["protocol"], row["split_seed"])
@@ -613,7 +615,7 @@ def test_leakage_study_trains_each_cell_once_and_resumes(tiny_twin, monkeypatch)
     assert (reps.loc[reps["protocol"] == "paper", "test_exact_copy_in_train"] > 0).all()
     leakage.run_leakage("smoke", tiny_twin, n_seeds=2, log=_quiet)
     assert len(calls) == 14  # everything reused
-    from ecgpaper.experiments import experiment_file
+    from ecgpaper.runs.store import experiment_file
 
     recorded = json.loads(experiment_file("leakage", study["dataset"], "smoke").read_text())
     assert recorded["run_ids"] == study["run_ids"] and len(set(recorded["run_ids"])) == 14

@@ -6,15 +6,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ecgpaper import splits as splits_mod
-from ecgpaper.audit import run_audit, write_audit
 from ecgpaper.config import CLASS_CODES, KAGGLE_CLASS_FOLDERS, SPLIT_FRACTIONS
-from ecgpaper.data import prepare_data
-from ecgpaper.discovery import class_of_folder, discover, is_stray, parse_class_map
+from ecgpaper.data import splits as splits_mod
+from ecgpaper.data.audit import run_audit, write_audit
+from ecgpaper.data.discovery import class_of_folder, discover, is_stray, parse_class_map
+from ecgpaper.data.inventory import build_inventory, read_inventory, write_inventory
+from ecgpaper.data.prepare import prepare_data
+from ecgpaper.data.preprocess import PreprocessSettings, build_cache, crop_box, load_image
+from ecgpaper.data.splits import make_manifest
 from ecgpaper.errors import UserError
-from ecgpaper.inventory import build_inventory, read_inventory, write_inventory
-from ecgpaper.preprocess import PreprocessSettings, build_cache, crop_box, load_image
-from ecgpaper.splits import make_manifest
 
 
 # ---------------------------------------------------------------- class names
@@ -103,7 +103,7 @@ def test_inventory_round_trips_and_reuses_unchanged_rows(real_like_tree, monkeyp
     write_inventory(inv, "kaggle-archive", d)
     back = read_inventory("kaggle-archive")
     pd.testing.assert_frame_equal(back[["path", "sha256", "readable"]], inv[["path", "sha256", "readable"]])
-    import ecgpaper.inventory as inv_mod
+    import ecgpaper.data.inventory as inv_mod
     monkeypatch.setattr(inv_mod, "inspect_file", lambda p: pytest.fail("row was not reused"))
     again = build_inventory(d, previous=back, workers=1, progress=False)
     assert list(again["sha256"]) == list(inv["sha256"])
@@ -252,7 +252,7 @@ def test_prepare_data_on_a_given_root_writes_every_output(real_like_tree, projec
 def test_inventory_made_with_another_hash_method_is_not_reused(real_like_tree):
     import json as _json
 
-    from ecgpaper.inventory import inventory_path, previous_inventory
+    from ecgpaper.data.inventory import inventory_path, previous_inventory
 
     d = discover(real_like_tree)
     write_inventory(build_inventory(d, workers=1, progress=False), "arch", d)
@@ -313,7 +313,7 @@ def _phash_files():
 
 
 def test_a_chain_of_near_duplicates_lands_in_one_group():
-    from ecgpaper.audit import assign_groups
+    from ecgpaper.data.audit import assign_groups
 
     files = assign_groups(_phash_files(), threshold=20).set_index("path")
     assert files.loc["a.jpg", "group"] == files.loc["b.jpg", "group"] == files.loc["c.jpg", "group"]
@@ -325,7 +325,7 @@ def test_a_chain_of_near_duplicates_lands_in_one_group():
 
 
 def test_threshold_check_shows_the_histogram_largest_group_and_label_crossings(project_root):
-    from ecgpaper.audit import phash_distance_counts, run_audit, write_threshold_check
+    from ecgpaper.data.audit import phash_distance_counts, run_audit, write_threshold_check
 
     audit = run_audit(_phash_files(), threshold=20)
     counts = phash_distance_counts(audit.files).set_index("distance")
@@ -352,7 +352,7 @@ def test_large_images_are_reduced_before_conversion_with_the_same_picture(tmp_pa
     """decode_reduced shrinks a 1600 x 1200 page right after decoding (by 9 for a 64 px
     input: at least twice the input size is kept); the result matches converting the
     full page first, then resizing."""
-    from ecgpaper.preprocess import decode_reduced
+    from ecgpaper.data.preprocess import decode_reduced
 
     rng = np.random.default_rng(0)
     blocks = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)  # big flat patches of colour

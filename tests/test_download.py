@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from ecgpaper.config import KAGGLE_DATASET
-from ecgpaper.download import (DOWNLOAD_MARKER, download_kaggle, is_downloaded,
-                               kaggle_credentials_present)
-from ecgpaper.discovery import discover
+from ecgpaper.data.discovery import discover
+from ecgpaper.data.download import DOWNLOAD_MARKER, download_kaggle, is_downloaded, kaggle_credentials_present
 from ecgpaper.errors import UserError
 
 

@@ -1,4 +1,4 @@
-"""Test metrics, intervals, run summaries and McNemar (ecgpaper.evaluation)."""
+"""Test metrics, intervals, run summaries and McNemar (ecgpaper.metrics)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,8 @@ import pytest
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from ecgpaper.config import CLASS_CODES
-from ecgpaper.evaluation import evaluate_predictions, mcnemar, mean_std, predictions_table
+from ecgpaper.metrics import evaluate_predictions, mcnemar, mean_std
+from ecgpaper.runs.store import predictions_table
 
 # A hand-made test set: 10 images, classes MI=0, HMI=1, HB=2, NORM=3.
 Y_TRUE = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 3])
@@ -144,5 +145,5 @@ def test_mcnemar_known_case():
 
 
 def test_imports_without_tensorflow():
-    code = "import sys, ecgpaper.evaluation; assert 'tensorflow' not in sys.modules"
+    code = "import sys, ecgpaper.metrics; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

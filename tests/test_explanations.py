@@ -1,4 +1,4 @@
-"""Grad-CAM (ecgpaper.explanations, the interpretability the paper's section
+"""Grad-CAM (ecgpaper.model.gradcam, the interpretability the paper's section
 5.2 found missing): shapes and range, the backbones built by build_model,
 and a model whose decision depends on a known image region gets its heat there."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from ecgpaper.errors import UserError
-from ecgpaper.explanations import gradcam, gradcam_model, heat_fraction_in_box, overlay
-from ecgpaper.models import LAST_CONV_LAYER, build_model
+from ecgpaper.model.backbones import LAST_CONV_LAYER, build_model
+from ecgpaper.model.gradcam import gradcam, gradcam_model, heat_fraction_in_box, overlay
 
 SIZE = 32
 SQUARE = 8

@@ -1,4 +1,4 @@
-"""Model builders (ecgpaper.models): head, Grad-CAM reachability, trainability,
+"""Model builders (ecgpaper.model.backbones): head, Grad-CAM reachability, trainability,
 offline ImageNet handling and weights given by path. Tiny 32 px models."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
-from ecgpaper import models
 from ecgpaper.errors import UserError
-from ecgpaper.models import LAST_CONV_LAYER, MODEL_NAMES, build_model, weights_status
+from ecgpaper.model import backbones as models
+from ecgpaper.model.backbones import LAST_CONV_LAYER, MODEL_NAMES, build_model, weights_status
 
 SIZE = 32  # the smallest input every backbone accepts
 
@@ -223,7 +223,7 @@ def test_bad_weight_paths_are_user_errors(tmp_path):
 def test_finetune_top_trains_only_the_top_block_and_the_head(name):
     """The transfer recipe's fine-tune phase (docs/training_recipe.md): layers from
     TOP_BLOCK_START on train, everything below is frozen, BatchNorm stays frozen."""
-    from ecgpaper.models import TOP_BLOCK_START, backbone_layers
+    from ecgpaper.model.backbones import TOP_BLOCK_START, backbone_layers
 
     model = build_model(name, image_size=SIZE, weights="none", head="standardized",
                         finetune="top", bn_mode="frozen")
@@ -241,7 +241,7 @@ def test_batchnorm_calibration_gives_a_frozen_random_backbone_usable_features():
     """Random MobileNetV2 in inference mode (BatchNorm mean 0, variance 1) shrinks
     every image to ~1e-12; after calibrate_batchnorm its pooled features differ
     between images, and no trainable weight changed."""
-    from ecgpaper.models import calibrate_batchnorm
+    from ecgpaper.model.backbones import calibrate_batchnorm
 
     keras.utils.set_random_seed(0)
     model = build_model("MobileNetV2", image_size=SIZE, weights="none", finetune="none", bn_mode="frozen")

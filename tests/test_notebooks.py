@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import smoke_notebook_run
 from ecgpaper.report import paper_numbers
+
+from conftest import smoke_notebook_run
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 EXPECTED_NOTEBOOKS = ["00_download", "01_preprocess", "02_baseline", "03_grid_search",
@@ -110,9 +111,10 @@ def test_notebooks_02_to_06_end_with_an_interpretation_computed_from_the_results
 
 
 def test_the_interpretations_quote_this_runs_numbers(smoke_run_root, monkeypatch):
-    from conftest import point_paths
     from ecgpaper import narrative
-    from ecgpaper.experiments import experiment_runs
+    from ecgpaper.runs.store import experiment_runs
+
+    from conftest import point_paths
 
     point_paths(monkeypatch, smoke_run_root)
     dataset, profile = "synthetic-smoke", "smoke"

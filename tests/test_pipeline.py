@@ -4,14 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecgpaper.audit import run_audit
 from ecgpaper.config import CLASS_CODES
-from ecgpaper.discovery import discover
+from ecgpaper.data.audit import run_audit
+from ecgpaper.data.discovery import discover
+from ecgpaper.data.inventory import build_inventory
+from ecgpaper.data.preprocess import PreprocessSettings, build_cache
+from ecgpaper.data.splits import make_manifest
 from ecgpaper.errors import UserError
-from ecgpaper.inventory import build_inventory
-from ecgpaper.pipeline import make_dataset, subset_arrays
-from ecgpaper.preprocess import PreprocessSettings, build_cache
-from ecgpaper.splits import make_manifest
+from ecgpaper.model.pipeline import make_dataset, subset_arrays
 
 
 @pytest.fixture

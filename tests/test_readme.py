@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from ecgpaper.cli import build_parser
 from ecgpaper.readme import profile_table, weights_table

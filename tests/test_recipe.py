@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecgpaper import experiments, sanity
-from ecgpaper.data import prepare_data
-from ecgpaper.experiments import experiment_configs, load_run_data, resolve_scaling, resolve_weights
-from ecgpaper.models import build_model
-from ecgpaper.training import RunConfig, head_model, top_block_split
+from ecgpaper.data.prepare import prepare_data
+from ecgpaper.model.backbones import build_model
+from ecgpaper.runs import experiments, sanity
+from ecgpaper.runs.experiments import experiment_configs, load_run_data, resolve_scaling, resolve_weights
+from ecgpaper.runs.training import RunConfig, head_model, top_block_split
 
 keras = pytest.importorskip("keras")
 
@@ -56,7 +56,7 @@ def test_training_the_top_block_on_cached_activations_makes_the_same_update_as_o
     """The transfer recipe trains the top block and head on the frozen layers' cached
     outputs: one full-batch Adam step from the same weights must give the same model
     as the step on the images (nothing below the top block trains, nothing is augmented)."""
-    from ecgpaper.models import calibrate_batchnorm
+    from ecgpaper.model.backbones import calibrate_batchnorm
 
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 1, (8, 32, 32, 3)).astype("float32")
@@ -83,7 +83,7 @@ def test_the_head_normalization_keeps_a_dead_feature_from_exploding():
     """A channel constant on the training images (variance 0) would be divided by
     ~0 on a new image (seen: validation loss 306 on the grouped split); its
     variance is floored at NORM_VARIANCE_FLOOR x the mean variance."""
-    from ecgpaper.models import NORM_VARIANCE_FLOOR, fit_head_normalization
+    from ecgpaper.model.backbones import NORM_VARIANCE_FLOOR, fit_head_normalization
 
     model = build_model("VGG16", image_size=32, weights="none", head="standardized", finetune="none")
     rng = np.random.default_rng(0)
@@ -128,7 +128,7 @@ def test_shuffled_label_control_stays_at_chance_and_is_labelled(smoke_data, monk
     lo, hi = control["test_ci95"]
     assert lo <= control["majority_rate"] <= hi
     # the control is a run of its own, labelled as such
-    from ecgpaper.experiments import load_run
+    from ecgpaper.runs.store import load_run
 
     run = load_run(prepared.dataset, "smoke", control["run_id"])
     assert run["config"]["label_control"] == "shuffled"
@@ -136,7 +136,7 @@ def test_shuffled_label_control_stays_at_chance_and_is_labelled(smoke_data, monk
 
 
 def test_weights_auto_falls_back_in_order_and_says_so(monkeypatch):
-    import ecgpaper.weights as w
+    import ecgpaper.model.weights as w
 
     said = []
     monkeypatch.setattr(experiments, "_RESOLVED", {})
@@ -169,7 +169,7 @@ def test_stand_in_loads_into_the_vgg16_backbone(tmp_path, monkeypatch):
     """build_model(weights=<stand-in key>) loads the stand-in's conv layers."""
     import h5py
 
-    import ecgpaper.weights as w
+    import ecgpaper.model.weights as w
 
     base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
     f = tmp_path / "standin.weights.h5"

@@ -11,8 +11,7 @@ import json
 import nbformat
 import pytest
 
-from ecgpaper import paths
-from ecgpaper.download import DOWNLOAD_MARKER
+from ecgpaper.data.download import DOWNLOAD_MARKER
 from ecgpaper.errors import UserError
 from ecgpaper.runner import run_notebooks
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from ecgpaper.config import CLASS_CODES, FILE_PREFIXES, HEADER_CROP_FRACTIONS, KAGGLE_CLASS_FOLDERS
-from ecgpaper.synthetic import (
+from ecgpaper.data.synthetic import (
     MARKER_FILE,
     SAMPLE_RATE_HZ,
     _simulate_leads,

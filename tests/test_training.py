@@ -12,12 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import point_paths
 from ecgpaper.config import PROFILES
 from ecgpaper.errors import UserError
-from ecgpaper.experiments import (EXPERIMENTS, experiment_configs, export_best, read_export,
-                                  run_experiment)
-from ecgpaper.training import RunConfig, append_record, read_registry, registry_path
+from ecgpaper.runs.experiments import EXPERIMENTS, experiment_configs, run_experiment
+from ecgpaper.runs.export import export_best, read_export
+from ecgpaper.runs.store import append_record, read_registry, registry_path
+from ecgpaper.runs.training import RunConfig
+
+from conftest import point_paths
 
 SMOKE = dict(profile="smoke", verbose=0, log=lambda *_: None)
 
@@ -87,7 +89,7 @@ def test_a_smoke_run_writes_every_artifact(smoke_baseline):
         assert abs(pred["correct"].mean() - m["accuracy"]) < 1e-9
         # the recorded metrics and interval are those of the recorded predictions
         from ecgpaper.config import CLASS_CODES
-        from ecgpaper.evaluation import evaluate_predictions
+        from ecgpaper.metrics import evaluate_predictions
 
         y = pred["true"].map(CLASS_CODES.index).to_numpy()
         again = evaluate_predictions(y, pred[[f"p_{c}" for c in CLASS_CODES]].to_numpy(),
@@ -215,7 +217,7 @@ def _registered_run(run_id, protocol, split_seed, **metrics):
 
 
 def test_export_ranks_by_validation_within_one_protocol_and_never_by_test(tmp_path):
-    from ecgpaper.experiments import selection_key
+    from ecgpaper.runs.export import selection_key
 
     quiet = dict(log=lambda *_: None, dest=tmp_path)
     # the leaky paper split's best validation accuracy and the best test accuracy must not win

@@ -1,4 +1,4 @@
-"""The one verdict rule of REPORT.md (ecgpaper.verdicts) on constructed cases:
+"""The one verdict rule of REPORT.md (ecgpaper.studies.verdicts) on constructed cases:
 an exact replication of the paper's five-run table (section 5.4) on a new
 split is "consistent", a shortfall of 0.05 is "lower", and runs that do not
 follow the paper's protocol get "n/a" with the reason."""
@@ -7,10 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecgpaper.beyond import METRIC_NAMES, bootstrap_sets, scores
-from ecgpaper.config import EQUIVALENCE_MARGIN, PAPER_RESULTS, PAPER_TEST_IMAGES
-from ecgpaper.verdicts import (compare_with_paper, outcome, paired_outcome, paper_seed_spread,
-                               protocol_differences, verdict_text)
+from ecgpaper.config import EQUIVALENCE_MARGIN, PAPER_METRICS, PAPER_RESULTS, PAPER_TEST_IMAGES
+from ecgpaper.metrics import bootstrap_sets, scores
+from ecgpaper.studies.verdicts import (
+    compare_with_paper,
+    outcome,
+    paired_outcome,
+    paper_seed_spread,
+    protocol_differences,
+    verdict_text,
+)
 
 PAPER_CONFIG = {"profile": "paper", "weights": "imagenet", "protocol": "paper", "image_size": 224}
 
@@ -36,7 +42,7 @@ def simulated_five_runs(rng, true_accuracy: float, n_test: int = PAPER_TEST_IMAG
 def verdicts_of(sets, n_bootstrap=1000, seed=0) -> dict:
     boot = bootstrap_sets(sets, n_bootstrap=n_bootstrap, seed=seed, paired=True)
     out = {}
-    for k, metric in enumerate(METRIC_NAMES):
+    for k, metric in enumerate(PAPER_METRICS):
         ours = float(np.mean([scores(y, p)[k] for y, p, _ in sets]))
         paper = PAPER_RESULTS["multirun"][metric][0]
         out[metric] = compare_with_paper(boot[:, k], paper, ours=ours, n_test=len(sets[0][0]),
@@ -50,7 +56,7 @@ def test_an_exact_replication_of_the_five_run_table_on_a_new_split_is_consistent
     acc = float(np.mean([scores(y, p)[0] for y, p, _ in sets]))
     assert abs(acc - 0.9758) < 0.015  # it is an exact replication: a new test set, same truth
     result = verdicts_of(sets)
-    assert {m: r["outcome"] for m, r in result.items()} == {m: "consistent" for m in METRIC_NAMES}
+    assert {m: r["outcome"] for m, r in result.items()} == {m: "consistent" for m in PAPER_METRICS}
     for r in result.values():
         assert r["ci95"][0] < 0 < r["ci95"][1] and r["se_paper"] > r["se_ours"] * 0.9
 

@@ -1,5 +1,5 @@
 """The web service (paper section 3.4) through real HTTP: gunicorn started by
-``ecgpaper.serve.serve`` on a free loopback port, serving a tiny model trained
+``ecgpaper.serve.server.serve`` on a free loopback port, serving a tiny model trained
 here on the synthetic twin. Happy path with Grad-CAM (section 5.2), auth,
 other users' records, throttling, every bad input, odd valid images, no model,
 and persistence across a restart; then the hardening of section 5.3: login
@@ -9,7 +9,7 @@ stripped from stored copies, the auditor role, token expiry and revocation,
 retention, CSP and no-store headers, the deployment checks.
 
 The main server's tests run twice: on SQLite and on a throw-away PostgreSQL
-(``ecgpaper.devdb``: Debian's initdb/pg_ctl, loopback port, temporary folder),
+(``ecgpaper.serve.devdb``: Debian's initdb/pg_ctl, loopback port, temporary folder),
 the database webapp/README.md recommends; two instances on one PostgreSQL
 database must lose no concurrent upload, share each user's throttle and see
 each other's records.
@@ -41,9 +41,10 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import point_paths
 from ecgpaper.config import CLASS_CODES, CLASS_NAMES
-from ecgpaper.experiments import run_experiment
+from ecgpaper.runs.experiments import run_experiment
+
+from conftest import point_paths
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +64,7 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def ecg_page(seed: int = 0, size=(1106, 786)) -> Image.Image:
-    from ecgpaper.synthetic import render_page
+    from ecgpaper.data.synthetic import render_page
 
     return render_page(CLASS_CODES[seed % 4], np.random.default_rng(seed), size,
                        patient_id=f"T{seed:04d}", date="2024-01-01 10:00")
@@ -147,7 +148,7 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """``ecgpaper.serve.serve`` (migrate, collectstatic, gunicorn) in a subprocess."""
+    """``ecgpaper.serve.server.serve`` (migrate, collectstatic, gunicorn) in a subprocess."""
 
     def __init__(self, root: Path, env: dict, workers: int = 2):
         self.root, self.workers = root, workers
@@ -165,7 +166,7 @@ class LiveServer:
     def start(self) -> "LiveServer":
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        code = f"from ecgpaper.serve import serve; serve('127.0.0.1', {self.port}, {self.workers})"
+        code = f"from ecgpaper.serve.server import serve; serve('127.0.0.1', {self.port}, {self.workers})"
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=self.env,
@@ -242,7 +243,7 @@ def frontend_dist(tmp_path_factory) -> Path:
 def postgres():
     """A throw-away PostgreSQL server for this module (``TempPostgres.database_url``
     makes one database per web server)."""
-    from ecgpaper.devdb import INSTALL_HINT, TempPostgres, find_pg_bin
+    from ecgpaper.serve.devdb import INSTALL_HINT, TempPostgres, find_pg_bin
 
     if find_pg_bin() is None:
         pytest.skip(f"PostgreSQL is not installed: {INSTALL_HINT}")
@@ -429,7 +430,7 @@ def test_happy_path_classification_with_heat_map(server, users, exported_model):
     assert inline.format == "PNG" and inline.size == (64, 64)  # over the 64 px model input
 
     # the same answer as the Classifier in this process (serving = training preprocessing)
-    from ecgpaper.inference import Classifier
+    from ecgpaper.serve.inference import Classifier
 
     local = Classifier(exported_model).classify(page)
     assert local["class_code"] == body["class_code"]
@@ -592,7 +593,7 @@ def test_records_survive_a_restart(server, users):
 def test_serve_subcommand_arguments():
     import argparse
 
-    from ecgpaper.serve import add_serve_parser
+    from ecgpaper.serve.server import add_serve_parser
 
     parser = argparse.ArgumentParser()
     add_serve_parser(parser.add_subparsers(dest="command"))
@@ -603,7 +604,7 @@ def test_serve_subcommand_arguments():
 
 
 def test_classifier_refuses_missing_or_altered_models(exported_model, tmp_path):
-    from ecgpaper.inference import Classifier, ModelUnavailable
+    from ecgpaper.serve.inference import Classifier, ModelUnavailable
 
     with pytest.raises(ModelUnavailable) as err:
         Classifier(tmp_path)
@@ -931,7 +932,7 @@ def test_retention_command_purges_old_records(server, users):
 def test_serve_prints_the_deployment_checks_beyond_loopback(tmp_path, host, checked):
     # serve() up to the point where it would exec gunicorn: nothing is bound
     code = ("import os, sys; os.execve = lambda *a: print('would exec gunicorn', file=sys.stderr); "
-            f"from ecgpaper.serve import serve; serve({host!r}, 8000, 1)")
+            f"from ecgpaper.serve.server import serve; serve({host!r}, 8000, 1)")
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          timeout=300, env={**env, "ECGPAPER_ROOT": str(tmp_path), "ECGWEB_SECRET_KEY": ""})
@@ -946,7 +947,7 @@ def test_serve_prints_the_deployment_checks_beyond_loopback(tmp_path, host, chec
 
 def test_stored_copy_can_blank_the_header_band():
     from ecgpaper.config import HEADER_CROP_FRACTIONS
-    from ecgpaper.inference import stored_copy
+    from ecgpaper.serve.inference import stored_copy
 
     page = ecg_page(16, (1106, 786))
     top = round(HEADER_CROP_FRACTIONS[1] * page.height)

@@ -1,5 +1,5 @@
 """The React page (paper section 3.4, Fig. 4) in a real browser: Debian's headless
-Chromium, driven by Playwright, against a live server (``ecgpaper.serve``:
+Chromium, driven by Playwright, against a live server (``ecgpaper.serve.server``:
 Django + gunicorn) serving a tiny model trained on the synthetic twin.
 
 Sign in, upload a twin ECG image, see its class, four probability bars and the
@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import point_paths
 from ecgpaper.config import CLASS_NAMES
+
+from conftest import point_paths
 
 REPO = Path(__file__).resolve().parents[1]
 FRONTEND = REPO / "webapp" / "frontend"
@@ -41,7 +42,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def trained_root(tmp_path_factory) -> Path:
     """A project root holding the synthetic twin and an exported smoke model (~40 s)."""
-    from ecgpaper.experiments import run_experiment
+    from ecgpaper.runs.experiments import run_experiment
 
     root = tmp_path_factory.mktemp("webapp-browser")
     mp = pytest.MonkeyPatch()
@@ -82,7 +83,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def web_server(trained_root, frontend_dist):
-    """``ecgpaper.serve.serve`` (migrate, collectstatic, gunicorn) with the smoke model,
+    """``ecgpaper.serve.server.serve`` (migrate, collectstatic, gunicorn) with the smoke model,
     plus a user to sign in with; yields the base URL."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
     env.update(ECGPAPER_ROOT=str(trained_root), ECGWEB_SECRET_KEY="browser-test-key",
@@ -92,7 +93,7 @@ def web_server(trained_root, frontend_dist):
     log_path = trained_root / "server.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-c", f"from ecgpaper.serve import serve; serve('127.0.0.1', {port}, 1)"],
+            [sys.executable, "-c", f"from ecgpaper.serve.server import serve; serve('127.0.0.1', {port}, 1)"],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180

@@ -1,4 +1,4 @@
-"""Where backbone weights come from (ecgpaper.weights): Keras's ImageNet notop
+"""Where backbone weights come from (ecgpaper.model.weights): Keras's ImageNet notop
 files and the HED stand-in for VGG16, fetched from a loopback HTTP server (no
 test reaches the internet; expected hashes are set to the fake files'), and the
 stand-in loaded into a real Keras VGG16."""
@@ -19,12 +19,22 @@ import h5py
 import numpy as np
 import pytest
 
-from ecgpaper import models, weights
 from ecgpaper.cli import main
 from ecgpaper.errors import UserError
-from ecgpaper.weights import (STANDINS, WeightsUnreachable, ensure_imagenet, ensure_standin,
-                              fetch_imagenet, fetch_standin, load_standin, standin_for,
-                              standin_status, weights_status)
+from ecgpaper.model import backbones as models
+from ecgpaper.model import weights
+from ecgpaper.model.weights import (
+    STANDINS,
+    WeightsUnreachable,
+    ensure_imagenet,
+    ensure_standin,
+    fetch_imagenet,
+    fetch_standin,
+    load_standin,
+    standin_for,
+    standin_status,
+    weights_status,
+)
 
 KEY = "hed-bsds500"
 VGG16_CONVS = [[(3, 64), (64, 64)], [(64, 128), (128, 128)], [(128, 256), (256, 256), (256, 256)],

@@ -1,4 +1,4 @@
-"""App config: holds the one :class:`ecgpaper.inference.Classifier` of this process."""
+"""App config: holds the one :class:`ecgpaper.serve.inference.Classifier` of this process."""
 from __future__ import annotations
 
 import logging
@@ -32,7 +32,7 @@ class ClassifierConfig(AppConfig):
 
     def _export_stamp(self):
         """(mtime, size) of the export's metadata and model files: a new export changes it."""
-        from ecgpaper.experiments import EXPORT_NAME
+        from ecgpaper.runs.export import EXPORT_NAME
 
         stamp = []
         for name in (f"{EXPORT_NAME}.json", f"{EXPORT_NAME}.keras"):
@@ -51,7 +51,7 @@ class ClassifierConfig(AppConfig):
         reload, and never takes the worker down."""
         if self._classifier is not None:
             return self._classifier
-        from ecgpaper.inference import Classifier, ModelUnavailable
+        from ecgpaper.serve.inference import Classifier, ModelUnavailable
 
         with self._lock:
             if self._classifier is None:
@@ -77,7 +77,7 @@ class ClassifierConfig(AppConfig):
 
     def preload(self) -> None:
         """Load the model now; a missing one is logged (the API answers 503 until one exists)."""
-        from ecgpaper.inference import ModelUnavailable
+        from ecgpaper.serve.inference import ModelUnavailable
 
         try:
             self.get_classifier()

@@ -19,8 +19,8 @@ from django.contrib.auth import authenticate, login, logout
 from django.core.files.base import ContentFile
 from django.http import FileResponse, HttpResponse
 from django.middleware.csrf import get_token
-from django.views.decorators.csrf import ensure_csrf_cookie
 from django.utils.decorators import method_decorator
+from django.views.decorators.csrf import ensure_csrf_cookie
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
@@ -32,14 +32,22 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ecgpaper.inference import InvalidImage, ModelUnavailable, decode_upload, stored_copy
+from ecgpaper.serve.inference import InvalidImage, ModelUnavailable, decode_upload, stored_copy
 
 from .errors import ApiError
 from .models import Classification
 from .security import LoginRateThrottle, UploadRateThrottle, UserRateThrottle
-from .serializers import (ClassificationCreatedSerializer, ClassificationSerializer, CsrfSerializer,
-                          ErrorSerializer, HealthSerializer, LoginSerializer, ModelInfoSerializer,
-                          UploadSerializer, UserSerializer)
+from .serializers import (
+    ClassificationCreatedSerializer,
+    ClassificationSerializer,
+    CsrfSerializer,
+    ErrorSerializer,
+    HealthSerializer,
+    LoginSerializer,
+    ModelInfoSerializer,
+    UploadSerializer,
+    UserSerializer,
+)
 
 #: the permission that lets a user read every user's records (the "auditor" group has it)
 VIEW_ALL = "classifier.view_all_classifications"

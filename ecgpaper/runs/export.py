@@ -1,0 +1,176 @@
+"""The exported model and its metadata: the one contract between the pipeline
+and the web service (paper section 3.6, Fig. 4).
+
+``models/ecg_classifier.keras`` beside ``models/ecg_classifier.json``: the class
+names in order, the input size, the preprocessing (scaling, fit, crop and its
+version), the dataset and profile, the run, its test metrics and the sha256 of
+the model file. :func:`export_best` writes them from the best finished run,
+:func:`write_export` from any model file (the serving benchmark's untrained
+VGG16), and :func:`verified_export` is what the service calls before loading:
+every key present, the file there and matching its sha256, and the
+preprocessing version this package serves.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from ecgpaper import __version__, paths
+from ecgpaper.config import CLASS_CODES, CLASS_NAMES, PAPER_METRICS
+from ecgpaper.data.preprocess import PREPROCESS_VERSION
+from ecgpaper.errors import UserError
+from ecgpaper.runs.store import read_registry, run_folder
+
+EXPORT_NAME = "ecg_classifier"
+
+#: protocols the export looks in, in order of preference: ``grouped`` first, whose
+#: validation set holds no copies of training images (the ``paper`` split's does,
+#: which would favour the runs that memorise copies best)
+EXPORT_PROTOCOLS = ("grouped", "paper", "kaggle")
+
+#: metadata keys the classifier and the web service read
+METADATA_KEYS = ("model_file", "model_sha256", "model", "run_id", "class_codes", "class_names",
+                 "input_size", "preprocessing", "dataset", "synthetic", "profile", "protocol",
+                 "metrics", "ecgpaper_version")
+
+NO_MODEL_MESSAGE = ("No model has been exported yet: run `python -m ecgpaper export` "
+                    "(after `python -m ecgpaper run baseline`) or `./run_all.sh`.")
+
+
+class ModelUnavailable(UserError):
+    """No usable exported model in the models folder."""
+
+
+def is_synthetic(dataset: str) -> bool:
+    """True for the offline twin's dataset ids (``synthetic-<profile>``)."""
+    return dataset.startswith("synthetic")
+
+
+def selection_key(metrics: dict, run_id: str = "?", metric: str = "val_accuracy") -> tuple[float, float]:
+    """How the export ranks runs: the validation ``metric`` (higher is better), ties
+    broken by the validation loss (lower is better). Never a test metric; a run
+    without them is an error, not a silent fallback."""
+    missing = [k for k in (metric, "val_loss") if metrics.get(k) is None]
+    if missing:
+        raise UserError(f"run {run_id} has no {' or '.join(missing)} in its metrics.json, so it cannot "
+                        "be ranked without looking at the test set; retrain it with this version")
+    return float(metrics[metric]), -float(metrics["val_loss"])
+
+
+def write_export(model_src: Path, config: dict, *, run_id: str, dataset: str, profile: str,
+                 metrics: dict, selected_by: str, dest: Path | None = None) -> Path:
+    """Copy ``model_src`` to ``<dest>/ecg_classifier.keras`` (atomically) and write
+    its metadata; ``config`` is a run's config.json (model, image_size,
+    scaling, fit, crop, protocol). Returns the model file."""
+    dest = Path(dest) if dest else paths.MODELS
+    dest.mkdir(parents=True, exist_ok=True)
+    model_file = dest / f"{EXPORT_NAME}.keras"
+    tmp = dest / f".{EXPORT_NAME}.keras.tmp"
+    shutil.copyfile(model_src, tmp)
+    tmp.replace(model_file)
+    meta = {
+        "model_file": model_file.name,
+        "model_sha256": paths.file_digest(model_file),
+        "model": config["model"], "run_id": run_id,
+        "class_codes": list(CLASS_CODES), "class_names": [CLASS_NAMES[c] for c in CLASS_CODES],
+        "input_size": config["image_size"],
+        "preprocessing": {"scaling": config["scaling"], "fit": config["fit"], "crop": config["crop"],
+                          "version": PREPROCESS_VERSION},
+        "dataset": dataset, "synthetic": is_synthetic(dataset), "profile": profile,
+        "protocol": config["protocol"], "metrics": metrics, "selected_by": selected_by,
+        "ecgpaper_version": __version__, "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    paths.atomic_write_text(dest / f"{EXPORT_NAME}.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return model_file
+
+
+def export_best(dataset: str, profile: str, *, run_id: str | None = None, metric: str = "val_accuracy",
+                protocol: str | None = None, split_seed: int | None = None,
+                dest: Path | None = None, log=print) -> Path:
+    """Export the best finished run (:func:`write_export`): what the web
+    service loads, so training and serving cannot disagree.
+
+    "Best" (:func:`selection_key`) is by validation accuracy, ties broken by
+    validation loss, among runs that share one validation set: one ``protocol``
+    and ``split_seed`` (default: the first of :data:`EXPORT_PROTOCOLS` with a
+    finished run, its lowest split seed). The test set never takes part.
+    """
+    records = read_registry(dataset, profile)
+    if run_id:
+        records = [r for r in records if r["run_id"] == run_id]
+    records = [r for r in records if (run_folder(dataset, profile, r["run_id"]) / "model.keras").exists()]
+    if not records:
+        raise UserError(f"no finished run for dataset {dataset!r}, profile {profile!r}; run "
+                        f"`python -m ecgpaper run baseline --profile {profile}` first.")
+
+    def read(r, name):
+        return json.loads((run_folder(dataset, profile, r["run_id"]) / name).read_text())
+
+    configs = {r["run_id"]: read(r, "config.json") for r in records}
+    if not run_id:
+        present = {configs[r["run_id"]]["protocol"] for r in records}
+        protocol = protocol or next((p for p in EXPORT_PROTOCOLS if p in present), sorted(present)[0])
+        records = [r for r in records if configs[r["run_id"]]["protocol"] == protocol]
+        if not records:
+            raise UserError(f"no finished {protocol!r} run to export for {dataset}/{profile}; "
+                            f"protocols with runs: {', '.join(sorted(present))}")
+        seeds = {configs[r["run_id"]]["split_seed"] for r in records}
+        split_seed = min(seeds) if split_seed is None else split_seed
+        records = [r for r in records if configs[r["run_id"]]["split_seed"] == split_seed]
+        if not records:
+            raise UserError(f"no finished {protocol!r} run with split seed {split_seed}; seeds: {sorted(seeds)}")
+
+    best = max(records, key=lambda r: selection_key(read(r, "metrics.json"), r["run_id"], metric))
+    metrics, config = read(best, "metrics.json"), configs[best["run_id"]]
+    model_file = write_export(
+        run_folder(dataset, profile, best["run_id"]) / "model.keras", config, run_id=best["run_id"],
+        dataset=dataset, profile=profile,
+        metrics={k: metrics[k] for k in (*PAPER_METRICS, "ci95", "n_test")},
+        selected_by=f"{metric}, ties by val_loss, among {config['protocol']} runs of split seed "
+                    f"{config['split_seed']}", dest=dest)
+    log(f"exported {best['run_id']} ({config['model']}, test accuracy {metrics['accuracy']:.3f}"
+        f"{', SYNTHETIC twin' if is_synthetic(dataset) else ''}) -> {model_file}")
+    return model_file
+
+
+def read_export(dest: Path | None = None) -> dict:
+    """The exported model's metadata, every key of :data:`METADATA_KEYS` checked;
+    :class:`ModelUnavailable` (with what to run) when there is none or it is unusable."""
+    meta_path = (Path(dest) if dest else paths.MODELS) / f"{EXPORT_NAME}.json"
+    if not meta_path.is_file():
+        raise ModelUnavailable(NO_MODEL_MESSAGE)
+    try:
+        meta = json.loads(meta_path.read_text())
+        missing = [key for key in METADATA_KEYS if key not in meta]
+    except (ValueError, TypeError):
+        raise ModelUnavailable(f"{meta_path.name} is not valid JSON; export the model again: "
+                               "`python -m ecgpaper export`.") from None
+    if missing:
+        raise ModelUnavailable(f"{meta_path.name} lacks {', '.join(missing)}; export the model "
+                               "again with this version of ecgpaper: `python -m ecgpaper export`.")
+    return meta
+
+
+def verified_export(dest: Path | None = None) -> tuple[dict, Path]:
+    """(metadata, model file) once the export passes every check of the
+    contract: the metadata (:func:`read_export`), the model file present and
+    matching its sha256, and this package's preprocessing version."""
+    folder = Path(dest) if dest else paths.MODELS
+    meta = read_export(folder)
+    meta_name = f"{EXPORT_NAME}.json"
+    model_file = folder / Path(meta["model_file"]).name
+    if not model_file.is_file():
+        raise ModelUnavailable(f"{meta_name} names {model_file.name}, which is missing. " + NO_MODEL_MESSAGE)
+    if paths.file_digest(model_file) != meta["model_sha256"]:
+        raise ModelUnavailable(f"{model_file.name} does not match the sha256 in {meta_name} "
+                               "(a partial copy, or a model from another export). Export again: "
+                               "`python -m ecgpaper export`.")
+    version = meta["preprocessing"].get("version")
+    if version != PREPROCESS_VERSION:
+        raise ModelUnavailable(
+            f"the model was trained with preprocessing version {version}, this "
+            f"package serves version {PREPROCESS_VERSION}: retrain and export it "
+            "(`python -m ecgpaper run baseline`).")
+    return meta, model_file

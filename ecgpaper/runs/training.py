@@ -1,0 +1,583 @@
+"""Train and evaluate one run (paper sections 3.1, 3.4, 3.5, 4).
+
+A run is a :class:`RunConfig` (model, weights, batch size, learning rate,
+epochs, early stopping, seed, image size, protocol, crop, dataset, profile...)
+with a stable id derived from the config and the split manifest. It writes its
+own folder ``results/<dataset>/<profile>/runs/<id>/`` (config.json,
+history.csv with per-epoch wall time, metrics.json, confusion.csv,
+predictions.csv, environment.json, model.keras: the best validation epoch's
+weights, without optimizer state) and only then appends one
+record to the registry ``runs.jsonl``. The folder is built under a temporary
+name and renamed when complete, and a registry line is written in one
+``O_APPEND`` write and fsynced: a crash never leaves half a record, and the
+next call redoes the run.
+
+Plain Keras ``fit`` with callbacks, as in the keras.io vision examples.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ecgpaper import __version__, paths
+from ecgpaper.config import CLASS_CODES, EARLY_STOPPING_PATIENCE, PAPER_TRAIN_IMAGES
+from ecgpaper.errors import UserError
+from ecgpaper.runs.store import append_record
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run; its hash (plus the manifest's) is the run id."""
+    model: str = "VGG16"
+    weights: str = "imagenet"  # "imagenet" | "none" | path to a weights file
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    epochs: int = 20
+    early_stopping: bool = False  # section 4: the grid ran a fixed 20 epochs
+    patience: int = EARLY_STOPPING_PATIENCE
+    optimizer: str = "adam"  # "adam" (paper) | "sgd" (momentum 0.9)
+    seed: int = 0
+    image_size: int = 224
+    fit: str = "resize"
+    crop: bool = False
+    scaling: str = "rescale"  # paper: /255; or "preprocess_input"
+    protocol: str = "paper"
+    split_seed: int = 0
+    dataset: str = "synthetic-quick"
+    profile: str = "quick"
+    train_base: bool = True  # False: the backbone never trains (finetune "none")
+    dropout: float = 0.5
+    # the training recipe (config.RECIPES; docs/training_recipe.md): every deviation
+    # from the paper's protocol is one of these named settings
+    recipe: str = "paper"  # "paper": one phase, the whole network | "transfer": head, then top block
+    head: str = "paper"  # "paper" | "standardized" (Normalization fitted to the training features)
+    head_steps: int = 0  # transfer: at most this many head-phase steps on cached features
+    head_learning_rate: float = 1e-3  # transfer: Adam, head phase (profiles: 10 x learning_rate)
+    finetune: str = "all"  # backbone layers that train: "all" | "top" | "none"
+    bn_mode: str = ""  # "frozen" | "trainable"; "": frozen for pretrained weights, else trainable
+    bn_stats: str = ""  # "train_images": a random backbone's BatchNorm statistics set from them
+    weights_requested: str = ""  # what was asked ("auto"...) when it differs from ``weights``
+    label_control: str = "none"  # "shuffled": training labels permuted (sanity control)
+    paper_epochs: int = 0  # the paper's epochs for this setting, before the profile scaled them
+    limit_train_per_class: int | None = None  # smoke profile: fewer images
+    mixed_precision: bool = False
+    xla: bool = False
+    deterministic_ops: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def run_id(self, manifest_sha: str) -> str:
+        blob = json.dumps({"config": self.to_dict(), "manifest": manifest_sha}, sort_keys=True)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+        return (f"{self.model.lower()}-b{self.batch_size}-lr{self.learning_rate:.0e}"
+                f"-e{self.epochs}-s{self.seed}-{digest}")
+
+
+# --------------------------------------------------------------------------
+# environment (paper section 3.5, Fig. 5)
+# --------------------------------------------------------------------------
+
+def environment_info() -> dict:
+    import keras
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    info = {
+        "python": platform.python_version(), "platform": platform.platform(),
+        "tensorflow": tf.__version__, "keras": keras.__version__, "ecgpaper": __version__,
+        "cpu_count": os.cpu_count(), "devices": [d.name for d in tf.config.list_physical_devices()],
+        "gpus": [],
+    }
+    for i, gpu in enumerate(gpus):
+        details = tf.config.experimental.get_device_details(gpu)
+        info["gpus"].append({"name": details.get("device_name", gpu.name),
+                             "compute_capability": details.get("compute_capability")})
+    build = tf.sysconfig.get_build_info()
+    info["cuda"] = build.get("cuda_version")
+    info["cudnn"] = build.get("cudnn_version")
+    return info
+
+
+def gpu_peak_memory_mb() -> float | None:
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        return None
+    try:
+        return round(tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, 1)
+    except (ValueError, RuntimeError):
+        return None
+
+
+# --------------------------------------------------------------------------
+# one run
+# --------------------------------------------------------------------------
+
+def _epoch_timer():
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        """Adds ``epoch_seconds`` to each epoch's logs (before CSVLogger writes them)."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["epoch_seconds"] = time.perf_counter() - self._t0
+
+    return EpochTimer()
+
+
+def _optimizer(config: RunConfig):
+    import keras
+
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(config.learning_rate)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(config.learning_rate, momentum=0.9)
+    raise UserError(f"optimizer must be 'adam' or 'sgd', not {config.optimizer!r}")
+
+
+def _score(logs) -> tuple[float, float]:
+    """A validation epoch's rank key: higher accuracy first, then lower loss."""
+    return float(logs["val_accuracy"]), -float(logs["val_loss"])
+
+
+def _best_checkpoint(keep, best: tuple[float, float] | None = None, weights: list | None = None,
+                     patience: int | None = None):
+    """Keep (in memory) ``keep``'s weights of the epoch with the best validation
+    accuracy, ties broken by validation loss (paper 3.1: "a final model checkpoint,
+    representing the highest validation performance"); stop after ``patience``
+    epochs without a better one. ``best``/``weights``: the best so far from an
+    earlier phase. After ``fit``, the callback's ``kept`` are the best epoch's weights.
+
+    Hand-written because Keras's ModelCheckpoint and EarlyStopping monitor one
+    quantity: by accuracy alone, ties (46 validation images) keep the first epoch;
+    by loss alone, a collapsed model predicting 1/4 everywhere (loss 1.386) beats
+    an accurate but overconfident one. In memory, not a file: writing the model
+    at every better epoch cost more than the head phase's steps.
+    """
+    import keras
+
+    class BestCheckpoint(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best, self.kept, self.wait = best, weights, 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            score = _score(logs)
+            if self.best is None or score > self.best:
+                self.best, self.wait = score, 0
+                self.kept = keep.get_weights()
+            else:
+                self.wait += 1
+                if patience is not None and self.wait >= patience:
+                    self.model.stop_training = True
+
+    return BestCheckpoint()
+
+
+def _best_row(hist: pd.DataFrame) -> int:
+    """Index of the history row the best checkpoint holds (see :func:`_best_checkpoint`);
+    the first of equal rows, as the callback keeps the first."""
+    return max(range(len(hist)), key=lambda i: _score(hist.iloc[i]))
+
+
+@dataclass
+class RunData:
+    """The three subsets of a manifest as uint8 arrays (see pipeline.subset_arrays)."""
+    train: tuple
+    val: tuple
+    test: tuple
+    manifest_sha: str
+    extra: dict = field(default_factory=dict)
+
+
+def paper_steps(batch_size: int, paper_epochs: int, n_train: int = PAPER_TRAIN_IMAGES) -> int:
+    """Optimizer steps of the paper's run with this batch size and epoch count (3.1, 4)."""
+    return math.ceil(n_train / batch_size) * paper_epochs
+
+
+def _frozen_fingerprint(model, config: RunConfig) -> str:
+    """A cheap digest of the frozen layers' first and last weights (below the top
+    block): cached activations are reused only by an identical frozen part (same
+    weights source, same random initialisation, same BatchNorm statistics)."""
+    from ecgpaper.model.backbones import TOP_BLOCK_START, backbone_layers
+
+    layers = backbone_layers(model)
+    names = [layer.name for layer in layers]
+    frozen = [layer for layer in layers[:names.index(TOP_BLOCK_START[config.model])] if layer.weights]
+    h = hashlib.sha256()
+    for layer in (frozen[0], frozen[-1]):
+        for w in layer.get_weights():
+            h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()[:16]
+
+
+def top_block_split(model, config: RunConfig):
+    """``(below, above)``: the model cut at the input of the backbone's top block
+    (``models.top_block_input``), two models sharing ``model``'s layers. ``below``
+    is what the transfer recipe keeps frozen; ``above`` (top block and head) is what
+    it trains, on ``below``'s cached outputs."""
+    import keras
+
+    from ecgpaper.model.backbones import top_block_input
+
+    cut = top_block_input(model, config.model)
+    return keras.Model(model.input, cut), keras.Model(cut, model.output)
+
+
+#: frozen-part activations of the last few (backbone, images) pairs, in memory:
+#: the grid's six VGG16 runs in one notebook share one forward pass
+_ACTIVATIONS: dict[str, list[np.ndarray]] = {}
+_ACTIVATIONS_KEPT = 2
+
+
+def frozen_activations(model, config: RunConfig, arrays: list[np.ndarray], *, batch_size: int = 32,
+                       log=print) -> list[np.ndarray]:
+    """For each uint8 image array, the frozen part's output (the top block's input),
+    computed in inference mode once per backbone and images.
+
+    With the backbone frozen below its top block and no augmentation, these never
+    change during a run, so the transfer recipe computes them once and trains the
+    top block and head on them: the same updates as on the images (keras.io
+    transfer-learning guide, "feature extraction"), a tenth of the compute on a
+    CPU. Hand-written memo: Keras has no activation cache.
+    """
+    from ecgpaper.model.pipeline import scaling_fn
+
+    h = hashlib.sha256(json.dumps([config.model, config.scaling, config.image_size,
+                                   _frozen_fingerprint(model, config)]).encode())
+    for a in arrays:
+        h.update(hashlib.sha1(np.ascontiguousarray(a).tobytes()).digest())
+    key = h.hexdigest()
+    if key in _ACTIVATIONS:
+        return _ACTIVATIONS[key]
+    below, _ = top_block_split(model, config)
+    scale = scaling_fn(config.scaling, config.model)
+    t0 = time.perf_counter()
+    out = []
+    for a in arrays:
+        parts = [np.asarray(below(scale(a[i:i + batch_size]), training=False))
+                 for i in range(0, len(a), batch_size)]
+        out.append(np.concatenate(parts).astype(np.float32))
+    log(f"  frozen layers' outputs for {sum(len(a) for a in arrays)} images in "
+        f"{time.perf_counter() - t0:.1f} s (computed once, reused by every phase)")
+    while len(_ACTIVATIONS) >= _ACTIVATIONS_KEPT:
+        _ACTIVATIONS.pop(next(iter(_ACTIVATIONS)))
+    _ACTIVATIONS[key] = out
+    return out
+
+
+def backbone_features(model, config: RunConfig, arrays: list[np.ndarray], *, log=print) -> list[np.ndarray]:
+    """Pooled features of the frozen backbone (inference mode) for each uint8 array:
+    what the head reads (``models.head_features_layer``). The transfer recipe's
+    head phase trains on these instead of the images, so its hundreds of steps
+    take seconds on a CPU."""
+    import keras
+
+    from ecgpaper.model.backbones import head_features_layer, top_block_input
+
+    cut = top_block_input(model, config.model)
+    pooled = keras.Model(cut, model.get_layer(head_features_layer(model)).output)
+    return [np.concatenate([np.asarray(pooled(a[i:i + 64], training=False), dtype=np.float32)
+                            for i in range(0, len(a), 64)])
+            for a in frozen_activations(model, config, arrays, log=log)]
+
+
+def build_run_model(config: RunConfig, finetune: str):
+    """``models.build_model`` with a run's settings; ``finetune`` says which backbone
+    layers train (the config's, or "none" for a frozen phase)."""
+    from ecgpaper.model.backbones import build_model
+
+    return build_model(config.model, image_size=config.image_size, num_classes=len(CLASS_CODES),
+                       weights=config.weights, dropout=config.dropout, head=config.head,
+                       finetune=finetune, bn_mode=config.bn_mode or None)
+
+
+def prepare_frozen_backbone(model, config: RunConfig, images: np.ndarray, *, log=print) -> None:
+    """A random backbone run frozen (BatchNorm in inference mode) gets BatchNorm
+    statistics from the training images first (``models.calibrate_batchnorm``);
+    pretrained ones keep theirs."""
+    from ecgpaper.model.backbones import calibrate_batchnorm, is_pretrained
+    from ecgpaper.model.pipeline import scaling_fn
+
+    if config.bn_stats != "train_images" or is_pretrained(config.weights):
+        return
+    n = calibrate_batchnorm(model, scaling_fn(config.scaling, config.model)(images).numpy())
+    if n:
+        log(f"  {n} BatchNorm layers of the random {config.model} set to the training images' statistics")
+
+
+def head_model(model):
+    """The head of a model built by ``models.build_model`` as a model of its own on
+    pooled features, sharing the layers (and so the weights) with ``model``."""
+    import keras
+
+    from ecgpaper.model.backbones import head_features_layer
+
+    names = [layer.name for layer in model.layers]
+    features = head_features_layer(model)
+    start = names.index(features) + 1
+    inp = keras.Input(model.get_layer(features).output.shape[1:], name="pooled_features")
+    x = inp
+    for layer in model.layers[start:]:
+        x = layer(x)
+    return keras.Model(inp, x, name=f"{model.name}_head")
+
+
+def _history_frame(history, phase: str, steps_per_epoch: int) -> pd.DataFrame:
+    h = pd.DataFrame(history.history)
+    h.insert(0, "phase", phase)
+    h.insert(0, "epoch", np.arange(1, len(h) + 1))
+    h["steps"] = steps_per_epoch
+    return h
+
+
+def _fit_head_phase(model, config: RunConfig, features, y_tr, y_va, *, log):
+    """Transfer recipe, phase 1: the head alone on the cached features, Adam at
+    ``head_learning_rate`` for ``head_steps`` steps; the weights of the best
+    validation epoch are kept (keras.io transfer-learning guide). Returns the
+    history and the best checkpoint (its score and the whole model's weights)."""
+    import keras
+
+    f_tr, f_va = features[0], features[1]
+    hm = head_model(model)
+    steps_per_epoch = math.ceil(len(f_tr) / config.batch_size)
+    # one compiled call per epoch: a small head's steps are cheaper than Keras's per-step overhead
+    hm.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate),
+               loss="categorical_crossentropy", metrics=["accuracy"], steps_per_execution=steps_per_epoch)
+    epochs = max(1, math.ceil(config.head_steps / steps_per_epoch))
+    n_classes = len(CLASS_CODES)
+    best = _best_checkpoint(hm)
+    history = hm.fit(f_tr, keras.utils.to_categorical(y_tr, n_classes), batch_size=config.batch_size,
+                     epochs=epochs, validation_data=(f_va, keras.utils.to_categorical(y_va, n_classes)),
+                     callbacks=[_epoch_timer(), best], verbose=0, shuffle=True)
+    hm.set_weights(best.kept)  # the head's best epoch, in the layers it shares with ``model``
+    frame = _history_frame(history, "head", steps_per_epoch)
+    row = _best_row(frame)
+    log(f"  head phase: {epochs * steps_per_epoch} steps on cached features at lr "
+        f"{config.head_learning_rate:g}; best validation epoch {row + 1}: validation accuracy "
+        f"{frame['val_accuracy'][row]:.3f}, loss {frame['val_loss'][row]:.3f}")
+    return frame, (best.best, model.get_weights())
+
+
+def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) -> dict:
+    """Train with the config's recipe, evaluate the best-validation checkpoint on the
+    test subset, write the run folder and registry record (paper 3.1, 3.5, 4)."""
+    import keras
+    import tensorflow as tf
+
+    from ecgpaper.config import HEADS, RECIPES
+    from ecgpaper.metrics import evaluate_predictions
+    from ecgpaper.model.backbones import fit_head_normalization
+    from ecgpaper.model.pipeline import make_dataset
+    from ecgpaper.progress import training_progress
+    from ecgpaper.runs.store import predictions_table
+
+    if config.recipe not in RECIPES:
+        raise UserError(f"recipe must be one of {RECIPES}, not {config.recipe!r}")
+    if config.head not in HEADS:
+        raise UserError(f"head must be one of {HEADS}, not {config.head!r}")
+    if config.label_control not in ("none", "shuffled"):
+        raise UserError(f"label_control must be 'none' or 'shuffled', not {config.label_control!r}")
+    run_id = config.run_id(data.manifest_sha)
+    base = paths.profile_results(config.dataset, config.profile) / "runs"
+    final_dir = base / run_id
+    work = base / f".{run_id}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic_ops:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
+    keras.backend.clear_session()
+
+    (x_tr, y_tr, _), (x_va, y_va, _), (x_te, y_te, test_rows) = data.train, data.val, data.test
+    if config.label_control == "shuffled":
+        # the sanity control: same images, labels permuted; test must stay at chance
+        y_tr = np.random.default_rng(10_000 + config.seed).permutation(y_tr)
+    ds = dict(batch_size=config.batch_size, scaling=config.scaling, model_name=config.model)
+    train_ds = make_dataset(x_tr, y_tr, shuffle=True, seed=config.seed, **ds)
+    val_ds = make_dataset(x_va, y_va, shuffle=False, **ds)
+    test_ds = make_dataset(x_te, y_te, shuffle=False, **ds)
+
+    gpus = tf.config.list_physical_devices("GPU")
+    # several GPUs: data-parallel replicas (section 3.5 ran on one T4; this only adds speed)
+    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    finetune = "none" if not config.train_base else config.finetune
+    with strategy.scope():
+        model = build_run_model(config, finetune)
+    log(f"[{run_id}] {config.model} ({config.recipe} recipe, weights {config.weights}, scaling "
+        f"{config.scaling}) batch {config.batch_size} lr {config.learning_rate:g} on {len(x_tr)} "
+        f"train / {len(x_va)} val images{', SHUFFLED LABELS' if config.label_control == 'shuffled' else ''}")
+    frames: list[pd.DataFrame] = []
+    t0 = time.perf_counter()
+    best_so_far, best_weights = None, None
+    if config.head != "paper" or config.recipe == "transfer":
+        prepare_frozen_backbone(model, config, x_tr, log=log)
+        features = backbone_features(model, config, [x_tr, x_va], log=log)
+        if config.head != "paper":
+            fit_head_normalization(model, features[0])
+        if config.recipe == "transfer":
+            frame, (best_so_far, best_weights) = _fit_head_phase(model, config, features, y_tr, y_va, log=log)
+            frames.append(frame)  # the head phase's best: the first checkpoint candidate
+
+    phase = "finetune" if config.recipe == "transfer" else "paper"
+    # the transfer recipe's top block trains on the frozen layers' cached outputs
+    # (exactly the same updates: nothing below it trains and nothing is augmented)
+    cached = config.recipe == "transfer" and finetune == "top"
+    onehot = {k: keras.utils.to_categorical(v, len(CLASS_CODES)) for k, v in (("tr", y_tr), ("va", y_va))}
+    if cached:
+        acts = frozen_activations(model, config, [x_tr, x_va], log=log)
+        _, trained = top_block_split(model, config)
+        fit_data = dict(x=acts[0], y=onehot["tr"], batch_size=config.batch_size,
+                        validation_data=(acts[1], onehot["va"]), shuffle=True)
+    else:
+        trained = model
+        fit_data = dict(x=train_ds, validation_data=val_ds, shuffle=False)  # tf.data shuffles
+    if finetune != "none" and config.epochs > 0:
+        with strategy.scope():
+            trained.compile(optimizer=_optimizer(config), loss="categorical_crossentropy",
+                            metrics=["accuracy"], jit_compile=config.xla)
+        # with early stopping (3.1; the transfer recipe), stop after ``patience``
+        # epochs that do not beat the best so far, the head phase's included
+        best = _best_checkpoint(model, best_so_far, best_weights,
+                                config.patience if config.early_stopping else None)
+        progress, fit_verbose = training_progress(  # compact bar / one line per epoch (progress.py)
+            verbose, epochs=config.epochs, steps_per_epoch=math.ceil(len(x_tr) / config.batch_size),
+            label=f"{config.model} {phase}")
+        history = trained.fit(epochs=config.epochs, callbacks=[_epoch_timer(), best] + progress,
+                              verbose=fit_verbose, **fit_data)
+        frames.append(_history_frame(history, phase, math.ceil(len(x_tr) / config.batch_size)))
+        best_weights = best.kept
+    train_seconds = time.perf_counter() - t0
+    hist = pd.concat(frames, ignore_index=True)
+    hist.to_csv(work / "history.csv", index=False)
+
+    # evaluate the checkpoint with the best validation accuracy, then loss (paper 3.1 and 5.1)
+    best_row = _best_row(hist)
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    selected = {"phase": str(hist["phase"][best_row]), "epoch": int(hist["epoch"][best_row]),
+                "val_accuracy": float(hist["val_accuracy"][best_row]),
+                "val_loss": float(hist["val_loss"][best_row])}
+    trained.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    if cached:
+        train_loss, train_accuracy = trained.evaluate(acts[0], onehot["tr"], batch_size=64, verbose=0)
+        val_loss, val_accuracy = trained.evaluate(acts[1], onehot["va"], batch_size=64, verbose=0)
+    else:
+        ev = dict(batch_size=64, scaling=config.scaling, model_name=config.model)
+        train_loss, train_accuracy = model.evaluate(make_dataset(x_tr, y_tr, shuffle=False, **ev), verbose=0)
+        val_loss, val_accuracy = model.evaluate(val_ds, verbose=0)
+    # the test set goes through the whole model, from pixels, as in serving
+    t1 = time.perf_counter()
+    proba = model.predict(test_ds, verbose=0)
+    predict_seconds = time.perf_counter() - t1
+    metrics = evaluate_predictions(y_te, proba, seed=config.seed)
+    fit_rows = hist[hist["phase"] != "head"]
+    epoch_seconds = [float(v) for v in fit_rows.get("epoch_seconds", [])]
+    steps = {p: int((hist["phase"] == p).mul(hist["steps"]).sum()) for p in hist["phase"].unique()}
+    metrics.update({
+        "run_id": run_id,
+        "train_accuracy": float(train_accuracy), "train_loss": float(train_loss),
+        "val_accuracy": float(val_accuracy), "val_loss": float(val_loss),
+        "epochs_run": int(len(fit_rows)),
+        "head_epochs_run": int((hist["phase"] == "head").sum()),
+        "optimizer_steps": {**steps, "total": int(sum(steps.values()))},
+        "paper_steps": paper_steps(config.batch_size, config.paper_epochs) if config.paper_epochs else None,
+        "selected_checkpoint": selected,
+        # the fine-tuning epochs' inputs: epoch times are not image throughput when cached
+        "finetune_inputs": "cached outputs of the frozen layers" if cached else "images",
+        "evaluated_weights": (f"best validation accuracy (ties: loss): {selected['phase']} phase, epoch "
+                              f"{selected['epoch']} (paper 3.1, 5.1: the checkpoint with the best "
+                              "validation performance)"),
+        "train_seconds": round(train_seconds, 2),
+        "epoch_seconds_mean": round(float(np.mean(epoch_seconds)), 3) if epoch_seconds else None,
+        "train_images_per_second": (round(len(x_tr) * len(epoch_seconds) / max(sum(epoch_seconds), 1e-9), 2)
+                                    if epoch_seconds else None),
+        "test_images_per_second": round(len(x_te) / max(predict_seconds, 1e-9), 2),
+        "n_train": int(len(x_tr)), "n_val": int(len(x_va)), "n_test": int(len(x_te)),
+        "gpu_peak_memory_mb": gpu_peak_memory_mb(),
+    })
+    # an uncompiled wrapper of the same layers: the file holds no optimizer state
+    # (3x smaller for Adam) and loads in safe mode for evaluation and serving
+    keras.Model(model.input, model.output, name=model.name).save(work / "model.keras")
+    predictions_table(test_rows["path"], y_te, proba).to_csv(work / "predictions.csv", index=False)
+    pd.DataFrame(metrics["confusion"], index=list(CLASS_CODES), columns=list(CLASS_CODES)) \
+        .to_csv(work / "confusion.csv", index_label="true\\pred")
+    determinism = {"seeded": ["python", "numpy", "tensorflow"],
+                   "op_determinism": config.deterministic_ops,
+                   "note": "GPU kernels are nondeterministic unless op_determinism is on"}
+    (work / "config.json").write_text(json.dumps(
+        {**config.to_dict(), "run_id": run_id, "manifest_sha256": data.manifest_sha,
+         "deviations": deviations(config), **data.extra}, indent=2, sort_keys=True))
+    (work / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    (work / "environment.json").write_text(json.dumps(
+        {**environment_info(), "determinism": determinism}, indent=2, sort_keys=True))
+    shutil.rmtree(final_dir, ignore_errors=True)
+    os.replace(work, final_dir)
+    record = {"run_id": run_id, "config": config.to_dict(), "manifest_sha256": data.manifest_sha,
+              "metrics": {k: metrics[k] for k in ("accuracy", "precision", "recall", "f1", "ci95",
+                                                  "epochs_run", "train_seconds", "epoch_seconds_mean",
+                                                  "train_accuracy", "optimizer_steps", "paper_steps")},
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    append_record(config.dataset, config.profile, record)
+    log(f"[{run_id}] train accuracy {train_accuracy:.3f}, test accuracy {metrics['accuracy']:.3f}, "
+        f"macro F1 {metrics['f1']:.3f} ({selected['phase']} epoch {selected['epoch']}, "
+        f"{metrics['optimizer_steps']['total']} steps, {train_seconds:.0f} s)")
+    return record
+
+
+def deviations(config: RunConfig) -> list[str]:
+    """The ways a run departs from the paper's protocol (3.1, 3.2, 3.5, 4), in words;
+    written to the run's config.json and listed in REPORT.md."""
+    from ecgpaper.config import PAPER_IMAGE_SIZE
+
+    out = []
+    if config.recipe == "transfer":
+        out.append(f"transfer recipe: head trained first on the frozen backbone's cached features "
+                   f"({config.head_steps} steps at most, Adam {config.head_learning_rate:g}), then "
+                   f"{'the top block' if config.finetune == 'top' else config.finetune + ' layers'} "
+                   f"of the backbone fine-tuned for {config.epochs} epochs "
+                   "(paper: the whole network from the first step)")
+    elif config.finetune != "all" or not config.train_base:
+        out.append(f"backbone layers trained: {config.finetune if config.train_base else 'none'} (paper: all)")
+    if config.head == "standardized":
+        out.append("head: Normalization of the pooled features fitted to the training set")
+    elif config.head == "multiscale":
+        out.append("head: the pooled input of the backbone's top block beside its pooled output, "
+                   "with a Normalization fitted to the training set (paper: the pooled output only)")
+    if config.bn_stats == "train_images" and config.model != "VGG16":
+        out.append("random backbone: BatchNorm statistics computed on the training images, then frozen")
+    if config.weights != "imagenet":
+        from ecgpaper.model.weights import STANDINS
+
+        label = STANDINS[config.weights].label if config.weights in STANDINS else (
+            "random initialisation" if config.weights == "none" else f"weights from {config.weights}")
+        out.append(f"weights: {label} (paper: ImageNet)")
+    if config.scaling != "rescale":
+        out.append(f"input scaling: {config.scaling} (paper: /255)")
+    if config.image_size != PAPER_IMAGE_SIZE:
+        out.append(f"image size {config.image_size} px (paper: {PAPER_IMAGE_SIZE})")
+    if config.label_control != "none":
+        out.append(f"labels: {config.label_control} (sanity control)")
+    return out
+
+
+def gpu_count() -> int:
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))

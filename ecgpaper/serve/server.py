@@ -1,0 +1,118 @@
+"""``python -m ecgpaper serve``: the web service of the paper's section 3.4.
+
+Prepares the database (migrations, the throttling cache table) and the static
+files, then replaces this process with gunicorn serving ``webapp/``'s Django
+project; every worker loads the exported model from ``models/`` once.
+Settings come from the environment (webapp/README.md). Everything the server
+writes is private to its user (the settings set umask 077: patient data, paper
+section 5.3). Bound beyond loopback, it first prints Django's deployment checks.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import ipaddress
+import os
+import sys
+
+from ecgpaper import paths
+from ecgpaper.errors import UserError
+
+WEBAPP = paths.REPO / "webapp"
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def deploy_check_report() -> str:
+    """Django's ``check --deploy`` findings (HTTPS, HSTS, cookies...) as text, '' when clean."""
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    out = io.StringIO()
+    try:
+        call_command("check", deploy=True, stdout=out, stderr=out, fail_level="CRITICAL")
+    except SystemCheckError as exc:
+        out.write(str(exc))
+    text = out.getvalue().strip()
+    return "" if text.startswith("System check identified no issues") else text
+
+
+def _prepare_django(env: dict, host: str) -> None:
+    """migrate, createcachetable, collectstatic (and the deployment checks when bound
+    beyond loopback): in this process, before the exec."""
+    os.environ.update(env)
+    sys.path[:0] = [str(WEBAPP), str(WEBAPP.parent)]
+    import django
+    from django.conf import settings
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", interactive=False, verbosity=0)
+    for database in settings.DATABASES:  # the throttle counters may have a database of their own
+        call_command("createcachetable", database=database, verbosity=0)
+    call_command("collectstatic", interactive=False, verbosity=0)
+    if not is_loopback(host):
+        report = deploy_check_report()
+        print(f"bound to {host}, beyond loopback: Django's deployment checks say\n"
+              f"{report or 'no issues'}\n(webapp/README.md: HTTPS behind a reverse proxy)",
+              file=sys.stderr, flush=True)
+    from django.db import connections
+
+    connections.close_all()
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 2) -> None:
+    """Migrate, collect static files, then exec gunicorn on ``host:port``.
+
+    Gunicorn's sync workers each handle one request at a time; each holds one
+    copy of the model, so ``workers`` trades memory for parallel requests
+    (2 suits 2 CPU cores: TensorFlow already spreads one forward pass over them).
+    """
+    if not (WEBAPP / "manage.py").is_file():
+        raise UserError(f"the web app is missing ({WEBAPP}); serve runs from a checkout of ecgpaper")
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, not {workers}")
+    env = {
+        "DJANGO_SETTINGS_MODULE": "ecgweb.settings",
+        "PYTHONPATH": os.pathsep.join(
+            [str(WEBAPP), str(WEBAPP.parent)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+    }
+    _prepare_django(env, host)
+    argv = [sys.executable, "-m", "gunicorn", "ecgweb.wsgi:application",
+            "--chdir", str(WEBAPP), "--bind", f"{host}:{port}", "--workers", str(workers),
+            # loading the model and tracing its graph happens at worker start
+            "--timeout", "120", "--graceful-timeout", "30"]
+    from gunicorn.config import KNOWN_SETTINGS
+
+    if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
+        # gunicorn >= 25 opens one control socket per user (~/.gunicorn): not needed here,
+        # and two instances would fight over it
+        argv.append("--no-control-socket")
+    print(f"serving http://{host}:{port}/ (API docs /api/v1/docs/) with {workers} worker(s)",
+          flush=True)
+    os.execve(sys.executable, argv, os.environ)
+
+
+def add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``serve`` subcommand to the ecgpaper command line."""
+    p = subparsers.add_parser(
+        "serve", help="run the web service (Django REST API + React page) with gunicorn",
+        description="Migrate the database, collect static files and run gunicorn on the exported "
+                    "model (models/ecg_classifier.keras). Configure with ECGWEB_* environment "
+                    "variables; see webapp/README.md.")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default %(default)s; use 0.0.0.0 behind a proxy only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="gunicorn worker processes, each with its own model copy (default %(default)s)")
+    p.set_defaults(func=lambda args: serve(args.host, args.port, args.workers))
+    return p

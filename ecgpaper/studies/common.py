@@ -1,0 +1,128 @@
+"""Beyond the paper (sections 5.2 and 5.5): the shared pieces of notebook 06.
+
+The paper's limitations section (5.2) lists what it did not do: no
+interpretability, no robustness to real-world distortions, two architectures,
+one data source; section 5.5 proposes lighter models and ensembles. And its
+98 % may be inflated, because the archive holds many byte-identical copies
+that a random 70/15/15 split puts on both sides. One module per stage:
+
+- :mod:`ecgpaper.studies.leakage` (item 1): the paper's VGG16 setting under the
+  ``paper``, ``grouped`` and ``kaggle`` protocols, with and without the header
+  crop, plus a model-free 1-nearest-neighbour probe of the split itself;
+- :mod:`ecgpaper.studies.interpretability` (item 2): Grad-CAM grids and the share of
+  heat on the header band;
+- :mod:`ecgpaper.studies.robustness` (item 3): accuracy under graded corruptions;
+- :mod:`ecgpaper.studies.lightweight` (items 4, 6): MobileNetV2 and EfficientNetB0
+  beside the paper's models, latency, size, and a soft-voting ensemble;
+- :mod:`ecgpaper.studies.significance` (item 5): every headline number with an
+  interval over duplicate groups and the verdict of :mod:`ecgpaper.studies.verdicts`,
+  and VGG16 vs ResNet50 paired over duplicate groups.
+
+This module holds what they share: explicit run lists scaled by a profile and
+trained with the registry's resume logic (the same run ids as
+``experiments.run_experiment``, so a finished ``grid`` or ``baseline`` run of
+the same setting is reused, never retrained), data prepared once per split
+seed and crop, fast bootstrap helpers, the names of every output, and the
+"Beyond the paper" section of REPORT.md.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ecgpaper.config import get_profile
+from ecgpaper.runs.training import RunData
+
+#: Every output of notebook 06, by stage: (figures, tables). Stable names.
+OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "leakage": (("fig14_leakage",), ("table_leakage", "table_leakage_gap", "table_leakage_copies")),
+    "gradcam": (("fig15_gradcam_grid",), ("table_gradcam_header_fraction",)),
+    "robustness": (("fig16_robustness",), ("table_robustness",)),
+    "lightweight": (("fig17_accuracy_vs_latency",), ("table_lightweight",)),
+    "statistics": ((), ("table_statistics",)),
+    "input_ablation": ((), ("table_input_ablation",)),
+}
+
+FIGURE_CAPTIONS = {
+    "fig14_leakage": "Beyond the paper, 5.2: accuracy and macro F1 per split protocol (leakage study)",
+    "fig15_gradcam_grid": "Beyond the paper, 5.2: Grad-CAM overlays, correct and wrong test images per class",
+    "fig16_robustness": "Beyond the paper, 5.2: accuracy vs corruption severity per model",
+    "fig17_accuracy_vs_latency": "Beyond the paper, 5.5: accuracy vs CPU latency per image",
+}
+
+
+def output_names() -> tuple[list[str], list[str]]:
+    """(figure names, table names) that notebook 06 writes."""
+    figs = [f for stage in OUTPUTS.values() for f in stage[0]]
+    tables = [t for stage in OUTPUTS.values() for t in stage[1]]
+    return figs, tables
+
+
+# --------------------------------------------------------------------------
+# runs
+# --------------------------------------------------------------------------
+
+class DataSource:
+    """Prepared data per (split seed, crop), made once (``data.prepare_data``
+    reuses inventory and image caches), and the subset arrays of a protocol,
+    read from the memory-mapped cache on each call (not kept: at 224 px one
+    split's arrays are hundreds of MB)."""
+
+    def __init__(self, profile: str, data_root=None, *, fit: str = "resize", log=print,
+                 verbose: int = 0):
+        self.profile, self.data_root, self.fit, self.log, self.verbose = profile, data_root, fit, log, verbose
+        self._prepared: dict = {}
+
+    def prepared(self, split_seed: int = 0, crop: bool = False):
+        key = (split_seed, crop)
+        if key not in self._prepared:
+            from ecgpaper.data.prepare import prepare_data
+
+            quiet = (lambda *a, **k: None) if self._prepared else self.log
+            self._prepared[key] = prepare_data(
+                self.data_root, profile=self.profile, seed=split_seed,
+                image_size=get_profile(self.profile).image_size, fit=self.fit, crop=crop,
+                progress=self.verbose > 0, log=quiet)
+        return self._prepared[key]
+
+    @property
+    def dataset(self) -> str:
+        return next(iter(self._prepared.values())).dataset if self._prepared else self.prepared().dataset
+
+    def has_protocol(self, protocol: str, split_seed: int = 0) -> bool:
+        return protocol in self.prepared(split_seed).manifests
+
+    def run_data(self, protocol: str, split_seed: int = 0, crop: bool = False) -> RunData:
+        from ecgpaper.runs.experiments import load_run_data
+
+        return load_run_data(self.prepared(split_seed, crop), protocol, split_seed)
+
+    def manifest(self, protocol: str, split_seed: int = 0) -> pd.DataFrame:
+        from ecgpaper.data.splits import read_manifest
+
+        self.prepared(split_seed)
+        return read_manifest(self.dataset, protocol, split_seed)
+
+    def manifest_summary(self, protocol: str, split_seed: int = 0) -> dict:
+        f = self.prepared(split_seed).manifests[protocol]
+        return json.loads(Path(f).with_suffix(".json").read_text())
+
+    def data_for_run(self, config: dict) -> RunData:
+        return self.run_data(config["protocol"], config["split_seed"], config["crop"])
+
+
+def test_groups(dataset: str, config: dict, test_paths) -> np.ndarray:
+    """Duplicate-group id of each test image of a run (from its manifest)."""
+    from ecgpaper.data.splits import read_manifest
+
+    man = read_manifest(dataset, config["protocol"], config["split_seed"]).set_index("path")
+    return man.loc[list(test_paths), "group"].astype(str).to_numpy()
+
+
+def same_test_images(preds: list[pd.DataFrame]) -> bool:
+    """True when every predictions table lists the same test images in the same order."""
+    first = preds[0]["path"].tolist()
+    return all(p["path"].tolist() == first for p in preds[1:])

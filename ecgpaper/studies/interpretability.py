@@ -1,0 +1,216 @@
+"""Grad-CAM study (beyond the paper, section 5.2: "no interpretability").
+
+For VGG16 and ResNet50 (last convolutional block, ``models.LAST_CONV_LAYER``)
+this module computes Grad-CAM heat maps of the test images with the very
+functions the web service uses (:mod:`ecgpaper.model.gradcam`), draws overlays
+of correctly and wrongly classified test images of each class (Fig. 15), and
+checks where the heat goes: the share of heat-map mass on the header band
+(patient id, sex, age), on the footer band (date, heart rate, device) and on
+the ECG grid, with and without the header crop. A model that reads the text
+instead of the traces puts more heat on the header than the band's share of
+the image.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ecgpaper.config import CLASS_CODES, CLASS_NAMES, HEADER_CROP_FRACTIONS, REFERENCE_PAGE_SIZE
+from ecgpaper.metrics import majority_rate
+from ecgpaper.studies.common import DataSource
+
+
+def page_regions(crop: bool, fit: str = "resize", page_size=REFERENCE_PAGE_SIZE) -> dict:
+    """Header band, footer band and ECG grid as (left, top, right, bottom)
+    fractions of the MODEL INPUT (None where a band is not in the input)."""
+    fl, ft, fr, fb = HEADER_CROP_FRACTIONS
+    width, height = page_size
+    if crop:  # the input shows the grid only
+        content_w, content_h = (fr - fl) * width, (fb - ft) * height
+    else:
+        content_w, content_h = width, height
+    if fit == "letterbox":  # the page keeps its aspect ratio, padded to a square
+        scale = max(content_w, content_h)
+        cw, ch = content_w / scale, content_h / scale
+        x0, y0 = (1 - cw) / 2, (1 - ch) / 2
+    else:
+        cw = ch = 1.0
+        x0 = y0 = 0.0
+
+    def place(box):  # page-content fractions -> input fractions
+        left, top, right, bottom = box
+        return (x0 + left * cw, y0 + top * ch, x0 + right * cw, y0 + bottom * ch)
+
+    if crop:
+        return {"header": None, "footer": None, "grid": place((0.0, 0.0, 1.0, 1.0))}
+    return {"header": place((0.0, 0.0, 1.0, ft)), "footer": place((0.0, fb, 1.0, 1.0)),
+            "grid": place((fl, ft, fr, fb))}
+
+
+def _area(box) -> float:
+    return 0.0 if box is None else (box[2] - box[0]) * (box[3] - box[1])
+
+
+def explain_images(model_file, config: dict, images: np.ndarray, batch: int = 32):
+    """Probabilities (n, classes) and Grad-CAM heat maps (n, h, w) of the
+    uint8 ``images`` for a saved model, explaining each predicted class."""
+    import keras
+
+    from ecgpaper.model.gradcam import gradcam, gradcam_model
+    from ecgpaper.model.pipeline import scaling_fn
+
+    model = keras.models.load_model(model_file, compile=False, safe_mode=True)
+    grad_model = gradcam_model(model)
+    scale = scaling_fn(config["scaling"], config["model"])
+    probs, heats = [], []
+    for i in range(0, len(images), batch):
+        p, h = gradcam(grad_model, scale(np.asarray(images[i:i + batch])))
+        probs.append(p)
+        heats.append(h)
+    keras.backend.clear_session()
+    return np.concatenate(probs), np.concatenate(heats)
+
+
+def explain_run(run: dict, source: DataSource) -> dict:
+    """Heat maps of every test image of a finished run (``experiments.load_run``)."""
+    config = run["config"]
+    data = source.data_for_run(config)
+    images, y, rows = data.test
+    proba, heat = explain_images(run["folder"] / "model.keras", config, images)
+    return {"run": run, "images": np.asarray(images), "y": np.asarray(y), "rows": rows,
+            "proba": proba, "pred": proba.argmax(1), "heat": heat}
+
+
+def heat_shares(heat: np.ndarray, crop: bool, fit: str = "resize") -> pd.DataFrame:
+    """Per heat map: share of mass on the header, footer and grid (NaN when empty)."""
+    from ecgpaper.model.gradcam import heat_fraction_in_box
+
+    regions = page_regions(crop, fit)
+    rows = []
+    for h in heat:
+        empty = not np.asarray(h).sum() > 0
+        row = {}
+        for name, box in regions.items():
+            if empty:
+                row[name] = np.nan
+            else:
+                row[name] = 0.0 if box is None else heat_fraction_in_box(h, box)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(regions))
+
+
+def table_header_fraction(entries: list[tuple[str, dict]], dataset: str, profile: str) -> pd.DataFrame:
+    """``table_gradcam_header_fraction``: per explained run, the mean share of
+    Grad-CAM mass on the header band, the footer band and the ECG grid, beside
+    each region's share of the image (what a uniform heat map would give)."""
+    from ecgpaper.figures import save_table
+
+    rows = []
+    for label, ex in entries:
+        c = ex["run"]["config"]
+        shares = heat_shares(ex["heat"], c["crop"], c["fit"])
+        regions = page_regions(c["crop"], c["fit"])
+        header_area = _area(regions["header"])
+        header = float(shares["header"].mean()) if shares["header"].notna().any() else float("nan")
+        rows.append({
+            "explained": label, "model": c["model"], "crop": bool(c["crop"]), "run_id": ex["run"]["run_id"],
+            "n_test": len(ex["heat"]), "empty_heat_maps": int(shares["grid"].isna().sum()),
+            "accuracy": float((ex["pred"] == ex["y"]).mean()), "majority_rate": majority_rate(ex["y"]),
+            "header_fraction": header,
+            "footer_fraction": float(shares["footer"].mean()) if shares["footer"].notna().any() else float("nan"),
+            "grid_fraction": float(shares["grid"].mean()) if shares["grid"].notna().any() else float("nan"),
+            "header_area": header_area, "footer_area": _area(regions["footer"]),
+            "grid_area": _area(regions["grid"]),
+            "header_vs_uniform": header / header_area if header_area else float("nan"),
+        })
+    df = pd.DataFrame(rows)
+    save_table(df, "table_gradcam_header_fraction", dataset, profile,
+               "Grad-CAM (section 5.2): mean share of heat-map mass on the header band, footer band "
+               "and ECG grid, beside each region's share of the image; header_vs_uniform > 1: more "
+               "heat on the header than a uniform map; with the crop the bands are not in the input")
+    return df
+
+
+def summary_sentences(table: pd.DataFrame) -> list[str]:
+    """What the header-fraction table shows, one sentence per explained run."""
+    out = []
+    for r in table.to_dict("records"):
+        crop = str(r["crop"]).lower() == "true"
+        n, empty = int(r["n_test"]), int(r["empty_heat_maps"])
+        head = f"{r['explained']}: "
+        if empty == n:
+            out.append(head + f"all {n} heat maps are empty (no feature of the last block argues for "
+                       "the predicted class), so the model gives no spatial evidence to inspect.")
+            continue
+        tail = f" ({empty} of {n} heat maps empty)" if empty else ""
+        learned = float(r["accuracy"]) > float(r["majority_rate"]) + 1e-9
+        if not learned:
+            tail += (f"; the model is at the majority-class rate ({float(r['majority_rate']):.0%}), so its "
+                     "maps show what its initialisation responds to, not learnt evidence")
+        if crop:
+            out.append(head + f"the header and footer are cropped away, {float(r['grid_fraction']):.0%} "
+                       f"of the heat is on the ECG grid{tail}.")
+        else:
+            ratio = float(r["header_vs_uniform"])
+            verdict = ("more than a uniform map would put there"
+                       + (": the model leans on the text band" if learned else "")
+                       if ratio > 1.2 else "no more than a uniform map would put there"
+                       if ratio <= 1.0 else "about what a uniform map would put there")
+            out.append(head + f"{float(r['header_fraction']):.0%} of the heat on the header band, which "
+                       f"covers {float(r['header_area']):.0%} of the image ({ratio:.2f}x uniform, "
+                       f"{verdict}); {float(r['grid_fraction']):.0%} on the ECG grid{tail}.")
+    return out
+
+
+def fig15_gradcam_grid(explained: list[tuple[str, dict]], dataset: str, profile: str):
+    """Fig. 15: per model two rows (correct, wrong) x one column per class: the
+    first such test image with its Grad-CAM overlay."""
+    import matplotlib.pyplot as plt
+
+    from ecgpaper.figures import data_label, save_figure, use_style
+    from ecgpaper.model.gradcam import overlay
+
+    use_style()
+    n_rows = 2 * len(explained)
+    fig, axes = plt.subplots(n_rows, len(CLASS_CODES), figsize=(3.0 * len(CLASS_CODES), 2.9 * n_rows))
+    axes = np.atleast_2d(axes)
+    for m, (label, ex) in enumerate(explained):
+        for w, correct in enumerate((True, False)):
+            r = 2 * m + w
+            for k, code in enumerate(CLASS_CODES):
+                ax = axes[r, k]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.grid(False)
+                hits = np.flatnonzero((ex["y"] == k) & ((ex["pred"] == k) == correct))
+                if k == 0:
+                    ax.set_ylabel(f"{label}\n{'correct' if correct else 'wrong'}", fontsize=9)
+                if not len(hits):
+                    ax.text(0.5, 0.5, "no such\ntest image", ha="center", va="center", fontsize=9,
+                            color="0.4", transform=ax.transAxes)
+                    ax.set_title(f"true {code}", fontsize=8)
+                    continue
+                i = hits[0]
+                ax.imshow(overlay(ex["images"][i], ex["heat"][i]))
+                pred = CLASS_CODES[ex["pred"][i]]
+                ax.set_title(f"true {code}, pred {pred} (p={ex['proba'][i].max():.2f})", fontsize=8)
+    fig.suptitle("Fig. 15: Grad-CAM of the last convolutional block, first correct and wrong test "
+                 f"image per class ({', '.join(f'{c} = {CLASS_NAMES[c]}' for c in CLASS_CODES)})\n"
+                 f"{data_label(dataset, profile)}", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, "fig15_gradcam_grid", dataset, profile)
+
+
+def run_gradcam(source: DataSource, baseline_runs: list[dict], crop_pair: list[dict] = ()) -> dict:
+    """Explain the baseline VGG16 and ResNet50 runs (the grid figure) and any
+    further runs (the leakage study's VGG16 with and without crop) for the
+    header-fraction table. Returns {"grid": [...], "table": [...]} of
+    (label, explained) pairs."""
+    grid = [(f"{r['config']['model']} (baseline)", explain_run(r, source)) for r in baseline_runs]
+    table = [(f"{label}, {'header cropped' if ex['run']['config']['crop'] else 'full page'}", ex)
+             for label, ex in grid]
+    for r in crop_pair:
+        c = r["config"]
+        table.append((f"{c['model']} (batch {c['batch_size']}), "
+                      f"{'header cropped' if c['crop'] else 'full page'}", explain_run(r, source)))
+    return {"grid": grid, "table": table}

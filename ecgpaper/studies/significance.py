@@ -1,0 +1,193 @@
+"""Honest statistics (beyond the paper, section 5.2): intervals on every
+headline number and a paired test of the two paper models.
+
+The paper reports single numbers (92 %, 81 %, Table 1, 97.58 %) from one test
+fold of a few hundred images, in which the same ECG can appear several times.
+This module puts a 95 % bootstrap interval on each of them, resampling
+duplicate GROUPS (copies of one ECG count once), sets the paper's number
+beside it with the one verdict rule of :mod:`ecgpaper.studies.verdicts`, and compares
+VGG16 with ResNet50 on the very same test images by a paired group-bootstrap
+interval of their accuracy difference (which drives that verdict) and
+McNemar's exact test with each duplicate group as one unit. Everything is
+computed from the finished runs' predictions; nothing is retrained.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ecgpaper.config import PAPER_METRICS, PAPER_RESULTS
+from ecgpaper.errors import UserError
+from ecgpaper.metrics import (
+    bootstrap_sets,
+    fmt_ci,
+    group_members,
+    group_sign_test,
+    paired_difference,
+    percentile_ci,
+    scores,
+)
+from ecgpaper.model.pipeline import labels_to_indices
+from ecgpaper.runs.store import load_predictions
+from ecgpaper.studies.common import test_groups
+from ecgpaper.studies.verdicts import (
+    compare_with_paper,
+    paired_outcome,
+    paper_seed_spread,
+    runs_differences,
+    verdict_text,
+)
+
+N_BOOTSTRAP = 1000
+
+
+def _runs(name: str, dataset: str, profile: str) -> list[dict]:
+    from ecgpaper.runs.store import experiment_runs
+
+    try:
+        return experiment_runs(name, dataset, profile)
+    except UserError:
+        return []
+
+
+def _test_set(dataset: str, profile: str, run: dict) -> dict:
+    pred = load_predictions(dataset, profile, run["run_id"])
+    y = labels_to_indices(pred["true"])
+    groups = test_groups(dataset, run["config"], pred["path"])
+    return {"path": pred["path"].tolist(), "y": y, "pred": labels_to_indices(pred["pred"]), "groups": groups}
+
+
+def _copies_in_train(dataset: str, config: dict, paths) -> int:
+    from ecgpaper.data.splits import read_manifest
+
+    man = read_manifest(dataset, config["protocol"], config["split_seed"]).set_index("path")
+    return int(man.loc[list(paths), "copy_in_train"].sum())
+
+
+def comparison_row(label: str, dataset: str, profile: str, runs: list[dict], metric: str,
+                   paper: float, *, paper_runs: int = 1, n_bootstrap: int = N_BOOTSTRAP) -> dict:
+    """One number of the paper beside ours (the mean over ``runs`` when several,
+    all on one test set): our 95 % interval over duplicate groups, the
+    difference ours - paper with its interval, and the verdict of
+    :mod:`ecgpaper.studies.verdicts` (``n/a: ...`` unless the runs follow the paper's
+    protocol). ``paper_runs``: how many runs the paper's number averages (5.4: 5)."""
+    sets = [_test_set(dataset, profile, r) for r in runs]
+    k = PAPER_METRICS.index(metric)
+    ours = float(np.mean([scores(s["y"], s["pred"])[k] for s in sets]))
+    by_group = bootstrap_sets([(s["y"], s["pred"], s["groups"]) for s in sets],
+                              n_bootstrap=n_bootstrap, seed=0, paired=True)[:, k]
+    differences = runs_differences(runs, dataset)
+    comparison = compare_with_paper(by_group, paper, ours=ours, n_test=len(sets[0]["y"]),
+                                    n_groups=len(group_members(sets[0]["groups"])),
+                                    seed_spread=paper_seed_spread(metric, paper_runs))
+    return {
+        "number": label, "test": "group bootstrap", "runs": len(runs), "ours": ours,
+        "ci95_groups": fmt_ci(percentile_ci(by_group)), "paper": paper,
+        "difference": comparison["difference"], "difference_ci95": "{:+.3f} to {:+.3f}".format(*comparison["ci95"]),
+        "outcome": "n/a" if differences else comparison["outcome"],
+        "verdict": verdict_text(comparison, differences),
+        "n_test": len(sets[0]["y"]), "distinct_ecgs_in_test": len(group_members(sets[0]["groups"])),
+        "test_with_copy_in_train": _copies_in_train(dataset, runs[0]["config"], sets[0]["path"]),
+        "groups_a_better": None, "groups_b_better": None, "p_value_groups": None,
+    }
+
+
+def paper_comparison_rows(dataset: str, profile: str, *, baseline_runs: list[dict] | None = None,
+                          n_bootstrap: int = N_BOOTSTRAP) -> list[dict]:
+    """:func:`comparison_row` for every number of the paper we have runs for:
+    baseline accuracies (section 4), Table 1 and the five-run means (5.4).
+    ``baseline_runs`` stand in when no ``baseline`` experiment was recorded."""
+    rows = []
+    baseline = _runs("baseline", dataset, profile) or [
+        r for r in (baseline_runs or []) if r["config"]["model"] in PAPER_RESULTS["baseline"]]
+    for run in baseline:
+        model = run["config"]["model"]
+        rows.append(comparison_row(f"baseline {model} accuracy", dataset, profile, [run], "accuracy",
+                                   PAPER_RESULTS["baseline"][model]["accuracy"], n_bootstrap=n_bootstrap))
+    for run in _runs("grid", dataset, profile):
+        c = run["config"]
+        for metric, paper in PAPER_RESULTS["grid"][(c["batch_size"], c["learning_rate"])].items():
+            rows.append(comparison_row(f"Table 1 batch {c['batch_size']} lr {c['learning_rate']:g} {metric}",
+                                       dataset, profile, [run], metric, paper, n_bootstrap=n_bootstrap))
+    multirun = _runs("multirun", dataset, profile)
+    if multirun:
+        for metric, (paper, _) in PAPER_RESULTS["multirun"].items():
+            rows.append(comparison_row(f"5.4 {metric} mean +- std", dataset, profile, multirun, metric,
+                                       paper, paper_runs=len(multirun), n_bootstrap=n_bootstrap))
+    return rows
+
+
+def paired_row(label: str, dataset: str, profile: str, run_a: dict, run_b: dict, *,
+               n_bootstrap: int = N_BOOTSTRAP) -> dict:
+    """Two runs on the same test images: the accuracy difference (A - B) with its
+    paired 95 % interval over duplicate groups, which drives the verdict, and
+    McNemar's test over duplicate groups (:func:`group_sign_test`)."""
+    a, b = _test_set(dataset, profile, run_a), _test_set(dataset, profile, run_b)
+    if a["path"] != b["path"]:
+        raise ValueError(f"{label}: the two runs were not tested on the same images")
+    ok_a, ok_b = a["pred"] == a["y"], b["pred"] == b["y"]
+    members = group_members(a["groups"])
+    ci = percentile_ci(paired_difference(a["y"], a["pred"], b["pred"], a["groups"], n_bootstrap=n_bootstrap))
+    name_a, name_b = run_a["config"]["model"], run_b["config"]["model"]
+    test = group_sign_test(ok_a, ok_b, a["groups"])
+    return {
+        "number": label, "test": f"paired group bootstrap + McNemar over groups: {name_a} vs {name_b}",
+        "runs": 2, "ours": float(ok_a.mean() - ok_b.mean()), "ci95_groups": fmt_ci(ci),
+        "ci95_groups_bounds": (float(ci[0]), float(ci[1])), "paper": None,
+        "difference": None, "difference_ci95": "", "outcome": paired_outcome(*ci, name_a, name_b),
+        "verdict": paired_outcome(*ci, name_a, name_b),
+        "n_test": len(a["y"]), "distinct_ecgs_in_test": len(members),
+        "test_with_copy_in_train": _copies_in_train(dataset, run_a["config"], a["path"]),
+        "groups_a_better": test["a_better"], "groups_b_better": test["b_better"],
+        "p_value_groups": test["p_value"],
+    }
+
+
+def table_statistics(dataset: str, profile: str, *, baseline_runs: list[dict] | None = None,
+                     n_bootstrap: int = N_BOOTSTRAP) -> pd.DataFrame:
+    """``table_statistics``: every number of the paper that we have runs for,
+    beside ours with the REPORT.md verdict, and the paired VGG16 vs ResNet50
+    comparisons.
+
+    The runs are the recorded ``baseline``, ``grid``, ``multirun`` and
+    ``curves`` experiments; ``baseline_runs`` (the same setting, e.g. from
+    ``lightweight.run_lightweight``) stand in when ``baseline`` was not
+    recorded (notebook 06 run on its own)."""
+    from ecgpaper.figures import save_table
+
+    rows = paper_comparison_rows(dataset, profile, baseline_runs=baseline_runs, n_bootstrap=n_bootstrap)
+    baseline = _runs("baseline", dataset, profile) or list(baseline_runs or [])
+    for name in ("baseline", "curves"):
+        pair = baseline if name == "baseline" else _runs(name, dataset, profile)
+        runs = {r["config"]["model"]: r for r in pair}
+        if {"VGG16", "ResNet50"} <= set(runs):
+            rows.append(paired_row(f"VGG16 vs ResNet50 ({name}), accuracy difference", dataset, profile,
+                                   runs["VGG16"], runs["ResNet50"], n_bootstrap=n_bootstrap))
+    if not rows:
+        raise UserError(f"no finished baseline, grid, multirun or curves runs for {dataset}/{profile}; "
+                        "run notebooks 02-04 (or `python -m ecgpaper run baseline`) first")
+    table = pd.DataFrame(rows).drop(columns=["ci95_groups_bounds"], errors="ignore")  # bounds: narrative.py
+    save_table(table, "table_statistics", dataset, profile,
+               "Honest statistics (section 5.2): the paper's numbers beside ours with 95 % bootstrap "
+               "intervals over duplicate groups (copies of one ECG count once), the difference and "
+               "the verdict of REPORT.md (ecgpaper.studies.verdicts), and VGG16 vs ResNet50 on the same test "
+               "images: paired group-bootstrap interval of the accuracy difference, McNemar over groups")
+    return table
+
+
+def report_lines(table: pd.DataFrame) -> list[str]:
+    """Markdown for REPORT.md: the paired VGG16 vs ResNet50 comparisons in words
+    (the paper's numbers and their verdicts are in REPORT.md's main table)."""
+    lines = []
+    for r in table.to_dict("records"):
+        if not str(r["test"]).startswith("paired"):
+            continue
+        model_a, model_b = str(r["test"]).rsplit(": ", 1)[-1].split(" vs ")
+        a, b, p = int(float(r["groups_a_better"])), int(float(r["groups_b_better"])), float(r["p_value_groups"])
+        lines.append(f"- {r['number']}: {float(r['ours']):+.4f} (paired 95 % CI over "
+                     f"{r['distinct_ecgs_in_test']} duplicate groups {r['ci95_groups']}): {r['verdict']}. "
+                     f"McNemar over groups: on {a} groups {model_a} is right more often, on {b} "
+                     f"{model_b}, exact p = {p:.3g}.")
+    if lines:
+        lines = ["### VGG16 vs ResNet50 on the same test images", ""] + lines + [""]
+    return lines
