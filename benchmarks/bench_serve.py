@@ -38,14 +38,11 @@ Writes ``results/benchmarks/serve.json`` (``serve_memory.json`` with ``--memory-
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
 import io
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -55,15 +52,16 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
+# run from a checkout without installing; tests/: support.server starts the web service
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from ecgpaper import __version__, paths  # noqa: E402
-from ecgpaper.config import CLASS_CODES, CLASS_NAMES, PAPER_IMAGE_SIZE  # noqa: E402
+from support.server import API, LiveServer, ServerFailed, auth, running_instances, temp_postgres  # noqa: E402
+
+from ecgpaper import paths  # noqa: E402
+from ecgpaper.config import PAPER_IMAGE_SIZE  # noqa: E402
 from ecgpaper.errors import UserError  # noqa: E402
 from ecgpaper.runs.export import EXPORT_NAME
-
-API = "/api/v1"
 
 
 def percentiles(values_ms: list[float]) -> dict:
@@ -74,26 +72,20 @@ def percentiles(values_ms: list[float]) -> dict:
 
 def build_vgg16(folder: Path) -> None:
     """The paper's model shape (VGG16, 224 px, 4 classes) with random weights, exported
-    with the same metadata keys as ``experiments.export_best``."""
-    from ecgpaper.data.preprocess import PREPROCESS_VERSION
-    from ecgpaper.model.backbones import build_model
+    through the pipeline's own export contract (``ecgpaper.runs.export.write_export``)."""
+    import tempfile
 
-    folder.mkdir(parents=True, exist_ok=True)
-    model_file = folder / f"{EXPORT_NAME}.keras"
-    build_model("VGG16", image_size=PAPER_IMAGE_SIZE, weights="none").save(model_file)
-    meta = {
-        "model_file": model_file.name,
-        "model_sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
-        "model": "VGG16", "run_id": "bench-vgg16-untrained",
-        "class_codes": list(CLASS_CODES), "class_names": [CLASS_NAMES[c] for c in CLASS_CODES],
-        "input_size": PAPER_IMAGE_SIZE,
-        "preprocessing": {"scaling": "rescale", "fit": "resize", "crop": False,
-                          "version": PREPROCESS_VERSION},
-        "dataset": "none (untrained, speed benchmark only)", "synthetic": True, "profile": "bench",
-        "protocol": "none", "metrics": {}, "selected_by": "benchmarks/bench_serve.py --build-vgg16",
-        "ecgpaper_version": __version__, "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    (folder / f"{EXPORT_NAME}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    from ecgpaper.model.backbones import build_model
+    from ecgpaper.runs.export import write_export
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = Path(tmp) / "vgg16-untrained.keras"
+        build_model("VGG16", image_size=PAPER_IMAGE_SIZE, weights="none").save(model_file)
+        config = {"model": "VGG16", "image_size": PAPER_IMAGE_SIZE, "scaling": "rescale", "fit": "resize",
+                  "crop": False, "protocol": "none"}
+        write_export(model_file, config, run_id="bench-vgg16-untrained",
+                     dataset="none (untrained, speed benchmark only)", synthetic=True, profile="bench",
+                     metrics={}, selected_by="benchmarks/bench_serve.py --build-vgg16", dest=folder)
 
 
 def sample_upload() -> bytes:
@@ -128,66 +120,19 @@ def bare_forward(models_dir: Path, upload: bytes, repeats: int) -> tuple[dict, d
                    "forward_with_gradcam": percentiles(timings[True])}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+#: no throttling: the benchmark is the only client
+UNTHROTTLED = {"ECGWEB_THROTTLE_USER": "1000000/min", "ECGWEB_THROTTLE_UPLOAD": "1000000/min"}
 
 
-class Server:
-    """``ecgpaper.serve.server.serve`` in a subprocess on a loopback port, state in ``root``."""
-
-    def __init__(self, root: Path, models_dir: Path, workers: int, env: dict | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-        self.env.update(ECGPAPER_ROOT=str(root), ECGWEB_MODELS_DIR=str(models_dir),
-                        ECGWEB_THROTTLE_USER="1000000/min", ECGWEB_THROTTLE_UPLOAD="1000000/min",
-                        TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
-        self.log = open(root / "server.log", "wb")
-        code = f"from ecgpaper.serve.server import serve; serve('127.0.0.1', {self.port}, {workers})"
-        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=self.env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_until_ready(self, timeout: float = 300) -> None:
-        import requests
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise UserError(f"the server exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                if requests.get(f"{self.url}{API}/health/", timeout=5).json().get("model_loaded"):
-                    return
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(0.5)
-        raise UserError(f"the server did not load the model within {timeout:.0f} s; see {self.log.name}")
-
-    def create_token(self) -> str:
-        script = ("from django.contrib.auth import get_user_model; "
-                  "from rest_framework.authtoken.models import Token; "
-                  "print(Token.objects.create(user=get_user_model().objects.create_user("
-                  "'bench', password='bench-pw-1234')).key)")
-        res = subprocess.run([sys.executable, str(REPO / "webapp" / "manage.py"), "shell", "-c", script],
-                             cwd=REPO, env=self.env, capture_output=True, text=True, timeout=120, check=True)
-        return res.stdout.strip().splitlines()[-1]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+def bench_user(server: LiveServer) -> str:
+    """The API token of a new user of ``server``."""
+    return server.create_users("bench")["bench"]
 
 
 def post(session, url: str, token: str, upload: bytes, explain: bool):
     t0 = time.perf_counter()
     r = session.post(f"{url}{API}/classifications/{'' if explain else '?explain=0'}",
-                     headers={"Authorization": f"Token {token}"},
+                     headers=auth(token),
                      files={"image": ("bench.jpg", upload, "image/jpeg")}, timeout=120)
     return r, (time.perf_counter() - t0) * 1e3
 
@@ -244,36 +189,16 @@ def under_load(urls: list[str], token: str, upload: bytes, clients: int, seconds
             "connection_errors": len(failures)}
 
 
-def start_instances(tmp: Path, models_dir: Path, workers: int, database: str,
-                    instances: int) -> tuple[list[Server], object]:
-    """``instances`` servers on one database (SQLite file or a throw-away PostgreSQL),
-    sharing the upload folder and the secret key; and the PostgreSQL to stop (or None)."""
-    pg = None
-    common = {"ECGWEB_SECRET_KEY": "bench-serve-shared-key", "ECGWEB_MEDIA_ROOT": str(tmp / "uploads")}
-    if database == "postgres":
-        from ecgpaper.serve.devdb import TempPostgres
-
-        pg = TempPostgres(durable=True).start()
-        common["DATABASE_URL"] = pg.database_url("bench")
-    else:
-        common["ECGWEB_SQLITE_PATH"] = str(tmp / "db.sqlite3")
-    servers = []
-    try:
-        for i in range(instances):  # one after the other: the first one migrates
-            (tmp / f"state-{i}").mkdir()
-            servers.append(Server(tmp / f"state-{i}", models_dir, workers, env=common))
-            servers[-1].wait_until_ready()
-    except BaseException:
-        stop_instances(servers, pg)
-        raise
-    return servers, pg
-
-
-def stop_instances(servers: list[Server], pg) -> None:
-    for server in servers:
-        server.stop()
-    if pg is not None:
-        pg.stop()
+@contextlib.contextmanager
+def serving(tmp: Path, models_dir: Path, workers: int, database: str, instances: int):
+    """``instances`` servers (ready once their model is loaded) on one database: a
+    SQLite file, or a throw-away PostgreSQL with its durable defaults; one shared
+    upload folder and secret key."""
+    with contextlib.ExitStack() as stack:
+        pg = stack.enter_context(temp_postgres(durable=True)) if database == "postgres" else None
+        yield stack.enter_context(running_instances(
+            tmp / "instances", instances, {"ECGWEB_MODELS_DIR": str(models_dir), **UNTHROTTLED},
+            postgres=pg, workers=workers, require_model=True, start_timeout=300))
 
 
 MEMORY_PAGE = (7745, 5164)  # 39.995 megapixels: just inside a 40-megapixel limit
@@ -302,11 +227,9 @@ def upload_memory(models_dir: Path, tmp: Path) -> dict:
     import psutil
     import requests
 
-    (tmp / "state-memory").mkdir()
-    server = Server(tmp / "state-memory", models_dir, workers=1, env={"ECGWEB_MAX_MEGAPIXELS": "40"})
-    try:
-        server.wait_until_ready()
-        token = server.create_token()
+    with LiveServer(tmp / "memory", {"ECGWEB_MODELS_DIR": str(models_dir), "ECGWEB_MAX_MEGAPIXELS": "40",
+                                     **UNTHROTTLED}, require_model=True, start_timeout=300) as server:
+        token = bench_user(server)
         (worker,) = psutil.Process(server.proc.pid).children()
         session = requests.Session()
         for _ in range(2):  # warm the request path (imports, first queries, heat map code)
@@ -317,13 +240,11 @@ def upload_memory(models_dir: Path, tmp: Path) -> dict:
         idle_kb = _proc_status_kb(worker.pid, "VmRSS")
         Path(f"/proc/{worker.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS from here on
         r = session.post(f"{server.url}{API}/classifications/",
-                         headers={"Authorization": f"Token {token}"},
+                         headers=auth(token),
                          files={"image": ("page-40mp-16bit.png", upload, "image/png")}, timeout=300)
         if r.status_code != 201:
             raise UserError(f"the 40-megapixel upload answered {r.status_code}: {r.text[:300]}")
         peak_kb = _proc_status_kb(worker.pid, "VmHWM")
-    finally:
-        server.stop()
     above_mb = (peak_kb - idle_kb) / 1024
     return {"upload": {"format": "PNG", "mode": "I;16 (16-bit grey, one colour)",
                        "size": list(MEMORY_PAGE), "megapixels": round(MEMORY_PAGE[0] * MEMORY_PAGE[1] / 1e6, 1),
@@ -376,12 +297,9 @@ def main() -> None:
             return
         upload = sample_upload()
         if args.load_only:
-            servers, pg = start_instances(tmp, models_dir, args.workers, args.database, args.instances)
-            try:
-                load = under_load([srv.url for srv in servers], servers[0].create_token(), upload,
+            with serving(tmp, models_dir, args.workers, args.database, args.instances) as servers:
+                load = under_load([srv.url for srv in servers], bench_user(servers[0]), upload,
                                   args.clients, args.seconds)
-            finally:
-                stop_instances(servers, pg)
             result = {"benchmark": "web service under load: database and instances",
                       "database": args.database, "instances": args.instances,
                       "gunicorn_workers_per_instance": args.workers, "load": load,
@@ -398,18 +316,15 @@ def main() -> None:
         if (model["name"], model["input_size"]) != ("VGG16", PAPER_IMAGE_SIZE):
             print("note: the exported model is not the paper's 224 px VGG16; --build-vgg16 measures that one")
 
-        servers, pg = start_instances(tmp, models_dir, args.workers, args.database, args.instances)
-        server = servers[0]
-        try:
-            token = server.create_token()
+        with serving(tmp, models_dir, args.workers, args.database, args.instances) as servers:
+            server = servers[0]
+            token = bench_user(server)
             plain = sequential(server.url, token, upload, args.requests, explain=False)
             print(f"end to end, no Grad-CAM: {plain['client']}", flush=True)
             explained = sequential(server.url, token, upload, args.requests, explain=True)
             print(f"end to end, Grad-CAM: {explained['client']}", flush=True)
             load = under_load([srv.url for srv in servers], token, upload, args.clients, args.seconds)
             print(f"{args.clients} clients, {args.seconds:.0f} s: {load}", flush=True)
-        finally:
-            stop_instances(servers, pg)
         memory = upload_memory(models_dir, tmp)
         print(f"40-megapixel 16-bit PNG upload: {memory}", flush=True)
 
@@ -446,5 +361,5 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except UserError as exc:
+    except (UserError, ServerFailed) as exc:
         sys.exit(f"error: {exc}")

@@ -2,10 +2,11 @@
 models for detecting cardiovascular diseases" (VGG16 vs ResNet50 on 12-lead ECG
 report images, Kaggle ``evilspirit05/ecg-analysis``).
 
-One module per stage: ``config`` (the paper's constants and the profiles),
-``paths``, ``download``, ``synthetic`` (the offline twin), ``discovery``,
-``inventory``, ``audit``, ``splits``, ``preprocess`` (decode/crop/resize cache),
-``pipeline`` (tf.data), ``cli``.
+One package per stage, each importing only the ones below it (README "Layout";
+the contracts in pyproject.toml): ``data`` -> ``model`` -> ``runs`` ->
+``studies`` | ``serve``, on top of ``config``, ``paths``, ``errors``,
+``metrics`` and ``figures``; ``report``, ``narrative``, ``runner`` and
+``cli`` put them together.
 """
 
 __version__ = "0.1.0"

@@ -34,6 +34,7 @@ import seaborn as sns  # noqa: E402
 
 from ecgpaper import paths  # noqa: E402
 from ecgpaper.config import CLASS_CODES, CLASS_NAMES, PAPER_RESULTS  # noqa: E402
+from ecgpaper.metrics import mean_std
 
 METRICS = ("accuracy", "precision", "recall", "f1")
 METRIC_LABELS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1-score"}
@@ -67,13 +68,47 @@ def save_figure(fig, name: str, dataset: str, profile: str) -> Path:
     return png
 
 
+def interval_columns(name: str, ci) -> dict:
+    """How a table stores a 95 % interval: two numeric columns ``<name>_low`` and
+    ``<name>_high`` (NaN when there is none). ``name`` contains ``ci95``; the
+    interval is formatted only for display (:func:`format_intervals`)."""
+    lo, hi = (float(ci[0]), float(ci[1])) if ci is not None and len(ci) == 2 else (float("nan"),) * 2
+    return {f"{name}_low": lo, f"{name}_high": hi}
+
+
+def format_ci(ci, *, signed: bool = False) -> str:
+    """'lo-hi' as the paper's tables; 'lo to hi' with signs when an end is negative
+    (or ``signed``, for a difference), so the dash is never a minus sign; '' for none."""
+    if ci is None or len(ci) != 2 or any(v is None or v == "" or pd.isna(v) for v in ci):
+        return ""  # CSVs read with keep_default_na=False give "" for a missing end
+    lo, hi = float(ci[0]), float(ci[1])
+    return f"{lo:+.3f} to {hi:+.3f}" if signed or min(lo, hi) < 0 else f"{lo:.3f}-{hi:.3f}"
+
+
+def format_intervals(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` for display: each pair of :func:`interval_columns` becomes one text
+    column ``<name>`` where the low one was (signed for a ``difference``)."""
+    out = df.copy()
+    for low in [c for c in df.columns if isinstance(c, str) and "ci95" in c and c.endswith("_low")]:
+        name = low[: -len("_low")]
+        if f"{name}_high" not in df.columns:
+            continue
+        text = [format_ci((lo, hi), signed=name.startswith("difference"))
+                for lo, hi in zip(df[low], df[f"{name}_high"])]
+        out.insert(out.columns.get_loc(low), name, text)
+        out = out.drop(columns=[low, f"{name}_high"])
+    return out
+
+
 def save_table(df: pd.DataFrame, name: str, dataset: str, profile: str, caption: str) -> Path:
-    """Write ``name``.csv and a Markdown ``name``.md with its caption; return the CSV path."""
+    """Write ``name``.csv (numbers as numbers: an interval is two columns) and a
+    Markdown ``name``.md with its caption and formatted intervals; return the CSV path."""
     out = paths.profile_results(dataset, profile)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / f"{name}.csv"
     paths.atomic_write_text(csv, df.to_csv(index=False, lineterminator="\n"))
-    md = f"**{caption}** ({data_label(dataset, profile)})\n\n{df.to_markdown(index=False, floatfmt='.4f')}\n"
+    table = format_intervals(df).to_markdown(index=False, floatfmt=".4f")
+    md = f"**{caption}** ({data_label(dataset, profile)})\n\n{table}\n"
     paths.atomic_write_text(out / f"{name}.md", md)
     return csv
 
@@ -202,11 +237,6 @@ def fig_epoch_times(run: dict, dataset: str, profile: str) -> Path:
 
 
 # ------------------------------------------------------------------ tables
-def _ci(m: dict, key: str) -> str:
-    ci = (m.get("ci95") or {}).get(key)
-    return f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else ""
-
-
 def table_baseline(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
     """Section 4: baseline accuracy of VGG16 and ResNet50 beside the paper's."""
     rows = []
@@ -215,7 +245,8 @@ def table_baseline(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame
         paper = PAPER_RESULTS["baseline"][model]["accuracy"]
         rows.append({"model": model, "weights": run["config"]["weights"], "epochs": run["config"]["epochs"],
                      "train_accuracy": m.get("train_accuracy"), "accuracy": m["accuracy"],
-                     "accuracy_ci95": _ci(m, "accuracy"), "f1": m["f1"], "paper_accuracy": paper,
+                     **interval_columns("accuracy_ci95", (m.get("ci95") or {}).get("accuracy")),
+                     "f1": m["f1"], "paper_accuracy": paper,
                      "difference": m["accuracy"] - paper})
     df = pd.DataFrame(rows)
     save_table(df, "table_baseline", dataset, profile,
@@ -260,7 +291,7 @@ def table1_grid(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
         for k in ("accuracy", "recall", "precision", "f1"):
             row[k] = m[k]
             row[f"paper_{k}"] = paper[k]
-        row["accuracy_ci95"] = _ci(m, "accuracy")
+        row.update(interval_columns("accuracy_ci95", (m.get("ci95") or {}).get("accuracy")))
         row["train_accuracy"] = m.get("train_accuracy")
         row["checkpoint"] = _checkpoint(m)
         rows.append(row)
@@ -272,8 +303,6 @@ def table1_grid(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
 
 def table_multirun(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
     """Section 5.4: mean +- std over independent runs, beside the paper's."""
-    from ecgpaper.metrics import mean_std
-
     stats = mean_std([r["metrics"] for r in runs], METRICS)
     rows = []
     for k in METRICS:
@@ -332,7 +361,7 @@ def labelled(df: pd.DataFrame, dataset: str, profile: str, caption: str = ""):
     a table copied out of a notebook keeps its label. The saved CSV/Markdown
     tables carry the same label (:func:`save_table`)."""
     title = f"{caption}: {data_label(dataset, profile)}" if caption else data_label(dataset, profile)
-    return df.style.set_caption(title).format(precision=4).hide(axis="index")
+    return format_intervals(df).style.set_caption(title).format(precision=4).hide(axis="index")
 
 
 # ------------------------------------------------------------------ Fig. 2 and 3

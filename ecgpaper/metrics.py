@@ -228,15 +228,6 @@ def percentile_ci(values) -> list[float]:
     return [float(lo), float(hi)]
 
 
-def fmt_ci(ci) -> str:
-    """'lo-hi' as the paper's tables (figures._ci); 'lo to hi' with signs when
-    an end is negative (a difference), so the dash is never a minus sign."""
-    if ci is None or len(ci) != 2:
-        return ""
-    lo, hi = float(ci[0]), float(ci[1])
-    return f"{lo:+.3f} to {hi:+.3f}" if min(lo, hi) < 0 else f"{lo:.3f}-{hi:.3f}"
-
-
 def majority_rate(y) -> float:
     """Accuracy of always answering the test set's most frequent class."""
     y = np.asarray(y, int)

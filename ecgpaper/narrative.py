@@ -8,6 +8,10 @@ SYNTHETIC twin or the real archive, so a twin result never reads as the paper's.
 from __future__ import annotations
 
 from ecgpaper.config import PAPER_IMAGE_SIZE, PAPER_RESULTS, PAPER_TRAIN_IMAGES, get_profile
+from ecgpaper.metrics import mean_std
+from ecgpaper.studies import significance
+from ecgpaper.studies.significance import paired_row
+from ecgpaper.studies.verdicts import OUTCOMES, protocol_differences, runs_differences
 
 
 def is_synthetic(dataset: str) -> bool:
@@ -37,8 +41,6 @@ def _inside(value: float, ci) -> bool:
 def _beside_paper(paper: float, run: dict, dataset: str) -> str:
     """The paper's number beside ours: compared only when the run follows the paper's
     protocol (``verdicts.protocol_differences``; REPORT.md gives the verdict)."""
-    from ecgpaper.studies.verdicts import protocol_differences
-
     differs = protocol_differences(run["config"], dataset)
     if differs:
         return f"the paper reports {paper:.2f}, not comparable here ({'; '.join(differs)})."
@@ -52,8 +54,6 @@ def _paragraph(dataset: str, profile: str, sentences: list[str]) -> str:
 
 def baseline(runs: list[dict], dataset: str, profile: str) -> str:
     """Notebook 02 (section 4, Fig. 8-9): VGG16 vs ResNet50, with the paired test."""
-    from ecgpaper.studies.significance import paired_row
-
     by = {r["config"]["model"]: r for r in runs}
     out = []
     for model, run in by.items():
@@ -66,7 +66,7 @@ def baseline(runs: list[dict], dataset: str, profile: str) -> str:
                       "training and test accuracy are close."))
     if {"VGG16", "ResNet50"} <= set(by):
         row = paired_row("baseline", dataset, profile, by["VGG16"], by["ResNet50"])
-        diff, (lo, hi) = row["ours"], row["ci95_groups_bounds"]
+        diff, lo, hi = row["ours"], row["ci95_groups_low"], row["ci95_groups_high"]
         paper_gap = PAPER_RESULTS["baseline"]["VGG16"]["accuracy"] - PAPER_RESULTS["baseline"]["ResNet50"]["accuracy"]
         verb = "beats" if diff > 0 else ("trails" if diff < 0 else "ties with")
         settled = ("excludes 0: the difference is real on this test set" if lo > 0 or hi < 0 else
@@ -105,8 +105,6 @@ def grid(runs: list[dict], dataset: str, profile: str) -> str:
 
 
 def _differs(runs: list[dict], dataset: str) -> list[str]:
-    from ecgpaper.studies.verdicts import runs_differences
-
     return runs_differences(runs, dataset)
 
 
@@ -134,8 +132,6 @@ def curves(runs: list[dict], dataset: str, profile: str) -> str:
 
 def multirun(runs: list[dict], dataset: str, profile: str) -> str:
     """Notebook 04, part 2 (section 5.4, Fig. 13): five seeds, mean and spread."""
-    from ecgpaper.metrics import mean_std
-
     stats = mean_std([r["metrics"] for r in runs])
     out = []
     for k, (pm, ps) in PAPER_RESULTS["multirun"].items():
@@ -151,8 +147,6 @@ def multirun(runs: list[dict], dataset: str, profile: str) -> str:
 
 def report(text: str, dataset: str, profile: str) -> str:
     """Notebook 05: how REPORT.md's verdicts (``ecgpaper.studies.verdicts``) came out."""
-    from ecgpaper.studies.verdicts import OUTCOMES
-
     table = text.split("## Every number of the paper", 1)[-1].split("\n## ", 1)[0]
     rows = [line.strip().strip("|").split("|") for line in table.splitlines() if line.startswith("| ")]
     header = next((r for r in rows if r[-1].strip() == "verdict"), None)
@@ -179,7 +173,5 @@ def beyond(sections: dict[str, list[str]], dataset: str, profile: str) -> str:
 
 
 def paired_test_sentences(stats) -> list[str]:
-    """Notebook 06, part 5: the McNemar sentences of ``significance.report_lines``."""
-    from ecgpaper.studies.significance import report_lines
-
-    return [line[2:] for line in report_lines(stats) if line.startswith("- ")]
+    """Notebook 06, part 5: the McNemar sentences of ``significance.sentences``."""
+    return significance.sentences(stats)

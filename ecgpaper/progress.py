@@ -21,6 +21,8 @@ import os
 import sys
 import time
 
+from ecgpaper.errors import UserError
+
 MODES = ("bar", "lines", "off")
 ENV = "ECGPAPER_PROGRESS"
 BAR_REFRESH_SECONDS = 1.0
@@ -36,8 +38,6 @@ def progress_mode(stream=None) -> str:
     chosen = os.environ.get(ENV, "").strip().lower()
     if chosen:
         if chosen not in MODES:
-            from ecgpaper.errors import UserError
-
             raise UserError(f"{ENV}={chosen!r}: choose one of {', '.join(MODES)}")
         return chosen
     stream = stream or sys.stdout

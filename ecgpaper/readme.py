@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from ecgpaper.config import PROFILES
+from ecgpaper.model.weights import _BACKBONES, weights_status
 
 #: The paper's epoch counts (sections 4 and 5.4): the grid and baseline ran 20, the
 #: curves and the five runs 30; a profile scales them by ``epochs_scale``.
@@ -40,10 +41,84 @@ def profile_table() -> str:
 def weights_table() -> str:
     """Markdown table of the ImageNet files Keras loads (``weights._BACKBONES``): what to
     fetch, or to copy by hand into ``~/.keras/models/`` on a machine without internet."""
-    from ecgpaper.model.weights import _BACKBONES, weights_status
-
     rows = ["| backbone | file (into `~/.keras/models/`) | from |", "|---|---|---|"]
     for name in _BACKBONES:
         st = weights_status(name, image_size=224)
         rows.append(f"| {name} | `{st['file_name']}` | {st['url']} |")
+    return "\n".join(rows)
+
+
+#: README "Layout": every module of the package, by layer (top first), with its
+#: role in one line. tests/test_readme.py checks that it names every module there
+#: is and that the README shows :func:`layout_table`.
+MODULE_ROLES: dict[str, str] = {
+    "__main__": "`python -m ecgpaper`",
+    "cli": "the command line: every `python -m ecgpaper` command",
+    "runner": "runs the notebooks in order with papermill (`./run_all.sh`)",
+    "reference_run": "`docs/reference-run/`: the committed run for readers",
+    "readme": "the README's generated tables (this one included)",
+    "housekeeping": "`python -m ecgpaper clean`: what a run left on disk, and freeing it",
+    "lab": "JupyterLab on the notebooks with the project's kernel",
+    "report": "assembles `REPORT.md`: the paper's numbers beside ours, the studies' sentences, every figure",
+    "narrative": "the notebooks' interpretation cells, computed from the run's numbers",
+    "studies": "stage 4, beyond the paper (5.2, 5.5): one module per study, verbs `run` `table` `figure` `sentences`",
+    "studies.common": "what the studies share: data prepared once per split, duplicate groups, output names",
+    "studies.leakage": "copies of training pages in the test set: paper vs grouped vs kaggle split, header crop",
+    "studies.probe": "the model-free 1-nearest-neighbour probe of a split",
+    "studies.interpretability": "Grad-CAM grids and the share of heat on the header band",
+    "studies.robustness": "accuracy under graded acquisition corruptions",
+    "studies.lightweight": "MobileNetV2 and EfficientNetB0, latency, size, a soft-voting ensemble",
+    "studies.input_ablation": "input scaling x BatchNorm mode",
+    "studies.significance": "intervals over duplicate groups on every paper number; VGG16 vs ResNet50 paired",
+    "studies.verdicts": "the one rule that compares our number with the paper's",
+    "serve": "stage 5, the web service's side of the library (3.4, Fig. 4)",
+    "serve.inference": "decodes an upload safely and classifies it with the exported model, with Grad-CAM",
+    "serve.server": "`python -m ecgpaper serve`: Django + gunicorn, deployment checks",
+    "serve.devdb": "a throw-away PostgreSQL for the web service's tests and benchmark",
+    "runs": "stage 3, training runs (3.5, 4, 5.4)",
+    "runs.training": "one run: the recipe, its checkpoint, metrics and run folder",
+    "runs.store": "the run store on disk: run folders, the `runs.jsonl` registry, experiments",
+    "runs.experiments": "the paper's experiments (baseline, grid, curves, multirun) as resumable run lists",
+    "runs.export": "the exported model and its metadata: the contract with the web service",
+    "runs.sanity": "overfit one batch, shuffled-label control",
+    "model": "stage 2, the models (3.2-3.4)",
+    "model.backbones": "VGG16, ResNet50 and the lightweight backbones with the transfer head",
+    "model.weights": "ImageNet weight files: download, verify, offline stand-ins",
+    "model.pipeline": "`tf.data` input from the cache, pixel scaling, label encoding",
+    "model.gradcam": "Grad-CAM heat maps and overlays",
+    "data": "stage 1, the data (3.1)",
+    "data.download": "the Kaggle archive",
+    "data.synthetic": "the offline synthetic twin of the dataset",
+    "data.discovery": "finds the images of a data tree and maps folders to the four classes",
+    "data.inventory": "one row per image: hashes, size, corrupt files skipped and reported",
+    "data.audit": "duplicate groups (exact and near) and their threshold check",
+    "data.splits": "split manifests: the paper's 70/15/15, leakage-free `grouped`, `kaggle`",
+    "data.preprocess": "decode, crop and resize once into a uint8 cache; the page geometry",
+    "data.prepare": "the data stage end to end, in one call",
+    "figures": "every figure and table of the paper, one function each, with a stable file name",
+    "metrics": "test metrics and the one (group) bootstrap",
+    "progress": "training progress for a terminal, JupyterLab and papermill logs",
+    "paths": "every folder, from one place (`ECGPAPER_ROOT`)",
+    "config": "the paper's constants and the run profiles",
+    "errors": "`UserError`: a problem the user can fix, with what to do",
+}
+
+
+def package_modules() -> list[str]:
+    """Every module and sub-package of ``ecgpaper``, as ``stage.module`` names."""
+    import pkgutil
+
+    import ecgpaper
+
+    return [m.name.removeprefix("ecgpaper.")
+            for m in pkgutil.walk_packages(ecgpaper.__path__, "ecgpaper.", onerror=lambda _: None)]
+
+
+def layout_table() -> str:
+    """Markdown table of :data:`MODULE_ROLES`, layer by layer from the top."""
+    rows = ["| module | role |", "|---|---|"]
+    for name, role in MODULE_ROLES.items():
+        path = "ecgpaper/" + name.replace(".", "/") + ("/" if "." not in name and name in (
+            "studies", "serve", "runs", "model", "data") else ".py")
+        rows.append(f"| `{path}` | {role} |")
     return "\n".join(rows)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ecgpaper import paths
 from ecgpaper.errors import UserError
+from ecgpaper.report import write_report
 
 DEFAULT_OUT = paths.REPO / "docs" / "reference-run"
 MAX_WIDTH_PX = 1400
@@ -73,8 +74,6 @@ def build_reference_run(dataset: str, profile: str, out: Path = DEFAULT_OUT, *,
     """Replace ``out`` with the figures (PNG) and the stamped REPORT.md of a finished run.
     REPORT.md is written afresh from the run's records first, so that it holds Fig. 4
     when the browser test has left its screenshot (report.webpage_screenshot)."""
-    from ecgpaper.report import write_report
-
     report = paths.profile_results(dataset, profile) / "REPORT.md"
     fig_dir = paths.profile_figures(dataset, profile)
     if not report.exists() or not list(fig_dir.glob("*.png")):

@@ -21,12 +21,13 @@ from pathlib import Path
 import pandas as pd
 
 from ecgpaper import paths
-from ecgpaper.config import PAPER_RESULTS
+from ecgpaper.config import EQUIVALENCE_MARGIN, PAPER_RESULTS
 from ecgpaper.errors import UserError
-from ecgpaper.figures import data_label
+from ecgpaper.figures import data_label, format_ci, format_intervals
 from ecgpaper.runs.store import experiment_runs
 from ecgpaper.studies import interpretability, leakage, lightweight, robustness, significance
 from ecgpaper.studies.common import FIGURE_CAPTIONS as BEYOND_FIGURE_CAPTIONS
+from ecgpaper.studies.significance import paper_comparison_rows
 
 FIGURE_CAPTIONS = {
     "fig01_samples": "Fig. 1: sample ECG pages per class",
@@ -75,8 +76,9 @@ TABLE_HEADER = ["| paper number | runs | ours | 95 % CI (duplicate groups) | pap
 
 def _row(r: dict) -> str:
     """A main-table row from ``significance.comparison_row``."""
-    diff = f"{r['difference']:+.4f} ({r['difference_ci95']})"
-    return (f"| {r['number']} | {r['runs']} | {r['ours']:.4f} | {r['ci95_groups']} | {r['paper']:.4f} | "
+    diff = f"{r['difference']:+.4f} ({format_ci((r['difference_ci95_low'], r['difference_ci95_high']), signed=True)})"
+    ours_ci = format_ci((r["ci95_groups_low"], r["ci95_groups_high"]))
+    return (f"| {r['number']} | {r['runs']} | {r['ours']:.4f} | {ours_ci} | {r['paper']:.4f} | "
             f"{diff} | {r['verdict']} |")
 
 
@@ -130,48 +132,54 @@ def read_table(dataset: str, profile: str, name: str) -> pd.DataFrame | None:
     return pd.read_csv(f, keep_default_na=False) if f.exists() else None
 
 
+#: REPORT.md's "Beyond the paper" subsections: (heading, table notebook 06 wrote,
+#: the study that puts it in words)
+BEYOND_SECTIONS = (
+    ("VGG16 vs ResNet50 on the same test images", "table_statistics", significance),
+    ("Grad-CAM: where the models look", "table_gradcam_header_fraction", interpretability),
+    ("Robustness to acquisition corruptions", "table_robustness", robustness),
+    ("Lightweight models and the ensemble", "table_lightweight", lightweight),
+)
+
+
+def _bullets(heading: str, sentences: list[str]) -> list[str]:
+    return [f"### {heading}", ""] + [f"- {s}" for s in sentences] + [""] if sentences else []
+
+
 def beyond_the_paper_lines(dataset: str, profile: str) -> list[str]:
-    """The "Beyond the paper" section of REPORT.md, from the tables notebook 06
-    wrote; says what is missing when it has not run (never raises)."""
+    """The "Beyond the paper" section of REPORT.md, in each study's own
+    sentences from the tables notebook 06 wrote; says what is missing when it
+    has not run (never raises)."""
     lines = ["", "## Beyond the paper (sections 5.2 and 5.5)", ""]
     found = False
     try:
-        stats = read_table(dataset, profile, "table_statistics")
-        if stats is not None:
-            found = True
-            lines += significance.report_lines(stats)
+        tables = {name: read_table(dataset, profile, name) for _, name, _ in BEYOND_SECTIONS}
+        found = any(t is not None for t in tables.values())
+        heading, name, study = BEYOND_SECTIONS[0]
+        if tables[name] is not None:
+            lines += _bullets(heading, study.sentences(tables[name]))
         leak = paths.profile_results(dataset, profile) / "leakage_summary.json"
         if leak.exists():
             found = True
             summary = json.loads(leak.read_text())
             lines += ["### Leakage: does the split test on copies of training images?", ""]
-            lines += [f"- {s}" for s in leakage.conclusions(summary)]
+            lines += [f"- {s}" for s in leakage.sentences(summary)]
             copies = leakage.copy_effect_table(summary)
             if len(copies):
                 lines += ["", "Within the `paper` split, accuracy on test images with and without a copy "
                               "in train (means over seeds, 95 % CI over seeds and duplicate groups):", "",
-                          copies.drop(columns=["protocol"]).to_markdown(index=False, floatfmt=".3f")]
+                          format_intervals(copies.drop(columns=["protocol"])).to_markdown(index=False,
+                                                                                          floatfmt=".3f")]
             lines.append("")
-        heat = read_table(dataset, profile, "table_gradcam_header_fraction")
-        if heat is not None:
-            found = True
-            lines += ["### Grad-CAM: where the models look", ""]
-            lines += [f"- {s}" for s in interpretability.summary_sentences(heat)] + [""]
-        rob = read_table(dataset, profile, "table_robustness")
-        if rob is not None:
-            found = True
-            lines += ["### Robustness to acquisition corruptions", ""]
-            lines += [f"- {s}" for s in robustness.summary_sentences(rob)] + [""]
-        light = read_table(dataset, profile, "table_lightweight")
-        if light is not None:
-            found = True
-            lines += ["### Lightweight models and the ensemble", ""]
-            lines += [f"- {s}" for s in lightweight.summary_sentences(light)] + [""]
+        for heading, name, study in BEYOND_SECTIONS[1:]:
+            if tables[name] is not None:
+                lines += [f"### {heading}", ""] + [f"- {s}" for s in study.sentences(tables[name])] + [""]
         ablation = read_table(dataset, profile, "table_input_ablation")
         if ablation is not None:
             found = True
             lines += ["### Inputs that match the weights: scaling x BatchNorm (3.1.1, 3.5)", "",
-                      ablation.drop(columns=["run"]).to_markdown(index=False, floatfmt=".3f"), ""]
+                      format_intervals(ablation.drop(columns=["run"])).to_markdown(index=False, floatfmt=".3f"),
+                      ""]
     except Exception as exc:  # the report must build even if one table is malformed
         lines += [f"(the beyond-the-paper section could not be built: {type(exc).__name__}: {exc})", ""]
     if not found:
@@ -210,8 +218,6 @@ def write_report(dataset: str, profile: str, *, data_root: str | None = None) ->
                 lines.append(f"- split `{proto}`: {m['totals']}, test images with a copy in train: "
                              f"{m['test_with_copy_in_train']}")
 
-    from ecgpaper.config import EQUIVALENCE_MARGIN
-    from ecgpaper.studies.significance import paper_comparison_rows
 
     lines += ["", "## Every number of the paper, ours beside it", "",
               f"Our 95 % intervals resample duplicate groups (copies of one ECG count once). The "

@@ -22,7 +22,11 @@ import time
 from pathlib import Path
 
 from ecgpaper import paths
+from ecgpaper.data.inventory import dataset_id
+from ecgpaper.data.prepare import resolve_data_root
 from ecgpaper.errors import UserError
+from ecgpaper.lab import ensure_kernel, kernel_encryption_available
+from ecgpaper.progress import ENV
 
 NOTEBOOK_DIR = paths.REPO / "notebooks"
 
@@ -35,9 +39,6 @@ def notebook_list(folder: Path | None = None) -> list[Path]:
 
 def current_data(data_root: str | None, profile: str) -> tuple[Path, str, str]:
     """(root, source, dataset) as the notebooks see them now (paper 3.1: the data)."""
-    from ecgpaper.data.inventory import dataset_id
-    from ecgpaper.data.prepare import resolve_data_root
-
     root, source = resolve_data_root(data_root, profile)
     return root, source, dataset_id(root)
 
@@ -45,8 +46,6 @@ def current_data(data_root: str | None, profile: str) -> tuple[Path, str, str]:
 def quiet_kernel_environment() -> None:
     """Environment the papermill kernels inherit: TensorFlow's C++ start-up lines
     (oneDNN, CUDA factories) hidden, training progress one line per epoch."""
-    from ecgpaper.progress import ENV
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault(ENV, "lines")
 
@@ -96,7 +95,6 @@ def _kernel_manager_config():
     ipykernel otherwise warns "Kernel is running over TCP without encryption" per notebook."""
     from traitlets.config import Config
 
-    from ecgpaper.lab import kernel_encryption_available
 
     if kernel_encryption_available():
         return Config({"KernelManager": {"transport_encryption": "auto"}})
@@ -125,7 +123,6 @@ def run_notebooks(profile: str, data_root: str | None = None, *, seed: int = 0,
     """Execute every notebook; return the REPORT.md path."""
     import papermill as pm
 
-    from ecgpaper.lab import ensure_kernel
 
     kernel = ensure_kernel(log)
     quiet_kernel_environment()

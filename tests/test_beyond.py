@@ -18,7 +18,7 @@ import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-from ecgpaper import metrics
+from ecgpaper import figures, metrics
 from ecgpaper.config import CLASS_CODES, PROFILES
 from ecgpaper.runs import experiments, store
 from ecgpaper.studies import common, leakage, lightweight, probe, robustness, significance
@@ -151,42 +151,42 @@ def test_a_cnn_that_only_recognises_copies_is_named_with_its_weights():
     study = _fake_study({"paper": 0.9, "grouped": 0.2}, {"paper": 0.8, "grouped": 0.3}, seeds=3)
     rep = study["replicates"]
     rep["weights"] = np.where(rep["classifier"] == leakage.CNN_LABEL, "none", None)
-    _, _, summary = leakage.table_leakage(study)
-    line = next(t for t in leakage.conclusions(summary) if t.startswith(f"{leakage.CNN_LABEL} (full page): acc"))
+    _, _, summary = leakage.table(study)
+    line = next(t for t in leakage.sentences(summary) if t.startswith(f"{leakage.CNN_LABEL} (full page): acc"))
     assert "a measurable gap" in line and "not above the majority-class rate (0.250)" in line
     assert "recognises copies, not ECG morphology" in line and "started from random weights" in line
     rep["weights"] = np.where(rep["classifier"] == leakage.CNN_LABEL, "hed-bsds500", None)
-    _, _, summary = leakage.table_leakage(study)
-    line = next(t for t in leakage.conclusions(summary) if t.startswith(f"{leakage.CNN_LABEL} (full page): acc"))
+    _, _, summary = leakage.table(study)
+    line = next(t for t in leakage.sentences(summary) if t.startswith(f"{leakage.CNN_LABEL} (full page): acc"))
     assert "recognises copies" in line and "random weights" not in line
 
 
 def test_leakage_conclusions_are_computed_from_the_numbers():
     # CNN at chance under both protocols, probe right on every copy
     study = _fake_study({"paper": 0.25, "grouped": 0.25}, {"paper": 0.9, "grouped": 0.3})
-    table, gaps, summary = leakage.table_leakage(study)
+    table, gaps, summary = leakage.table(study)
     assert set(table["protocol"]) == {"paper", "grouped"} and len(gaps) == 2
-    text = "\n".join(leakage.conclusions(summary))
+    text = "\n".join(leakage.sentences(summary))
     assert "did not learn" in text and "no gap is measurable" in text
     assert "upper bound" not in text and "describes the split, not the CNN" in text
     probe_gap = gaps[gaps["classifier"] == probe.PROBE_LABEL].iloc[0]
     assert probe_gap["measurable"] and probe_gap["accuracy_gap"] == pytest.approx(0.6, abs=0.03)
     # a CNN that learns, right on every image with a copy in train and on 50 % of the others
     study = _fake_study({"paper": 0.5, "grouped": 0.5}, {"paper": 0.5, "grouped": 0.45}, cnn_copy_acc=1.0)
-    _, gaps, summary = leakage.table_leakage(study)
+    _, gaps, summary = leakage.table(study)
     effect = {c["classifier"]: c for c in summary["copy_effect"]}[leakage.CNN_LABEL]
     assert (effect["n_copy"], effect["n_no_copy"]) == (30, 10)
     assert effect["accuracy_copy"] == 1.0 and effect["accuracy_no_copy"] == pytest.approx(0.5)
     assert effect["difference_per_seed"] == pytest.approx([0.5, 0.5]) and effect["difference_ci95"][0] > 0.1
-    text = "\n".join(leakage.conclusions(summary))
+    text = "\n".join(leakage.sentences(summary))
     assert "did not learn" not in text and "so it exploits the copies" in text
     assert "accuracy 1.000 on the 30 test images with a copy in train vs 0.500 on the 10 without" in text
     # the same CNN without any advantage on copies: no measurable difference
     study = _fake_study({"paper": 0.8, "grouped": 0.75}, {"paper": 0.5, "grouped": 0.45}, cnn_copy_acc=0.8)
-    _, _, summary = leakage.table_leakage(study)
+    _, _, summary = leakage.table(study)
     effect = {c["classifier"]: c for c in summary["copy_effect"]}[leakage.CNN_LABEL]
     assert effect["difference_ci95"][0] < 0 < effect["difference_ci95"][1]
-    assert "do not show that the CNN exploits the copies" in "\n".join(leakage.conclusions(summary))
+    assert "do not show that the CNN exploits the copies" in "\n".join(leakage.sentences(summary))
     results = Path(os.environ["ECGPAPER_ROOT"]) / "results/synthetic-fake/smoke"
     copies = pd.read_csv(results / "table_leakage_copies.csv")
     assert list(copies["classifier"]) == [leakage.CNN_LABEL, probe.PROBE_LABEL]
@@ -286,15 +286,14 @@ def test_paired_row_counts_duplicate_groups_once():
     assert row["p_value_groups"] == pytest.approx(binomtest(4, 5, 0.5).pvalue)  # images alone: 8 vs 3
     assert row["ours"] == pytest.approx(ok_a.mean() - ok_b.mean())
     assert row["distinct_ecgs_in_test"] == 15 and row["test_with_copy_in_train"] == 2  # img00, img01
-    lo, hi = (float(v) for v in row["ci95_groups"].split(" to ")) if " to " in row["ci95_groups"] else (
-        float(v) for v in row["ci95_groups"].split("-"))
+    lo, hi = row["ci95_groups_low"], row["ci95_groups_high"]
     assert row["verdict"] == significance.paired_outcome(lo, hi, "VGG16", "ResNet50")
     head = significance.comparison_row("A acc", dataset, profile, [runs[0]], "accuracy", 0.5, n_bootstrap=200)
     assert head["ours"] == pytest.approx(27 / 30) and head["difference"] == pytest.approx(27 / 30 - 0.5)
     assert head["verdict"].startswith("n/a: SYNTHETIC twin") and head["outcome"] == "n/a"
-    lo, hi = (float(v) for v in head["ci95_groups"].split("-"))
+    lo, hi = head["ci95_groups_low"], head["ci95_groups_high"]
     assert lo <= 27 / 30 <= hi
-    lines = significance.report_lines(pd.DataFrame([head, row]))
+    lines = significance.sentences(pd.DataFrame([head, row]))
     assert any("on 4 groups VGG16 is right more often, on 1 ResNet50" in s for s in lines)
     assert not any("A acc" in s for s in lines)  # the paper's numbers live in REPORT.md's main table
     other = _fake_run(dataset, profile, "c", y[::-1], np.eye(4)[y[::-1]], paths_[::-1])
@@ -478,7 +477,7 @@ def test_robustness_clean_condition_is_the_runs_own_test_set(tmp_path):
     data = RunData(train=(images, y, None), val=(images, y, None), test=(images, y, pd.DataFrame({"path": range(24)})),
                    manifest_sha="x")
     warnings = []
-    table = robustness.run_robustness([run], data, probe=False, corruptions=("gaussian_noise",),
+    table = robustness.run([run], data, probe=False, corruptions=("gaussian_noise",),
                                       severities=(1,), log=warnings.append)
     clean = table[(table["model"] == "VGG16") & (table["severity"] == 0)].iloc[0]
     assert clean["accuracy"] == recorded and clean["recorded_accuracy"] == recorded
@@ -500,7 +499,7 @@ def test_robustness_summary_says_when_a_curve_is_flat_by_construction():
             for s in range(3):
                 rows.append({"model": model, "corruption": c, "severity": s,
                              "accuracy": clean if model == "VGG16" else clean - 0.2 * s, "majority_rate": 0.25})
-    text = robustness.summary_sentences(pd.DataFrame(rows))
+    text = robustness.sentences(pd.DataFrame(rows))
     assert "flat by construction" in text[0] and "flat by construction" not in text[1]
     assert "worst blur (0.500)" in text[1]
 
@@ -570,7 +569,8 @@ def test_notebook_06_leaves_every_figure_table_and_report_section(notebook_run_r
     assert len(paired) == 2 and (paired["groups_a_better"].astype(float) >= 0).all()
     # table_statistics and REPORT.md give the same verdict for each paper number
     for r in stats[stats["test"] == "group bootstrap"].to_dict("records"):
-        assert f"| {r['number']} | {r['runs']} | {float(r['ours']):.4f} | {r['ci95_groups']} |" in report
+        ci = figures.format_ci((r["ci95_groups_low"], r["ci95_groups_high"]))
+        assert f"| {r['number']} | {r['runs']} | {float(r['ours']):.4f} | {ci} |" in report
         assert f"| {r['verdict']} |" in report
 
 
@@ -593,7 +593,7 @@ def test_leakage_study_trains_each_cell_once_and_resumes(tiny_twin, monkeypatch)
         calls.append(config)
 
     monkeypatch.setattr(experiments, "train_run", fake_train_run)
-    study = leakage.run_leakage("smoke", tiny_twin, n_seeds=2, log=_quiet)
+    study = leakage.run("smoke", tiny_twin, n_seeds=2, log=_quiet)
     cells = {(c.model, c.protocol, c.crop, c.seed, c.split_seed) for c in calls}
     # VGG16: crop under paper and grouped only; ResNet50: full page under paper and grouped
     assert len(calls) == len(cells) == 2 * (3 + 2) + 2 * 2
@@ -613,7 +613,7 @@ def test_leakage_study_trains_each_cell_once_and_resumes(tiny_twin, monkeypatch)
         assert row["n_test"] == len(test)
     assert (reps.loc[reps["protocol"] == "grouped", "test_exact_copy_in_train"] == 0).all()
     assert (reps.loc[reps["protocol"] == "paper", "test_exact_copy_in_train"] > 0).all()
-    leakage.run_leakage("smoke", tiny_twin, n_seeds=2, log=_quiet)
+    leakage.run("smoke", tiny_twin, n_seeds=2, log=_quiet)
     assert len(calls) == 14  # everything reused
     from ecgpaper.runs.store import experiment_file
 

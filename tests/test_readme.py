@@ -10,7 +10,7 @@ import pytest
 import tomllib
 
 from ecgpaper.cli import build_parser
-from ecgpaper.readme import profile_table, weights_table
+from ecgpaper.readme import MODULE_ROLES, layout_table, package_modules, profile_table, weights_table
 from ecgpaper.report import FIGURE_CAPTIONS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +36,17 @@ def test_the_profile_table_is_the_one_config_profiles_generates():
 def test_the_weights_table_names_the_files_keras_loads():
     assert generated_block("weights-table") == weights_table()
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in README
+
+
+def test_the_layout_lists_every_module_of_the_package():
+    modules = set(package_modules())
+    assert modules == set(MODULE_ROLES), (
+        f"modules without a line in readme.MODULE_ROLES: {sorted(modules - set(MODULE_ROLES))}; "
+        f"lines for modules that do not exist: {sorted(set(MODULE_ROLES) - modules)}")
+    assert generated_block("layout-table") == layout_table(), (
+        "README's layout table is out of date: paste the output of "
+        "`python -c 'from ecgpaper.readme import layout_table; print(layout_table())'`")
+    assert "| `ecgpaper/runs/store.py` |" in layout_table()
 
 
 def test_every_command_the_readme_shows_exists():

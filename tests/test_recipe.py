@@ -136,17 +136,16 @@ def test_shuffled_label_control_stays_at_chance_and_is_labelled(smoke_data, monk
 
 
 def test_weights_auto_falls_back_in_order_and_says_so(monkeypatch):
-    import ecgpaper.model.weights as w
-
+    # resolve_weights calls ecgpaper.model.weights through the names experiments imported
     said = []
     monkeypatch.setattr(experiments, "_RESOLVED", {})
-    monkeypatch.setattr(w, "ensure_imagenet", lambda *a, **k: False)
-    monkeypatch.setattr(w, "ensure_standin", lambda *a, **k: True)
+    monkeypatch.setattr(experiments, "ensure_imagenet", lambda *a, **k: False)
+    monkeypatch.setattr(experiments, "ensure_standin", lambda *a, **k: True)
     assert resolve_weights("auto", "VGG16", 64, log=said.append) == "hed-bsds500"
     assert resolve_weights("auto", "ResNet50", 64, log=said.append) == "none"
     assert any("stand-in" in s for s in said) and any("random initialisation" in s for s in said)
     monkeypatch.setattr(experiments, "_RESOLVED", {})
-    monkeypatch.setattr(w, "ensure_imagenet", lambda *a, **k: True)
+    monkeypatch.setattr(experiments, "ensure_imagenet", lambda *a, **k: True)
     assert resolve_weights("auto", "ResNet50", 64) == "imagenet"
     assert resolve_weights("none", "ResNet50", 64) == "none"
 
@@ -181,8 +180,10 @@ def test_stand_in_loads_into_the_vgg16_backbone(tmp_path, monkeypatch):
                 g = h5.create_group(f"block{b}/layers/conv2d{'' if i == 0 else '_' + str(i)}/vars")
                 g["0"] = rng.normal(size=k.shape).astype("float32")
                 g["1"] = rng.normal(size=bias.shape).astype("float32")
+    import ecgpaper.model.backbones as backbones
+
     real = w.load_standin
-    monkeypatch.setattr(w, "load_standin", lambda base, key: real(base, key, path=f))
+    monkeypatch.setattr(backbones, "load_standin", lambda base, key: real(base, key, path=f))
     model = build_model("VGG16", image_size=32, weights="hed-bsds500", head="standardized", finetune="top")
     with h5py.File(f) as h5:
         np.testing.assert_array_equal(model.get_layer("block3_conv3").get_weights()[0],

@@ -1,10 +1,11 @@
 """The web service (paper section 3.4) through real HTTP: gunicorn started by
-``ecgpaper.serve.server.serve`` on a free loopback port, serving a tiny model trained
-here on the synthetic twin. Happy path with Grad-CAM (section 5.2), auth,
-other users' records, throttling, every bad input, odd valid images, no model,
-and persistence across a restart; then the hardening of section 5.3: login
-throttles that rotating X-Forwarded-For does not fool (API and admin), a model
-that cannot be loaded, deletion with the files, private file modes, metadata
+``ecgpaper.serve.server.serve`` on a free loopback port (tests/support/server.py),
+serving a tiny model trained here on the synthetic twin. Happy path with
+Grad-CAM (section 5.2), auth, other users' records, throttling, every bad input,
+odd valid images, no model, and persistence across a restart; then the
+hardening of section 5.3: login throttles that rotating X-Forwarded-For does not
+fool (API and admin), a model that cannot be loaded, deletion with the files, an
+upload the database refuses (no file left behind), private file modes, metadata
 stripped from stored copies, the auditor role, token expiry and revocation,
 retention, CSP and no-store headers, the deployment checks.
 
@@ -26,13 +27,11 @@ import io
 import json
 import os
 import re
-import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -40,17 +39,12 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+from support.model import train_and_export_smoke_model
+from support.server import API, MANAGE, REPO, LiveServer, auth, running_instances, temp_postgres
 
 from ecgpaper.config import CLASS_CODES, CLASS_NAMES
-from ecgpaper.runs.experiments import run_experiment
-
-from conftest import point_paths
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parent.parent
-MANAGE = REPO / "webapp" / "manage.py"
-API = "/api/v1"
 
 
 # --------------------------------------------------------------------------
@@ -141,90 +135,10 @@ def bad_images() -> dict[str, tuple[bytes, int, str]]:
 # a live server, and the model it serves
 # --------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    """``ecgpaper.serve.server.serve`` (migrate, collectstatic, gunicorn) in a subprocess."""
-
-    def __init__(self, root: Path, env: dict, workers: int = 2):
-        self.root, self.workers = root, workers
-        base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
-        self.env = {**base, "ECGPAPER_ROOT": str(root), "TF_CPP_MIN_LOG_LEVEL": "2",
-                    "ECGWEB_SECRET_KEY": "", **env}
-        self.proc = None
-        self.log = root / "server.log"
-
-    @property
-    def state(self) -> Path:
-        """ECGWEB_STATE_DIR's default: the database, uploads, secret key and audit log."""
-        return self.root / "var" / "webapp"
-
-    def start(self) -> "LiveServer":
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        code = f"from ecgpaper.serve.server import serve; serve('127.0.0.1', {self.port}, {self.workers})"
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.get(self.url + f"{API}/health/", timeout=5).status_code == 200:
-                    return self
-            except requests.RequestException:  # not listening yet, or workers still loading
-                pass
-            time.sleep(0.3)
-        pytest.fail(f"server did not answer within 180 s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def log_tail(self, n: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
-
-    def manage(self, *args: str, env: dict | None = None) -> str:
-        res = subprocess.run([sys.executable, str(MANAGE), *args], cwd=REPO, capture_output=True,
-                             text=True, timeout=120, env={**self.env, **(env or {})})
-        assert res.returncode == 0, res.stdout + res.stderr
-        return res.stdout
-
-    def get(self, path: str, token: str | None = None, **kw) -> requests.Response:
-        return requests.get(self.url + path, headers=auth(token), timeout=60, **kw)
-
-    def upload(self, data: bytes, token: str | None, name: str = "ecg.jpg",
-               query: str = "") -> requests.Response:
-        return requests.post(f"{self.url}{API}/classifications/{query}", headers=auth(token),
-                             files={"image": (name, data, "application/octet-stream")}, timeout=120)
-
-
-def auth(token: str | None) -> dict:
-    return {"Authorization": f"Token {token}"} if token else {}
-
-
 @pytest.fixture(scope="module")
 def exported_model(tmp_path_factory) -> Path:
     """A smoke baseline (VGG16 and ResNet50, 64 px, synthetic twin), the best exported."""
-    root = tmp_path_factory.mktemp("trained")
-    mp = pytest.MonkeyPatch()
-    point_paths(mp, root)
-    try:
-        run_experiment("baseline", profile="smoke", verbose=0, log=lambda *_: None)
-    finally:
-        mp.undo()
-    return root / "models"
+    return train_and_export_smoke_model(tmp_path_factory.mktemp("trained")) / "models"
 
 
 @pytest.fixture(scope="module")
@@ -241,17 +155,14 @@ def frontend_dist(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def postgres():
-    """A throw-away PostgreSQL server for this module (``TempPostgres.database_url``
-    makes one database per web server)."""
-    from ecgpaper.serve.devdb import INSTALL_HINT, TempPostgres, find_pg_bin
+    """A throw-away PostgreSQL server for this module (``LiveServer(postgres=...)`` makes
+    one database per web server)."""
+    from ecgpaper.serve.devdb import INSTALL_HINT, find_pg_bin
 
     if find_pg_bin() is None:
         pytest.skip(f"PostgreSQL is not installed: {INSTALL_HINT}")
-    pg = TempPostgres().start()
-    try:
+    with temp_postgres() as pg:
         yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -259,14 +170,9 @@ def server(request, exported_model, frontend_dist, tmp_path_factory):
     env = {"ECGWEB_MODELS_DIR": str(exported_model), "ECGWEB_FRONTEND_DIST": str(frontend_dist),
            # these tests upload dozens of images a minute; guarded_server tests the limit
            "ECGWEB_THROTTLE_UPLOAD": "1000/min"}
-    if request.param == "postgres":
-        env["DATABASE_URL"] = request.getfixturevalue("postgres").database_url("main_server")
-    srv = LiveServer(tmp_path_factory.mktemp(f"main-server-{request.param}"), env, workers=1)
-    srv.database = request.param
-    try:
-        yield srv.start()
-    finally:
-        srv.stop()
+    pg = request.getfixturevalue("postgres") if request.param == "postgres" else None
+    with LiveServer(tmp_path_factory.mktemp(f"main-server-{request.param}"), env, postgres=pg) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -276,31 +182,18 @@ def users(server) -> dict:
                   env={"DJANGO_SUPERUSER_PASSWORD": "admin-pw-9876"})
     out = server.manage("drf_create_token", "admin")
     admin_token = re.search(r"Generated token (\w+) for user admin", out).group(1)
-    script = ("import json; from django.contrib.auth import get_user_model; "
-              "from rest_framework.authtoken.models import Token; "
-              "print(json.dumps({n: Token.objects.create(user=get_user_model().objects.create_user("
-              "n, password=n + '-pw-1234')).key for n in ('alice', 'bob')}))")
-    tokens = json.loads(server.manage("shell", "-c", script).strip().splitlines()[-1])
-    return {"admin": admin_token, **tokens}
+    return {"admin": admin_token, **server.create_users("alice", "bob")}
 
 
 @pytest.fixture(scope="module")
 def bare_server(tmp_path_factory):
-    """No model, no front-end build, 3 requests a minute per user."""
+    """No model, no front-end build, 3 requests a minute per user; two workers."""
     root = tmp_path_factory.mktemp("bare-server")
-    srv = LiveServer(root, {"ECGWEB_MODELS_DIR": str(root / "no-models"),
-                            "ECGWEB_FRONTEND_DIST": str(root / "no-dist"),
-                            "ECGWEB_THROTTLE_USER": "3/min"})
-    try:
-        srv.start()
-        script = ("from django.contrib.auth import get_user_model; "
-                  "from rest_framework.authtoken.models import Token; "
-                  "print(*[Token.objects.create(user=get_user_model().objects.create_user("
-                  "n, password='x-pw-1234')).key for n in ('carol', 'dave')])")
-        srv.tokens = srv.manage("shell", "-c", script).strip().splitlines()[-1].split()
+    with LiveServer(root, {"ECGWEB_MODELS_DIR": str(root / "no-models"),
+                           "ECGWEB_FRONTEND_DIST": str(root / "no-dist"),
+                           "ECGWEB_THROTTLE_USER": "3/min"}, workers=2) as srv:
+        srv.tokens = list(srv.create_users("carol", "dave").values())
         yield srv
-    finally:
-        srv.stop()
 
 
 def assert_error(resp: requests.Response, status: int, code: str) -> dict:
@@ -642,20 +535,12 @@ def guarded_server(exported_model, tmp_path_factory):
     that last an hour; two workers (the limits must hold across them)."""
     root = tmp_path_factory.mktemp("guarded-server")
     models = broken_model_dir(exported_model, root / "broken-models")
-    srv = LiveServer(root, {"ECGWEB_MODELS_DIR": str(models), "ECGWEB_THROTTLE_LOGIN": "3/min",
-                            "ECGWEB_THROTTLE_UPLOAD": "2/min", "ECGWEB_TOKEN_TTL_HOURS": "1"},
-                     workers=2)
-    try:
-        srv.start()
-        script = ("import json; from django.contrib.auth import get_user_model; "
-                  "from rest_framework.authtoken.models import Token; "
-                  "print(json.dumps({n: Token.objects.create(user=get_user_model().objects.create_user("
-                  "n, password=n + '-pw-1234')).key for n in ('erin', 'frank', 'gina')}))")
-        srv.tokens = json.loads(srv.manage("shell", "-c", script).strip().splitlines()[-1])
+    with LiveServer(root, {"ECGWEB_MODELS_DIR": str(models), "ECGWEB_THROTTLE_LOGIN": "3/min",
+                           "ECGWEB_THROTTLE_UPLOAD": "2/min", "ECGWEB_TOKEN_TTL_HOURS": "1"},
+                    workers=2) as srv:
+        srv.tokens = srv.create_users("erin", "frank", "gina")
         srv.models = models
         yield srv
-    finally:
-        srv.stop()
 
 
 def csrf_session(srv: LiveServer) -> tuple[requests.Session, dict]:
@@ -728,17 +613,13 @@ def test_a_failed_lazy_load_is_remembered_too(exported_model, tmp_path):
     """ECGWEB_PRELOAD_MODEL=0: the first upload tries to load the model; later ones
     get the same 503 without loading it again."""
     models = broken_model_dir(exported_model, tmp_path / "broken-models")
-    srv = LiveServer(tmp_path / "lazy", {"ECGWEB_MODELS_DIR": str(models), "ECGWEB_PRELOAD_MODEL": "0"},
-                     workers=1).start()
-    try:
-        token = make_tokens(srv, ["lazy"])["lazy"]
+    with LiveServer(tmp_path / "lazy", {"ECGWEB_MODELS_DIR": str(models), "ECGWEB_PRELOAD_MODEL": "0"}) as srv:
+        token = srv.create_users("lazy")["lazy"]
         answers = [assert_error(srv.upload(encode(noise(), "PNG"), token), 503, "model_unavailable")
                    for _ in range(3)]
         assert answers[0] == answers[1] == answers[2]
         assert srv.get(f"{API}/health/").status_code == 200
         assert srv.log_tail(200_000).count("the exported model could not be loaded") == 1
-    finally:
-        srv.stop()
 
 
 def test_uploads_have_their_own_lower_limit(guarded_server):
@@ -772,7 +653,7 @@ def test_tokens_expire_and_logout_revokes_them(guarded_server):
 
 
 def stored_files(srv: LiveServer) -> set[Path]:
-    return {p for p in (srv.state / "uploads").rglob("*") if p.is_file()}
+    return {p for p in srv.media.rglob("*") if p.is_file()}
 
 
 def test_delete_removes_the_record_and_both_files(server, users):
@@ -794,6 +675,51 @@ def test_delete_removes_the_record_and_both_files(server, users):
     audit = (server.state / "audit.log").read_text()
     assert re.search(rf'user="alice" .*method=DELETE path="{url}" status=204 .*record={made["id"]} '
                      r'owner="alice"$', audit, re.M)
+
+
+#: statements that make the database refuse new records (as a full disk would), and undo it
+REFUSE_RECORDS = {
+    "sqlite": (["CREATE TRIGGER refuse_records BEFORE INSERT ON classifier_classification "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"],
+               ["DROP TRIGGER refuse_records"]),
+    "postgres": (["CREATE FUNCTION refuse_records() RETURNS trigger LANGUAGE plpgsql AS "
+                  "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
+                  "CREATE TRIGGER refuse_records BEFORE INSERT ON classifier_classification "
+                  "FOR EACH ROW EXECUTE FUNCTION refuse_records()"],
+                 ["DROP TRIGGER refuse_records ON classifier_classification",
+                  "DROP FUNCTION refuse_records()"]),
+}
+
+
+def run_sql(srv: LiveServer, statements: list[str]) -> None:
+    srv.manage("shell", "-c", "from django.db import connection\n"
+                              f"for sql in {statements!r}: connection.cursor().execute(sql)")
+
+
+def test_an_upload_the_database_refuses_leaves_no_file_behind(server, users):
+    """The upload's rollback (services.classify_upload): the record cannot be saved
+    after its image and heat map were written; the answer is a 500 in the API's
+    shape, both files are deleted, nothing is listed, and the next upload works."""
+    token = users["bob"]
+    count = server.get(f"{API}/classifications/", token=token).json()["count"]
+    before = stored_files(server)
+    page = encode(ecg_page(17), "JPEG")
+    refuse, allow = REFUSE_RECORDS[server.database]
+    run_sql(server, refuse)
+    try:
+        assert_error(server.upload(page, token, name="refused.jpg"), 500, "server_error")
+    finally:
+        run_sql(server, allow)
+    assert stored_files(server) == before
+    assert server.get(f"{API}/classifications/", token=token).json()["count"] == count
+    audit = (server.state / "audit.log").read_text()
+    assert re.search(rf'user="bob" .*method=POST path="{API}/classifications/" status=500 .*'
+                     rf'sha256={hashlib.sha256(page).hexdigest()}$', audit, re.M)
+
+    again = server.upload(page, token, name="accepted.jpg")
+    assert again.status_code == 201, again.text[:500]
+    assert len(stored_files(server) - before) == 2
+    assert server.get(f"{API}/classifications/", token=token).json()["count"] == count + 1
 
 
 def test_stored_files_are_private(server, users):
@@ -893,11 +819,7 @@ def test_admin_change_page_and_deletions_remove_files(server, users):
     assert len(before - stored_files(server)) == 2
 
     # and deleting a user removes all their records' files
-    script = ("from django.contrib.auth import get_user_model; "
-              "from rest_framework.authtoken.models import Token; "
-              "print(Token.objects.create(user=get_user_model().objects.create_user("
-              "'ivy', password='ivy-pw-1234')).key)")
-    ivy = server.manage("shell", "-c", script).strip().splitlines()[-1]
+    ivy = server.create_users("ivy")["ivy"]
     before = stored_files(server)
     for seed in (12, 13):
         assert server.upload(encode(ecg_page(seed), "JPEG"), ivy).status_code == 201
@@ -972,27 +894,10 @@ def two_instances(exported_model, postgres, tmp_path_factory):
     """Two ``serve`` instances (one worker each) on one PostgreSQL database, with one
     shared upload folder and secret key, as webapp/README.md deploys them;
     10 requests a minute per user."""
-    shared = tmp_path_factory.mktemp("shared-media") / "uploads"
-    common = {"DATABASE_URL": postgres.database_url("two_instances"), "ECGWEB_MEDIA_ROOT": str(shared),
-              "ECGWEB_SECRET_KEY": "two-instances-share-this-key", "ECGWEB_MODELS_DIR": str(exported_model),
-              "ECGWEB_THROTTLE_USER": "10/min", "ECGWEB_THROTTLE_UPLOAD": "10/min"}
-    servers = [LiveServer(tmp_path_factory.mktemp(f"instance-{name}"), common, workers=1) for name in "ab"]
-    try:
-        for srv in servers:  # one after the other: the first one migrates
-            srv.start()
-            srv.shared_media = shared
+    with running_instances(tmp_path_factory.mktemp("two_instances"), 2, postgres=postgres,
+                           env={"ECGWEB_MODELS_DIR": str(exported_model),
+                                "ECGWEB_THROTTLE_USER": "10/min", "ECGWEB_THROTTLE_UPLOAD": "10/min"}) as servers:
         yield servers
-    finally:
-        for srv in servers:
-            srv.stop()
-
-
-def make_tokens(srv: LiveServer, names) -> dict:
-    script = ("import json; from django.contrib.auth import get_user_model; "
-              "from rest_framework.authtoken.models import Token; "
-              "print(json.dumps({n: Token.objects.create(user=get_user_model().objects.create_user("
-              f"n, password=n + '-pw-1234')).key for n in {list(names)!r}}}))")
-    return json.loads(srv.manage("shell", "-c", script).strip().splitlines()[-1])
 
 
 def test_two_instances_lose_no_concurrent_upload(two_instances):
@@ -1000,7 +905,7 @@ def test_two_instances_lose_no_concurrent_upload(two_instances):
 
     a, b = two_instances
     names = [f"client{i}" for i in range(8)]
-    tokens = make_tokens(a, names)
+    tokens = a.create_users(*names)
     pages = {name: [encode(ecg_page(10 * i + k, (600, 426)), "JPEG") for k in range(3)]
              for i, name in enumerate(names)}
     answers: dict[str, list] = {name: [] for name in names}
@@ -1028,12 +933,12 @@ def test_two_instances_lose_no_concurrent_upload(two_instances):
                                     "print(Classification.objects.filter(user__username__startswith="
                                     "'client').count())").strip().splitlines()[-1]
     assert count == "24"
-    assert len([p for p in a.shared_media.rglob("*") if p.is_file()]) >= 24
+    assert len([p for p in a.media.rglob("*") if p.is_file()]) >= 24
 
 
 def test_a_users_limit_holds_across_instances(two_instances):
     a, b = two_instances
-    token = make_tokens(a, ["tess"])["tess"]
+    token = a.create_users("tess")["tess"]
     answers = [two_instances[i % 2].get(f"{API}/classifications/", token=token).status_code
                for i in range(11)]
     assert answers == [200] * 10 + [429]  # 5 + 5 allowed, then the shared budget is spent
@@ -1044,17 +949,17 @@ def test_a_users_limit_holds_across_instances(two_instances):
 
 def test_a_record_made_through_one_instance_is_served_and_deleted_by_the_other(two_instances):
     a, b = two_instances
-    token = make_tokens(a, ["uma"])["uma"]
+    token = a.create_users("uma")["uma"]
     made = a.upload(encode(ecg_page(21), "JPEG"), token, name="from-a.jpg").json()
     url = f"{API}/classifications/{made['id']}/"
     assert b.get(url, token=token).json() == {k: v for k, v in made.items() if k != "heatmap_png"}
     for suffix in ("image/", "heatmap/"):
         assert b.get(url + suffix, token=token).status_code == 200
-    files = {p for p in a.shared_media.rglob("*") if p.is_file()}
+    files = {p for p in a.media.rglob("*") if p.is_file()}
     r = requests.delete(b.url + url, headers=auth(token), timeout=10)
     assert r.status_code == 204
     assert_error(a.get(url, token=token), 404, "not_found")
-    assert len(files - {p for p in a.shared_media.rglob("*") if p.is_file()}) == 2
+    assert len(files - {p for p in a.media.rglob("*") if p.is_file()}) == 2
 
     # a browser session made on one instance is valid on the other (same key, sessions in the DB)
     s, headers = csrf_session(a)

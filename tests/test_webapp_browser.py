@@ -11,26 +11,21 @@ results/webapp/screenshot.png, which REPORT.md then shows as Fig. 4
 """
 from __future__ import annotations
 
-import os
 import re
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from support.model import train_and_export_smoke_model
+from support.server import REPO, LiveServer, password_for
 
 from ecgpaper.config import CLASS_NAMES
 
-from conftest import point_paths
-
-REPO = Path(__file__).resolve().parents[1]
 FRONTEND = REPO / "webapp" / "frontend"
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = REPO / "results" / "webapp" / "screenshot.png"
-USER, PASSWORD = "clinician", "ecg-browser-test-pw"
+USER = "clinician"
+PASSWORD = password_for(USER)
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,16 +37,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def trained_root(tmp_path_factory) -> Path:
     """A project root holding the synthetic twin and an exported smoke model (~40 s)."""
-    from ecgpaper.runs.experiments import run_experiment
-
-    root = tmp_path_factory.mktemp("webapp-browser")
-    mp = pytest.MonkeyPatch()
-    point_paths(mp, root)
-    try:
-        run_experiment("baseline", profile="smoke", verbose=0, log=lambda *_: None)
-    finally:
-        mp.undo()
-    return root
+    return train_and_export_smoke_model(tmp_path_factory.mktemp("webapp-browser"))
 
 
 @pytest.fixture(scope="module")
@@ -75,51 +61,13 @@ def frontend_dist() -> Path:
     return index.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def web_server(trained_root, frontend_dist):
     """``ecgpaper.serve.server.serve`` (migrate, collectstatic, gunicorn) with the smoke model,
     plus a user to sign in with; yields the base URL."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
-    env.update(ECGPAPER_ROOT=str(trained_root), ECGWEB_SECRET_KEY="browser-test-key",
-               TF_CPP_MIN_LOG_LEVEL="2")
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log_path = trained_root / "server.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-c", f"from ecgpaper.serve.server import serve; serve('127.0.0.1', {port}, 1)"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, f"the server exited:\n{log_path.read_text()[-4000:]}"
-            try:
-                with urllib.request.urlopen(f"{base}/api/v1/health/", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"no answer from the server:\n{log_path.read_text()[-4000:]}"
-            time.sleep(0.5)
-        create_user = ("from django.contrib.auth import get_user_model; "
-                       f"get_user_model().objects.create_user({USER!r}, password={PASSWORD!r})")
-        res = subprocess.run([sys.executable, str(REPO / "webapp" / "manage.py"), "shell", "-c", create_user],
-                             env=env, capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0, f"creating the user failed:\n{res.stdout}\n{res.stderr}"
-        yield base
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    with LiveServer(trained_root, {"ECGWEB_FRONTEND_DIST": str(frontend_dist)}) as server:
+        server.create_users(USER)
+        yield server.url
 
 
 def test_a_clinician_classifies_an_ecg_in_the_browser(web_server, trained_root):

@@ -23,6 +23,7 @@ from scipy.sparse.csgraph import connected_components
 from ecgpaper import paths
 from ecgpaper.config import CLASS_CODES
 from ecgpaper.data.inventory import phash_bits, readable
+from ecgpaper.figures import data_label, save_figure, save_table, use_style
 
 #: Hamming distance (of the 256 bits of the grid-area phash, see
 #: ``inventory.PHASH_METHOD``) up to which two images count as the same ECG.
@@ -251,7 +252,6 @@ def write_threshold_check(audit: Audit, dataset: str, profile: str) -> dict:
     profile): the near-duplicate threshold shown so it can be checked."""
     import matplotlib.pyplot as plt
 
-    from ecgpaper.figures import data_label, save_figure, save_table, use_style
 
     check = threshold_check(audit)
     t = check["threshold"]

@@ -24,6 +24,8 @@ from tqdm import tqdm  # text bar: tqdm.auto warns in kernels without ipywidgets
 from ecgpaper import paths
 from ecgpaper.data.discovery import Discovery
 from ecgpaper.data.preprocess import crop_box
+from ecgpaper.data.synthetic import is_synthetic
+from ecgpaper.errors import UserError
 
 #: imagehash.phash with a 16 x 16 hash (256 bits) of the grid area only (the
 #: header crop box): ECG report pages share their layout and text bands, so a
@@ -42,8 +44,6 @@ COLUMNS = ["path", "label", "copy", "source_split", "class_folder", "sha256", "p
 def dataset_id(root: Path | str, name: str | None = None) -> str:
     """The dataset's name in output paths: ``synthetic...`` for a twin, the
     folder's name otherwise (``kaggle`` for the default download)."""
-    from ecgpaper.data.synthetic import is_synthetic
-
     root = Path(root)
     if name:
         base = paths.slug(name)
@@ -152,7 +152,6 @@ def previous_inventory(dataset: str) -> pd.DataFrame | None:
 def read_inventory(dataset: str) -> pd.DataFrame:
     p = inventory_path(dataset)
     if not p.exists():
-        from ecgpaper.errors import UserError
         raise UserError(f"no inventory for dataset {dataset!r} at {p}; run "
                         "`python -m ecgpaper inventory` (with the same --data-root) first.")
     df = pd.read_csv(p, dtype={"source_split": str, "copy": str, "error": str, "phash": str,

@@ -18,10 +18,11 @@ from ecgpaper import paths
 from ecgpaper.config import SPLIT_PROTOCOLS, get_profile
 from ecgpaper.data.audit import NEAR_THRESHOLD, Audit, run_audit, write_audit
 from ecgpaper.data.discovery import Discovery, discover, parse_class_map
-from ecgpaper.data.download import is_downloaded
+from ecgpaper.data.download import download_kaggle, is_downloaded, kaggle_credentials_present
 from ecgpaper.data.inventory import build_inventory, dataset_id, inventory_path, previous_inventory, write_inventory
 from ecgpaper.data.preprocess import ImageCache, PreprocessSettings, build_cache
 from ecgpaper.data.splits import make_manifest, write_manifest
+from ecgpaper.data.synthetic import synthesize
 from ecgpaper.errors import UserError
 
 
@@ -37,8 +38,6 @@ def resolve_data_root(data_root: str | Path | None, profile: str) -> tuple[Path,
 def ensure_twin(profile: str, root: Path | None = None, *, seed: int = 0,
                 workers: int | None = None, progress: bool = True, **overrides) -> Path:
     """Make the synthetic twin sized for ``profile`` (a no-op if it exists)."""
-    from ecgpaper.data.synthetic import synthesize
-
     prof = get_profile(profile)
     root = Path(root) if root else paths.twin_root(profile)
     params = dict(distinct_per_class=prof.synth_distinct_per_class,
@@ -54,8 +53,6 @@ def obtain_data(data_root: str | Path | None, profile: str, *, log=print) -> tup
     A given root is used as is; else the Kaggle download (made now if Kaggle
     credentials are configured); else the profile's synthetic twin (made now).
     """
-    from ecgpaper.data.download import download_kaggle, kaggle_credentials_present
-
     root, source = resolve_data_root(data_root, profile)
     if source == "synthetic" and kaggle_credentials_present():
         try:

@@ -27,9 +27,11 @@ from ecgpaper.errors import UserError
 from ecgpaper.model.weights import (  # noqa: F401
     _BACKBONES,
     _MOBILENET_V2_SIZES,
+    STANDINS,
     _keras_home_from_env,
     _keras_models_dir,
     _require_imagenet_file,
+    load_standin,
     weights_status,
 )
 
@@ -149,7 +151,6 @@ def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
     trainable for random ones.
     """
     _check_name(name)
-    from ecgpaper.model.weights import STANDINS, load_standin
 
     if head not in HEADS:
         raise UserError(f"head must be one of {HEADS}, not {head!r}")

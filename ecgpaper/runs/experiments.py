@@ -1,4 +1,4 @@
-"""The paper's experiments as named lists of runs, resumable, plus the export.
+"""The paper's experiments as named lists of runs, resumable (exported by :mod:`ecgpaper.runs.export`).
 
 - ``baseline`` (section 4, Fig. 8, 9): VGG16 and ResNet50, batch 16, lr 1e-4, 20 epochs;
 - ``grid`` (section 4, Table 1, Fig. 10): VGG16, batch {16, 32} x lr {1e-3, 1e-4, 1e-5}, 20 epochs;
@@ -20,10 +20,14 @@ import time
 from pathlib import Path
 
 from ecgpaper.config import BATCH_SIZES, LEARNING_RATES, get_profile
+from ecgpaper.data.prepare import prepare_data
+from ecgpaper.data.splits import read_manifest
 from ecgpaper.errors import UserError
+from ecgpaper.model.pipeline import subset_arrays
+from ecgpaper.model.weights import STANDINS, ensure_imagenet, ensure_standin, standin_for
 from ecgpaper.runs.export import export_best
 from ecgpaper.runs.store import finished_run_ids, read_registry, record_experiment
-from ecgpaper.runs.training import RunConfig, RunData, train_run
+from ecgpaper.runs.training import RunConfig, RunData, gpu_count, train_run
 
 #: the paper's experiments (section numbers in the module docstring)
 EXPERIMENTS: dict[str, list[dict]] = {
@@ -59,8 +63,6 @@ def resolve_weights(weights: str, model: str, image_size: int, *, log=print) -> 
         return weights
     key = (model, image_size)
     if key not in _RESOLVED:
-        from ecgpaper.model.weights import STANDINS, ensure_imagenet, ensure_standin, standin_for
-
         choice = "none"
         if ensure_imagenet(model, image_size=image_size, log=log):
             choice = "imagenet"
@@ -96,8 +98,6 @@ def scaled_configs(specs: list[dict], *, profile: str, dataset: str, protocol: s
     finished run is reused by any experiment that needs it."""
     prof = get_profile(profile)
     if profile == "paper" and not {"mixed_precision", "xla"} & set(overrides):
-        from ecgpaper.runs.training import gpu_count
-
         # GPU niceties, on by default for the paper profile when a GPU is there
         fast = gpu_count() > 0
         overrides = {**overrides, "mixed_precision": fast, "xla": fast}
@@ -145,9 +145,6 @@ def experiment_configs(name: str, **kwargs) -> list[RunConfig]:
 def load_run_data(prepared, protocol: str, split_seed: int = 0,
                   limit_train_per_class: int | None = None) -> RunData:
     """uint8 arrays of the three subsets of a manifest, from the prepared cache."""
-    from ecgpaper.data.splits import read_manifest
-    from ecgpaper.model.pipeline import subset_arrays
-
     manifest_file = prepared.manifests.get(protocol)
     if manifest_file is None:
         raise UserError(f"no {protocol!r} manifest for {prepared.dataset}: the data has no "
@@ -168,8 +165,6 @@ def run_experiment(name: str, *, profile: str = "quick", data_root=None, dataset
                    crop: bool = False, fit: str = "resize", early_stopping: bool = False,
                    export: bool = True, verbose: int = 2, log=print, **overrides) -> list[dict]:
     """Run (or resume) an experiment; return its registry records in order."""
-    from ecgpaper.data.prepare import prepare_data
-
     prof = get_profile(profile)
     prepared = prepare_data(data_root, profile=profile, dataset_name=dataset_name, copy=copy,
                             class_map=class_map, seed=split_seed, image_size=prof.image_size,

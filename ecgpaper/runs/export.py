@@ -60,10 +60,12 @@ def selection_key(metrics: dict, run_id: str = "?", metric: str = "val_accuracy"
 
 
 def write_export(model_src: Path, config: dict, *, run_id: str, dataset: str, profile: str,
-                 metrics: dict, selected_by: str, dest: Path | None = None) -> Path:
+                 metrics: dict, selected_by: str, synthetic: bool | None = None,
+                 dest: Path | None = None) -> Path:
     """Copy ``model_src`` to ``<dest>/ecg_classifier.keras`` (atomically) and write
     its metadata; ``config`` is a run's config.json (model, image_size,
-    scaling, fit, crop, protocol). Returns the model file."""
+    scaling, fit, crop, protocol). ``synthetic`` (the web page's warning)
+    defaults to whether ``dataset`` is the twin. Returns the model file."""
     dest = Path(dest) if dest else paths.MODELS
     dest.mkdir(parents=True, exist_ok=True)
     model_file = dest / f"{EXPORT_NAME}.keras"
@@ -78,7 +80,7 @@ def write_export(model_src: Path, config: dict, *, run_id: str, dataset: str, pr
         "input_size": config["image_size"],
         "preprocessing": {"scaling": config["scaling"], "fit": config["fit"], "crop": config["crop"],
                           "version": PREPROCESS_VERSION},
-        "dataset": dataset, "synthetic": is_synthetic(dataset), "profile": profile,
+        "dataset": dataset, "synthetic": is_synthetic(dataset) if synthetic is None else synthetic, "profile": profile,
         "protocol": config["protocol"], "metrics": metrics, "selected_by": selected_by,
         "ecgpaper_version": __version__, "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

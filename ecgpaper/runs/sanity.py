@@ -20,6 +20,9 @@ import numpy as np
 import pandas as pd
 
 from ecgpaper.config import CLASS_CODES
+from ecgpaper.model.pipeline import scaling_fn
+from ecgpaper.runs.experiments import run_configs
+from ecgpaper.runs.store import load_run
 from ecgpaper.runs.training import (
     RunConfig,
     RunData,
@@ -51,7 +54,6 @@ def overfit_one_batch(config: RunConfig, data: RunData, *, per_class: int = OVER
     import keras
 
     from ecgpaper.model.backbones import fit_head_normalization
-    from ecgpaper.model.pipeline import scaling_fn
 
     x, y = _fixed_batch(data.train[0], data.train[1], per_class)
     keras.utils.set_random_seed(config.seed)
@@ -88,8 +90,6 @@ def shuffled_label_control(config: RunConfig, data: RunData, *, verbose: int = 0
     the majority-class rate, i.e. the model is indistinguishable from chance."""
     from dataclasses import replace
 
-    from ecgpaper.runs.experiments import run_configs
-    from ecgpaper.runs.store import load_run
 
     control = replace(config, label_control="shuffled")
     record = run_configs([control], data, name="shuffled-label control", verbose=verbose, log=log)[0]

@@ -29,9 +29,13 @@ import numpy as np
 import pandas as pd
 
 from ecgpaper import __version__, paths
-from ecgpaper.config import CLASS_CODES, EARLY_STOPPING_PATIENCE, PAPER_TRAIN_IMAGES
+from ecgpaper.config import CLASS_CODES, EARLY_STOPPING_PATIENCE, HEADS, PAPER_IMAGE_SIZE, PAPER_TRAIN_IMAGES, RECIPES
 from ecgpaper.errors import UserError
-from ecgpaper.runs.store import append_record
+from ecgpaper.metrics import evaluate_predictions
+from ecgpaper.model.pipeline import make_dataset, scaling_fn
+from ecgpaper.model.weights import STANDINS
+from ecgpaper.progress import training_progress
+from ecgpaper.runs.store import append_record, predictions_table
 
 
 @dataclass(frozen=True)
@@ -255,8 +259,6 @@ def frozen_activations(model, config: RunConfig, arrays: list[np.ndarray], *, ba
     transfer-learning guide, "feature extraction"), a tenth of the compute on a
     CPU. Hand-written memo: Keras has no activation cache.
     """
-    from ecgpaper.model.pipeline import scaling_fn
-
     h = hashlib.sha256(json.dumps([config.model, config.scaling, config.image_size,
                                    _frozen_fingerprint(model, config)]).encode())
     for a in arrays:
@@ -311,7 +313,6 @@ def prepare_frozen_backbone(model, config: RunConfig, images: np.ndarray, *, log
     statistics from the training images first (``models.calibrate_batchnorm``);
     pretrained ones keep theirs."""
     from ecgpaper.model.backbones import calibrate_batchnorm, is_pretrained
-    from ecgpaper.model.pipeline import scaling_fn
 
     if config.bn_stats != "train_images" or is_pretrained(config.weights):
         return
@@ -379,12 +380,7 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
     import keras
     import tensorflow as tf
 
-    from ecgpaper.config import HEADS, RECIPES
-    from ecgpaper.metrics import evaluate_predictions
     from ecgpaper.model.backbones import fit_head_normalization
-    from ecgpaper.model.pipeline import make_dataset
-    from ecgpaper.progress import training_progress
-    from ecgpaper.runs.store import predictions_table
 
     if config.recipe not in RECIPES:
         raise UserError(f"recipe must be one of {RECIPES}, not {config.recipe!r}")
@@ -544,8 +540,6 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
 def deviations(config: RunConfig) -> list[str]:
     """The ways a run departs from the paper's protocol (3.1, 3.2, 3.5, 4), in words;
     written to the run's config.json and listed in REPORT.md."""
-    from ecgpaper.config import PAPER_IMAGE_SIZE
-
     out = []
     if config.recipe == "transfer":
         out.append(f"transfer recipe: head trained first on the frozen backbone's cached features "
@@ -563,8 +557,6 @@ def deviations(config: RunConfig) -> list[str]:
     if config.bn_stats == "train_images" and config.model != "VGG16":
         out.append("random backbone: BatchNorm statistics computed on the training images, then frozen")
     if config.weights != "imagenet":
-        from ecgpaper.model.weights import STANDINS
-
         label = STANDINS[config.weights].label if config.weights in STANDINS else (
             "random initialisation" if config.weights == "none" else f"weights from {config.weights}")
         out.append(f"weights: {label} (paper: ImageNet)")

@@ -29,6 +29,7 @@ from PIL import Image
 from ecgpaper.config import HEADER_CROP_FRACTIONS
 from ecgpaper.data.preprocess import PreprocessSettings, decode_reduced, finish_image
 from ecgpaper.errors import UserError
+from ecgpaper.model.pipeline import scaling_fn
 from ecgpaper.runs.export import ModelUnavailable, verified_export
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,6 @@ class Classifier:
         import tensorflow as tf
 
         from ecgpaper.model.gradcam import gradcam_model, gradcam_tensors
-        from ecgpaper.model.pipeline import scaling_fn
 
         self.model = keras.models.load_model(model_file, safe_mode=True, compile=False)
         if self.model.output_shape[-1] != len(self.class_codes):

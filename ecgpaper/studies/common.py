@@ -4,11 +4,13 @@ The paper's limitations section (5.2) lists what it did not do: no
 interpretability, no robustness to real-world distortions, two architectures,
 one data source; section 5.5 proposes lighter models and ensembles. And its
 98 % may be inflated, because the archive holds many byte-identical copies
-that a random 70/15/15 split puts on both sides. One module per stage:
+that a random 70/15/15 split puts on both sides. One module per study, each
+with the verbs ``run``, ``table``, ``figure`` and ``sentences`` (REPORT.md,
+assembled by :mod:`ecgpaper.report`, reads the tables and the sentences):
 
 - :mod:`ecgpaper.studies.leakage` (item 1): the paper's VGG16 setting under the
   ``paper``, ``grouped`` and ``kaggle`` protocols, with and without the header
-  crop, plus a model-free 1-nearest-neighbour probe of the split itself;
+  crop, plus the model-free probe of :mod:`ecgpaper.studies.probe`;
 - :mod:`ecgpaper.studies.interpretability` (item 2): Grad-CAM grids and the share of
   heat on the header band;
 - :mod:`ecgpaper.studies.robustness` (item 3): accuracy under graded corruptions;
@@ -18,12 +20,11 @@ that a random 70/15/15 split puts on both sides. One module per stage:
   interval over duplicate groups and the verdict of :mod:`ecgpaper.studies.verdicts`,
   and VGG16 vs ResNet50 paired over duplicate groups.
 
-This module holds what they share: explicit run lists scaled by a profile and
-trained with the registry's resume logic (the same run ids as
-``experiments.run_experiment``, so a finished ``grid`` or ``baseline`` run of
-the same setting is reused, never retrained), data prepared once per split
-seed and crop, fast bootstrap helpers, the names of every output, and the
-"Beyond the paper" section of REPORT.md.
+This module holds what they share: data prepared once per split seed and crop
+(:class:`DataSource`; runs are trained with the registry's resume logic and
+the same run ids as ``experiments.run_experiment``, so a finished ``grid`` or
+``baseline`` run of the same setting is reused, never retrained), the
+duplicate group of each test image, and the names of every output.
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ import numpy as np
 import pandas as pd
 
 from ecgpaper.config import get_profile
+from ecgpaper.data.prepare import prepare_data
+from ecgpaper.data.splits import read_manifest
+from ecgpaper.runs.experiments import load_run_data
 from ecgpaper.runs.training import RunData
 
 #: Every output of notebook 06, by stage: (figures, tables). Stable names.
@@ -79,8 +83,6 @@ class DataSource:
     def prepared(self, split_seed: int = 0, crop: bool = False):
         key = (split_seed, crop)
         if key not in self._prepared:
-            from ecgpaper.data.prepare import prepare_data
-
             quiet = (lambda *a, **k: None) if self._prepared else self.log
             self._prepared[key] = prepare_data(
                 self.data_root, profile=self.profile, seed=split_seed,
@@ -96,13 +98,9 @@ class DataSource:
         return protocol in self.prepared(split_seed).manifests
 
     def run_data(self, protocol: str, split_seed: int = 0, crop: bool = False) -> RunData:
-        from ecgpaper.runs.experiments import load_run_data
-
         return load_run_data(self.prepared(split_seed, crop), protocol, split_seed)
 
     def manifest(self, protocol: str, split_seed: int = 0) -> pd.DataFrame:
-        from ecgpaper.data.splits import read_manifest
-
         self.prepared(split_seed)
         return read_manifest(self.dataset, protocol, split_seed)
 
@@ -116,7 +114,6 @@ class DataSource:
 
 def test_groups(dataset: str, config: dict, test_paths) -> np.ndarray:
     """Duplicate-group id of each test image of a run (from its manifest)."""
-    from ecgpaper.data.splits import read_manifest
 
     man = read_manifest(dataset, config["protocol"], config["split_seed"]).set_index("path")
     return man.loc[list(test_paths), "group"].astype(str).to_numpy()

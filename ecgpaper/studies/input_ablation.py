@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ecgpaper.figures import save_table
+from ecgpaper.figures import interval_columns, save_table
 from ecgpaper.runs.experiments import run_configs, scaled_configs
 from ecgpaper.runs.store import load_run, record_experiment
 from ecgpaper.studies.common import DataSource
@@ -31,7 +31,7 @@ CONDITIONS = [("VGG16", "rescale", "frozen"), ("VGG16", "preprocess_input", "fro
               ("ResNet50", "preprocess_input", "frozen"), ("ResNet50", "preprocess_input", "trainable")]
 
 
-def run_input_ablation(source: DataSource, *, split_seed: int = 0, verbose: int = 0, log=print) -> list[dict]:
+def run(source: DataSource, *, split_seed: int = 0, verbose: int = 0, log=print) -> list[dict]:
     """Train (or reuse) the six conditions; return the loaded runs in ``CONDITIONS`` order."""
     configs = []
     for model, scaling, bn in CONDITIONS:
@@ -45,7 +45,7 @@ def run_input_ablation(source: DataSource, *, split_seed: int = 0, verbose: int 
     return [load_run(source.dataset, source.profile, i) for i in ids]
 
 
-def table_input_ablation(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
+def table(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
     """One row per condition, plus the VGG16 minus ResNet50 accuracy gap per scaling."""
     rows = []
     for run in runs:
@@ -53,7 +53,7 @@ def table_input_ablation(runs: list[dict], dataset: str, profile: str) -> pd.Dat
         rows.append({"model": c["model"], "weights": c["weights"], "scaling": c["scaling"],
                      "batchnorm": c["bn_mode"] if c["model"] != "VGG16" else "(none in VGG16)",
                      "train_accuracy": m.get("train_accuracy"), "test_accuracy": m["accuracy"],
-                     "ci95": f"{m['ci95']['accuracy'][0]:.2f}-{m['ci95']['accuracy'][1]:.2f}",
+                     **interval_columns("ci95", m["ci95"]["accuracy"]),
                      "run": run["run_id"]})
     df = pd.DataFrame(rows)
     vgg = df[df["model"] == "VGG16"].set_index("scaling")["test_accuracy"]

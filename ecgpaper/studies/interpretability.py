@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 
 from ecgpaper.config import CLASS_CODES, CLASS_NAMES, HEADER_CROP_FRACTIONS, REFERENCE_PAGE_SIZE
+from ecgpaper.figures import data_label, save_figure, save_table, use_style
 from ecgpaper.metrics import majority_rate
+from ecgpaper.model.pipeline import scaling_fn
 from ecgpaper.studies.common import DataSource
 
 
@@ -57,7 +59,6 @@ def explain_images(model_file, config: dict, images: np.ndarray, batch: int = 32
     import keras
 
     from ecgpaper.model.gradcam import gradcam, gradcam_model
-    from ecgpaper.model.pipeline import scaling_fn
 
     model = keras.models.load_model(model_file, compile=False, safe_mode=True)
     grad_model = gradcam_model(model)
@@ -99,12 +100,10 @@ def heat_shares(heat: np.ndarray, crop: bool, fit: str = "resize") -> pd.DataFra
     return pd.DataFrame(rows, columns=list(regions))
 
 
-def table_header_fraction(entries: list[tuple[str, dict]], dataset: str, profile: str) -> pd.DataFrame:
+def table(entries: list[tuple[str, dict]], dataset: str, profile: str) -> pd.DataFrame:
     """``table_gradcam_header_fraction``: per explained run, the mean share of
     Grad-CAM mass on the header band, the footer band and the ECG grid, beside
     each region's share of the image (what a uniform heat map would give)."""
-    from ecgpaper.figures import save_table
-
     rows = []
     for label, ex in entries:
         c = ex["run"]["config"]
@@ -131,7 +130,7 @@ def table_header_fraction(entries: list[tuple[str, dict]], dataset: str, profile
     return df
 
 
-def summary_sentences(table: pd.DataFrame) -> list[str]:
+def sentences(table: pd.DataFrame) -> list[str]:
     """What the header-fraction table shows, one sentence per explained run."""
     out = []
     for r in table.to_dict("records"):
@@ -162,12 +161,11 @@ def summary_sentences(table: pd.DataFrame) -> list[str]:
     return out
 
 
-def fig15_gradcam_grid(explained: list[tuple[str, dict]], dataset: str, profile: str):
+def figure(explained: list[tuple[str, dict]], dataset: str, profile: str):
     """Fig. 15: per model two rows (correct, wrong) x one column per class: the
     first such test image with its Grad-CAM overlay."""
     import matplotlib.pyplot as plt
 
-    from ecgpaper.figures import data_label, save_figure, use_style
     from ecgpaper.model.gradcam import overlay
 
     use_style()
@@ -201,7 +199,7 @@ def fig15_gradcam_grid(explained: list[tuple[str, dict]], dataset: str, profile:
     return save_figure(fig, "fig15_gradcam_grid", dataset, profile)
 
 
-def run_gradcam(source: DataSource, baseline_runs: list[dict], crop_pair: list[dict] = ()) -> dict:
+def run(source: DataSource, baseline_runs: list[dict], crop_pair: list[dict] = ()) -> dict:
     """Explain the baseline VGG16 and ResNet50 runs (the grid figure) and any
     further runs (the leakage study's VGG16 with and without crop) for the
     header-fraction table. Returns {"grid": [...], "table": [...]} of

@@ -25,7 +25,7 @@ CNN: it answers a test image with an exact copy in train right by
 construction, so its ``paper`` - ``grouped`` gap is about (share of test
 images with a copy in train) x (its accuracy on them - its accuracy on the
 others), a restatement of the copy count. Conclusions are computed from the
-numbers (:func:`conclusions`), including "no gap measurable because the
+numbers (:func:`sentences`), including "no gap measurable because the
 models did not learn" when the CNN stays at the majority-class rate.
 """
 from __future__ import annotations
@@ -37,10 +37,11 @@ import pandas as pd
 
 from ecgpaper import paths
 from ecgpaper.config import SPLIT_PROTOCOLS
-from ecgpaper.metrics import acc_f1, bootstrap_sets, fmt_ci, group_members, majority_rate, percentile_ci
+from ecgpaper.figures import data_label, interval_columns, save_figure, save_table, use_style
+from ecgpaper.metrics import acc_f1, bootstrap_sets, group_members, majority_rate, percentile_ci
 from ecgpaper.model.pipeline import labels_to_indices
 from ecgpaper.runs.experiments import run_configs, scaled_configs
-from ecgpaper.runs.store import load_predictions, record_experiment
+from ecgpaper.runs.store import load_predictions, load_run, record_experiment
 from ecgpaper.studies.common import DataSource
 from ecgpaper.studies.probe import PROBE_LABEL, nn_probe
 
@@ -97,7 +98,7 @@ def duplicate_crossings(manifest: pd.DataFrame, files: pd.DataFrame) -> dict:
 # the study
 # --------------------------------------------------------------------------
 
-def run_leakage(profile: str, data_root=None, *, seed: int = 0, n_seeds: int | None = None,
+def run(profile: str, data_root=None, *, seed: int = 0, n_seeds: int | None = None,
                 protocols=SPLIT_PROTOCOLS, crops=(False, True), crop_protocols=CROP_PROTOCOLS,
                 source: DataSource | None = None, second_cnn: bool = True, verbose: int = 0,
                 log=print) -> dict:
@@ -171,8 +172,6 @@ def run_leakage(profile: str, data_root=None, *, seed: int = 0, n_seeds: int | N
 def study_runs(study: dict, protocol: str = "grouped", crop: bool = False, replicate: int = 0) -> list[dict]:
     """The finished CNN runs (``experiments.load_run``) of one cell of the study,
     one per model: e.g. the ``grouped`` runs that notebook 06's robustness uses."""
-    from ecgpaper.runs.store import load_run
-
     reps = study["replicates"]
     sel = reps[(reps["classifier"] != PROBE_LABEL) & (reps["protocol"] == protocol) & (reps["crop"] == crop)
                & (reps["replicate"] == replicate)]
@@ -243,6 +242,14 @@ def copy_effect(study: dict, protocol: str = "paper", n_bootstrap: int = N_BOOTS
     return out
 
 
+def _gap_row(gap: dict) -> dict:
+    """A row of ``table_leakage_gap``: the intervals as numeric column pairs, in place."""
+    row = {}
+    for key, value in gap.items():
+        row.update(interval_columns(key, value) if key.endswith("_ci95") else {key: value})
+    return row
+
+
 def _ci_or_none(values):
     values = np.asarray(values, float)
     values = values[np.isfinite(values)]
@@ -254,32 +261,30 @@ def copy_effect_table(summary: dict) -> pd.DataFrame:
     return pd.DataFrame([{
         "classifier": c["classifier"], "protocol": c["protocol"], "crop": c["crop"], "seeds": c["seeds"],
         "test_with_copy": c["n_copy"], "test_without_copy": c["n_no_copy"],
-        "accuracy_copy": c["accuracy_copy"], "accuracy_copy_ci95": fmt_ci(c["accuracy_copy_ci95"]),
-        "accuracy_no_copy": c["accuracy_no_copy"], "accuracy_no_copy_ci95": fmt_ci(c["accuracy_no_copy_ci95"]),
-        "difference": c["difference"],
-        "difference_ci95": "" if c["difference_ci95"] is None else
-        "{:+.3f} to {:+.3f}".format(*c["difference_ci95"]),
+        "accuracy_copy": c["accuracy_copy"], **interval_columns("accuracy_copy_ci95", c["accuracy_copy_ci95"]),
+        "accuracy_no_copy": c["accuracy_no_copy"],
+        **interval_columns("accuracy_no_copy_ci95", c["accuracy_no_copy_ci95"]),
+        "difference": c["difference"], **interval_columns("difference_ci95", c["difference_ci95"]),
         "difference_per_seed": ", ".join(f"{d:+.3f}" for d in c["difference_per_seed"]),
     } for c in summary.get("copy_effect", [])],
         columns=["classifier", "protocol", "crop", "seeds", "test_with_copy", "test_without_copy",
-                 "accuracy_copy", "accuracy_copy_ci95", "accuracy_no_copy", "accuracy_no_copy_ci95",
-                 "difference", "difference_ci95", "difference_per_seed"])
+                 "accuracy_copy", *interval_columns("accuracy_copy_ci95", None),
+                 "accuracy_no_copy", *interval_columns("accuracy_no_copy_ci95", None),
+                 "difference", *interval_columns("difference_ci95", None), "difference_per_seed"])
 
 
-def table_leakage(study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def table(study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """``table_leakage`` (one row per classifier x protocol x crop),
     ``table_leakage_gap`` (paper and kaggle minus grouped) and the summary
     (also written to ``leakage_summary.json``)."""
-    from ecgpaper.figures import save_table
-
     dataset, profile = study["dataset"], study["profile"]
     cells = _cells(study)
     table = pd.DataFrame([{
         "classifier": c["classifier"], "protocol": c["protocol"], "crop": c["crop"],
         "seeds": c["replicates"], "n_test": c["n_test"],
         "test_with_copy_in_train": c["test_with_copy_in_train"],
-        "accuracy": c["accuracy"], "accuracy_ci95": fmt_ci(c["accuracy_ci95"]),
-        "accuracy_std": c["accuracy_std"], "f1": c["f1"], "f1_ci95": fmt_ci(c["f1_ci95"]),
+        "accuracy": c["accuracy"], **interval_columns("accuracy_ci95", c["accuracy_ci95"]),
+        "accuracy_std": c["accuracy_std"], "f1": c["f1"], **interval_columns("f1_ci95", c["f1_ci95"]),
         "majority_rate": c["majority_rate"], "above_majority": c["learned"],
     } for c in cells])
     save_table(table, "table_leakage", dataset, profile,
@@ -310,8 +315,7 @@ def table_leakage(study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
             "accuracy": c["accuracy"], "accuracy_grouped": ref["accuracy"],
             "majority_rate": (c["majority_rate"] + ref["majority_rate"]) / 2,
         })
-    gap_table = pd.DataFrame([{**g, "accuracy_gap_ci95": fmt_ci(g["accuracy_gap_ci95"]),
-                               "f1_gap_ci95": fmt_ci(g["f1_gap_ci95"])} for g in gaps])
+    gap_table = pd.DataFrame([_gap_row(g) for g in gaps])
     save_table(gap_table, "table_leakage_gap", dataset, profile,
                "Leakage gap: accuracy and macro F1 of each protocol minus the grouped protocol's "
                "(95 % CI: independent two-stage bootstraps, seeds then duplicate groups, of both "
@@ -354,7 +358,7 @@ def _pct(a, b) -> str:
     return f"{a:.0f}/{b:.0f}" if b else "0/0"
 
 
-def conclusions(summary: dict) -> list[str]:
+def sentences(summary: dict) -> list[str]:
     """What the numbers show, in sentences computed from the summary."""
     out = []
     copies = summary["copies"]
@@ -449,14 +453,13 @@ def conclusions(summary: dict) -> list[str]:
     return out
 
 
-def fig14_leakage(table: pd.DataFrame, summary: dict, dataset: str, profile: str):
+def figure(table: pd.DataFrame, summary: dict, dataset: str, profile: str):
     """Fig. 14: accuracy and macro F1 per protocol, CNN and probe, full page and
     cropped, with 95 % intervals; x labels say how many test images have a
     copy in train."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from ecgpaper.figures import data_label, save_figure, use_style
 
     use_style()
     protocols = [p for p in ("paper", "grouped", "kaggle") if p in set(table["protocol"])]
@@ -500,7 +503,3 @@ def fig14_leakage(table: pd.DataFrame, summary: dict, dataset: str, profile: str
 def cnn_learned(summary: dict) -> bool:
     return any(c["learned"] for c in summary["cells"] if c["classifier"] != PROBE_LABEL)
 
-
-__all__ = ["LEAKAGE_SPEC", "duplicate_crossings", "run_leakage",
-           "table_leakage", "copy_effect", "copy_effect_table", "study_runs", "conclusions",
-           "fig14_leakage", "n_replicates", "cnn_learned"]

@@ -24,10 +24,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from ecgpaper.metrics import acc_f1, bootstrap_sets, fmt_ci, percentile_ci
-from ecgpaper.model.pipeline import labels_to_indices
-from ecgpaper.runs.experiments import run_configs, scaled_configs
-from ecgpaper.runs.store import load_predictions, probabilities, record_experiment
+from ecgpaper.figures import data_label, format_ci, interval_columns, save_figure, save_table, use_style
+from ecgpaper.metrics import acc_f1, bootstrap_sets, percentile_ci
+from ecgpaper.model.pipeline import labels_to_indices, scaling_fn
+from ecgpaper.runs.experiments import experiment_configs, run_configs, scaled_configs
+from ecgpaper.runs.store import load_predictions, load_run, probabilities, record_experiment
 from ecgpaper.studies.common import DataSource, same_test_images
 
 #: the paper's baseline setting (section 4) for the lighter backbones
@@ -38,17 +39,13 @@ ENSEMBLE_SIZE = 3
 
 def lightweight_configs(profile: str, dataset: str, split_seed: int = 0):
     """The baseline experiment's runs (VGG16, ResNet50; reused) plus the two light ones."""
-    from ecgpaper.runs.experiments import experiment_configs
-
     base = experiment_configs("baseline", profile=profile, dataset=dataset, split_seed=split_seed)
     return base + scaled_configs(LIGHT_SPECS, profile=profile, dataset=dataset, split_seed=split_seed)
 
 
-def run_lightweight(source: DataSource, *, split_seed: int = 0, verbose: int = 0, log=print) -> list[dict]:
+def run(source: DataSource, *, split_seed: int = 0, verbose: int = 0, log=print) -> list[dict]:
     """Train (or reuse) the four runs on the paper protocol; return them loaded
     (``experiments.load_run``) and record ``experiments/lightweight.json``."""
-    from ecgpaper.runs.store import load_run
-
     data = source.run_data("paper", split_seed, False)
     configs = lightweight_configs(source.profile, source.dataset, split_seed)
     records = run_configs(configs, data, name="lightweight", verbose=verbose, log=log)
@@ -64,7 +61,6 @@ def measure_latency(model, image_size: int, *, scaling: str = "rescale", model_n
     of a compiled batch-1 forward (after ``warmup`` calls), in ms."""
     import tensorflow as tf
 
-    from ecgpaper.model.pipeline import scaling_fn
 
     scale = scaling_fn(scaling, model_name)
     x = tf.constant(np.random.default_rng(0).integers(0, 256, (1, image_size, image_size, 3), dtype=np.uint8))
@@ -107,7 +103,7 @@ def profile_runs(runs: list[dict], *, n_calls: int = 30, log=print) -> pd.DataFr
                               n_calls=n_calls)
         rows.append({
             "model": c["model"], "members": "", "run_id": run["run_id"], "epochs": c["epochs"],
-            "accuracy": m["accuracy"], "accuracy_ci95": fmt_ci((m.get("ci95") or {}).get("accuracy")),
+            "accuracy": m["accuracy"], **interval_columns("accuracy_ci95", (m.get("ci95") or {}).get("accuracy")),
             "f1": m["f1"], "val_accuracy": m.get("val_accuracy"), "val_loss": m.get("val_loss"),
             "params_millions": model.count_params() / 1e6, "file_mb": deployable_size_mb(model),
             **lat, "epoch_seconds": m.get("epoch_seconds_mean"),
@@ -145,11 +141,9 @@ def soft_vote(dataset: str, profile: str, run_ids: list[str], groups=None, *,
             "accuracy_ci95": percentile_ci(boot[:, 0]), "f1_ci95": percentile_ci(boot[:, 3])}
 
 
-def table_lightweight(runs: list[dict], dataset: str, profile: str, *, k: int = ENSEMBLE_SIZE,
+def table(runs: list[dict], dataset: str, profile: str, *, k: int = ENSEMBLE_SIZE,
                       n_calls: int = 30, log=print) -> pd.DataFrame:
     """``table_lightweight``: the four models and the soft-voting ensemble row."""
-    from ecgpaper.figures import save_table
-
     table = profile_runs(runs, n_calls=n_calls, log=log)
     members = choose_members(table, k)
     vote = soft_vote(dataset, profile, members)
@@ -157,7 +151,7 @@ def table_lightweight(runs: list[dict], dataset: str, profile: str, *, k: int = 
     ensemble = {
         "model": f"Ensemble (soft vote of {len(members)})", "members": " + ".join(chosen["model"]),
         "run_id": "", "epochs": None, "accuracy": vote["accuracy"],
-        "accuracy_ci95": fmt_ci(vote["accuracy_ci95"]), "f1": vote["f1"],
+        **interval_columns("accuracy_ci95", vote["accuracy_ci95"]), "f1": vote["f1"],
         "val_accuracy": None, "val_loss": None,
         "params_millions": float(chosen["params_millions"].sum()), "file_mb": float(chosen["file_mb"].sum()),
         "latency_ms": float(chosen["latency_ms"].sum()), "latency_p90_ms": float(chosen["latency_p90_ms"].sum()),
@@ -173,18 +167,18 @@ def table_lightweight(runs: list[dict], dataset: str, profile: str, *, k: int = 
     return table
 
 
-def fig17_accuracy_vs_latency(table: pd.DataFrame, dataset: str, profile: str):
+def figure(table: pd.DataFrame, dataset: str, profile: str):
     """Fig. 17: test accuracy (95 % CI) against CPU latency, marker area ~ parameters."""
     import matplotlib.pyplot as plt
     import seaborn as sns
-
-    from ecgpaper.figures import data_label, save_figure, use_style
 
     use_style()
     fig, ax = plt.subplots(figsize=(9.5, 4.6))
     colours = sns.color_palette("colorblind", len(table))
     for colour, r in zip(colours, table.to_dict("records")):
-        lo, hi = (float(v) for v in r["accuracy_ci95"].split("-")) if r["accuracy_ci95"] else (r["accuracy"],) * 2
+        lo, hi = r["accuracy_ci95_low"], r["accuracy_ci95_high"]
+        if pd.isna(lo):
+            lo = hi = r["accuracy"]
         ax.errorbar(r["latency_ms"], r["accuracy"], yerr=[[r["accuracy"] - lo], [hi - r["accuracy"]]],
                     fmt="none", ecolor=colour, capsize=3)
         ax.scatter(r["latency_ms"], r["accuracy"], s=30 + 8 * r["params_millions"], color=colour,
@@ -204,12 +198,13 @@ def fig17_accuracy_vs_latency(table: pd.DataFrame, dataset: str, profile: str):
     return save_figure(fig, "fig17_accuracy_vs_latency", dataset, profile)
 
 
-def summary_sentences(table: pd.DataFrame) -> list[str]:
+def sentences(table: pd.DataFrame) -> list[str]:
     out = []
     for r in table.to_dict("records"):
         members = f" of {r['members']}" if r["members"] else ""
         out.append(f"{r['model']}{members}: accuracy {float(r['accuracy']):.3f} (95 % CI "
-                   f"{r['accuracy_ci95'] or 'n/a'}), {float(r['params_millions']):.2f} M parameters, "
+                   f"{format_ci((r['accuracy_ci95_low'], r['accuracy_ci95_high'])) or 'n/a'}), "
+                   f"{float(r['params_millions']):.2f} M parameters, "
                    f"{float(r['file_mb']):.1f} MB, {float(r['latency_ms']):.1f} ms per image on the CPU.")
     singles = table[table["members"].astype(str) == ""]
     if len(singles) > 1:
@@ -222,7 +217,3 @@ def summary_sentences(table: pd.DataFrame) -> list[str]:
                    + ". Accuracy differences whose intervals overlap are not evidence of a better model.")
     return out
 
-
-__all__ = ["LIGHT_SPECS", "lightweight_configs", "run_lightweight", "measure_latency",
-           "deployable_size_mb", "profile_runs", "choose_members", "soft_vote", "table_lightweight",
-           "fig17_accuracy_vs_latency", "summary_sentences"]

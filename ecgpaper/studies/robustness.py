@@ -45,7 +45,11 @@ import pandas as pd
 from PIL import Image
 
 from ecgpaper.config import HEADER_CROP_FRACTIONS, REFERENCE_PAGE_SIZE
+from ecgpaper.figures import data_label, save_figure, save_table, use_style
 from ecgpaper.metrics import acc_f1, majority_rate
+from ecgpaper.model.pipeline import scaling_fn
+from ecgpaper.studies.interpretability import page_regions
+from ecgpaper.studies.probe import PROBE_LABEL, fit_probe, probe_features
 
 PAGE_WIDTH_MM = 280.0  # width of a 12-lead report page (synthetic.PAGE_WIDTH_MM; 25 mm/s x 10 s + margins)
 PAGE_HEIGHT_MM = PAGE_WIDTH_MM * REFERENCE_PAGE_SIZE[1] / REFERENCE_PAGE_SIZE[0]
@@ -84,8 +88,6 @@ def input_geometry(size: int, crop: bool = False, fit: str = "resize") -> dict:
     """Pixels per mm of paper (``px_per_mm_y``, ``px_per_mm_x``) of an input of
     ``size`` x ``size`` made by ``preprocess.prepare_image``, and the ECG grid's
     box as fractions of the input (``grid``: left, top, right, bottom)."""
-    from ecgpaper.studies.interpretability import page_regions
-
     fl, ft, fr, fb = HEADER_CROP_FRACTIONS
     w_mm, h_mm = (PAGE_WIDTH_MM * (fr - fl), PAGE_HEIGHT_MM * (fb - ft)) if crop else (PAGE_WIDTH_MM,
                                                                                         PAGE_HEIGHT_MM)
@@ -206,7 +208,6 @@ def _predictor(run: dict):
     import keras
     import tensorflow as tf
 
-    from ecgpaper.model.pipeline import scaling_fn
 
     model = keras.models.load_model(run["folder"] / "model.keras", compile=False, safe_mode=True)
     scale = scaling_fn(run["config"]["scaling"], run["config"]["model"])
@@ -218,7 +219,7 @@ def _predictor(run: dict):
     return lambda x: np.concatenate([forward(x[i:i + 64]).numpy() for i in range(0, len(x), 64)])
 
 
-def run_robustness(runs: list[dict], data, *, probe: bool = True, corruptions=tuple(CORRUPTIONS),
+def run(runs: list[dict], data, *, probe: bool = True, corruptions=tuple(CORRUPTIONS),
                    severities=SEVERITIES, seed: int = 0, chunk: int = 64, log=print) -> pd.DataFrame:
     """Accuracy and macro F1 of each run (and of the 1-NN probe fitted on the
     runs' training images) on the corrupted test images.
@@ -229,8 +230,6 @@ def run_robustness(runs: list[dict], data, *, probe: bool = True, corruptions=tu
     clean condition. ``recorded_accuracy``: each run's own test accuracy, which
     the clean condition reproduces.
     """
-    from ecgpaper.studies.probe import PROBE_LABEL, fit_probe, probe_features
-
     c0 = runs[0]["config"]
     for r in runs[1:]:
         c = r["config"]
@@ -282,9 +281,7 @@ def run_robustness(runs: list[dict], data, *, probe: bool = True, corruptions=tu
     return table.reset_index(drop=True)
 
 
-def table_robustness(table: pd.DataFrame, dataset: str, profile: str) -> pd.DataFrame:
-    from ecgpaper.figures import save_table
-
+def table(table: pd.DataFrame, dataset: str, profile: str) -> pd.DataFrame:
     save_table(table, "table_robustness", dataset, profile,
                "Robustness (section 5.2): accuracy and macro F1 on the grouped split's test images "
                "(ECGs the models never saw), decoded as in training and corrupted at the model's "
@@ -293,11 +290,10 @@ def table_robustness(table: pd.DataFrame, dataset: str, profile: str) -> pd.Data
     return table
 
 
-def fig16_robustness(table: pd.DataFrame, dataset: str, profile: str):
+def figure(table: pd.DataFrame, dataset: str, profile: str):
     """Fig. 16: accuracy vs severity, one panel per corruption, one line per model."""
     import matplotlib.pyplot as plt
 
-    from ecgpaper.figures import data_label, save_figure, use_style
 
     use_style()
     names = list(dict.fromkeys(table["corruption"]))
@@ -331,7 +327,7 @@ def fig16_robustness(table: pd.DataFrame, dataset: str, profile: str):
     return save_figure(fig, "fig16_robustness", dataset, profile)
 
 
-def summary_sentences(table: pd.DataFrame) -> list[str]:
+def sentences(table: pd.DataFrame) -> list[str]:
     """Per model: clean accuracy, the most damaging corruption at the top
     severity, and whether the curve can say anything (a model at the
     majority-class rate on clean pages has flat curves by construction)."""

@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 
 from ecgpaper.config import PAPER_METRICS, PAPER_RESULTS
+from ecgpaper.data.splits import read_manifest
 from ecgpaper.errors import UserError
+from ecgpaper.figures import format_ci, interval_columns, save_table
 from ecgpaper.metrics import (
     bootstrap_sets,
-    fmt_ci,
     group_members,
     group_sign_test,
     paired_difference,
@@ -28,7 +29,7 @@ from ecgpaper.metrics import (
     scores,
 )
 from ecgpaper.model.pipeline import labels_to_indices
-from ecgpaper.runs.store import load_predictions
+from ecgpaper.runs.store import experiment_runs, load_predictions
 from ecgpaper.studies.common import test_groups
 from ecgpaper.studies.verdicts import (
     compare_with_paper,
@@ -42,8 +43,6 @@ N_BOOTSTRAP = 1000
 
 
 def _runs(name: str, dataset: str, profile: str) -> list[dict]:
-    from ecgpaper.runs.store import experiment_runs
-
     try:
         return experiment_runs(name, dataset, profile)
     except UserError:
@@ -58,8 +57,6 @@ def _test_set(dataset: str, profile: str, run: dict) -> dict:
 
 
 def _copies_in_train(dataset: str, config: dict, paths) -> int:
-    from ecgpaper.data.splits import read_manifest
-
     man = read_manifest(dataset, config["protocol"], config["split_seed"]).set_index("path")
     return int(man.loc[list(paths), "copy_in_train"].sum())
 
@@ -82,8 +79,8 @@ def comparison_row(label: str, dataset: str, profile: str, runs: list[dict], met
                                     seed_spread=paper_seed_spread(metric, paper_runs))
     return {
         "number": label, "test": "group bootstrap", "runs": len(runs), "ours": ours,
-        "ci95_groups": fmt_ci(percentile_ci(by_group)), "paper": paper,
-        "difference": comparison["difference"], "difference_ci95": "{:+.3f} to {:+.3f}".format(*comparison["ci95"]),
+        **interval_columns("ci95_groups", percentile_ci(by_group)), "paper": paper,
+        "difference": comparison["difference"], **interval_columns("difference_ci95", comparison["ci95"]),
         "outcome": "n/a" if differences else comparison["outcome"],
         "verdict": verdict_text(comparison, differences),
         "n_test": len(sets[0]["y"]), "distinct_ecgs_in_test": len(group_members(sets[0]["groups"])),
@@ -132,9 +129,8 @@ def paired_row(label: str, dataset: str, profile: str, run_a: dict, run_b: dict,
     test = group_sign_test(ok_a, ok_b, a["groups"])
     return {
         "number": label, "test": f"paired group bootstrap + McNemar over groups: {name_a} vs {name_b}",
-        "runs": 2, "ours": float(ok_a.mean() - ok_b.mean()), "ci95_groups": fmt_ci(ci),
-        "ci95_groups_bounds": (float(ci[0]), float(ci[1])), "paper": None,
-        "difference": None, "difference_ci95": "", "outcome": paired_outcome(*ci, name_a, name_b),
+        "runs": 2, "ours": float(ok_a.mean() - ok_b.mean()), **interval_columns("ci95_groups", ci),
+        "paper": None, "difference": None, **interval_columns("difference_ci95", None), "outcome": paired_outcome(*ci, name_a, name_b),
         "verdict": paired_outcome(*ci, name_a, name_b),
         "n_test": len(a["y"]), "distinct_ecgs_in_test": len(members),
         "test_with_copy_in_train": _copies_in_train(dataset, run_a["config"], a["path"]),
@@ -143,7 +139,7 @@ def paired_row(label: str, dataset: str, profile: str, run_a: dict, run_b: dict,
     }
 
 
-def table_statistics(dataset: str, profile: str, *, baseline_runs: list[dict] | None = None,
+def table(dataset: str, profile: str, *, baseline_runs: list[dict] | None = None,
                      n_bootstrap: int = N_BOOTSTRAP) -> pd.DataFrame:
     """``table_statistics``: every number of the paper that we have runs for,
     beside ours with the REPORT.md verdict, and the paired VGG16 vs ResNet50
@@ -151,10 +147,8 @@ def table_statistics(dataset: str, profile: str, *, baseline_runs: list[dict] | 
 
     The runs are the recorded ``baseline``, ``grid``, ``multirun`` and
     ``curves`` experiments; ``baseline_runs`` (the same setting, e.g. from
-    ``lightweight.run_lightweight``) stand in when ``baseline`` was not
+    ``lightweight.run``) stand in when ``baseline`` was not
     recorded (notebook 06 run on its own)."""
-    from ecgpaper.figures import save_table
-
     rows = paper_comparison_rows(dataset, profile, baseline_runs=baseline_runs, n_bootstrap=n_bootstrap)
     baseline = _runs("baseline", dataset, profile) or list(baseline_runs or [])
     for name in ("baseline", "curves"):
@@ -166,7 +160,7 @@ def table_statistics(dataset: str, profile: str, *, baseline_runs: list[dict] | 
     if not rows:
         raise UserError(f"no finished baseline, grid, multirun or curves runs for {dataset}/{profile}; "
                         "run notebooks 02-04 (or `python -m ecgpaper run baseline`) first")
-    table = pd.DataFrame(rows).drop(columns=["ci95_groups_bounds"], errors="ignore")  # bounds: narrative.py
+    table = pd.DataFrame(rows)
     save_table(table, "table_statistics", dataset, profile,
                "Honest statistics (section 5.2): the paper's numbers beside ours with 95 % bootstrap "
                "intervals over duplicate groups (copies of one ECG count once), the difference and "
@@ -175,19 +169,18 @@ def table_statistics(dataset: str, profile: str, *, baseline_runs: list[dict] | 
     return table
 
 
-def report_lines(table: pd.DataFrame) -> list[str]:
-    """Markdown for REPORT.md: the paired VGG16 vs ResNet50 comparisons in words
-    (the paper's numbers and their verdicts are in REPORT.md's main table)."""
+def sentences(table: pd.DataFrame) -> list[str]:
+    """The paired VGG16 vs ResNet50 comparisons of :func:`table` in words (the
+    paper's numbers and their verdicts are in REPORT.md's main table)."""
     lines = []
     for r in table.to_dict("records"):
         if not str(r["test"]).startswith("paired"):
             continue
         model_a, model_b = str(r["test"]).rsplit(": ", 1)[-1].split(" vs ")
         a, b, p = int(float(r["groups_a_better"])), int(float(r["groups_b_better"])), float(r["p_value_groups"])
-        lines.append(f"- {r['number']}: {float(r['ours']):+.4f} (paired 95 % CI over "
-                     f"{r['distinct_ecgs_in_test']} duplicate groups {r['ci95_groups']}): {r['verdict']}. "
+        lines.append(f"{r['number']}: {float(r['ours']):+.4f} (paired 95 % CI over "
+                     f"{r['distinct_ecgs_in_test']} duplicate groups "
+                     f"{format_ci((r['ci95_groups_low'], r['ci95_groups_high']))}): {r['verdict']}. "
                      f"McNemar over groups: on {a} groups {model_a} is right more often, on {b} "
                      f"{model_b}, exact p = {p:.3g}.")
-    if lines:
-        lines = ["### VGG16 vs ResNet50 on the same test images", ""] + lines + [""]
     return lines

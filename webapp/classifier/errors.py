@@ -8,6 +8,10 @@ from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.views import exception_handler
 
+from ecgpaper.serve.inference import InvalidImage, ModelUnavailable
+
+from .services import DeletionRefused
+
 
 class ApiError(exceptions.APIException):
     """An API error with its own short code and a sentence for the user."""
@@ -39,6 +43,19 @@ _DRF_ERRORS = {
 }
 
 
+def _from_service(exc: Exception) -> Exception:
+    """The typed refusals of services.py as API errors with their status codes."""
+    if isinstance(exc, InvalidImage):
+        code = (status.HTTP_413_REQUEST_ENTITY_TOO_LARGE if exc.code == "too_large"
+                else status.HTTP_400_BAD_REQUEST)
+        return ApiError(code, exc.code, exc.detail)
+    if isinstance(exc, ModelUnavailable):
+        return ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "model_unavailable", str(exc))
+    if isinstance(exc, DeletionRefused):
+        return ApiError(status.HTTP_403_FORBIDDEN, "permission_denied", str(exc))
+    return exc
+
+
 def _flatten(detail) -> str:
     if isinstance(detail, dict):
         return " ".join(f"{field}: {_flatten(value)}" for field, value in detail.items())
@@ -49,6 +66,7 @@ def _flatten(detail) -> str:
 
 def api_exception_handler(exc, context):
     """DRF's handler, with every body rewritten to ``{"error", "detail"}``."""
+    exc = _from_service(exc)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

@@ -2,6 +2,8 @@
 card, login, and the shapes documented in the OpenAPI schema."""
 from __future__ import annotations
 
+import base64
+
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
@@ -56,6 +58,7 @@ class ClassificationSerializer(serializers.ModelSerializer):
 class ClassificationCreatedSerializer(ClassificationSerializer):
     """The answer to an upload: the stored record plus the heat map inline."""
 
+    #: from the context's "heatmap_png": the PNG bytes, or None without a heat map
     heatmap_png = serializers.SerializerMethodField()
 
     class Meta(ClassificationSerializer.Meta):
@@ -65,11 +68,13 @@ class ClassificationCreatedSerializer(ClassificationSerializer):
     @extend_schema_field(serializers.CharField(
         allow_null=True, help_text="data:image/png;base64,... Grad-CAM overlay; null with explain=0"))
     def get_heatmap_png(self, obj: Classification) -> str | None:
-        return self.context.get("heatmap_png")
+        png = self.context.get("heatmap_png")
+        return None if png is None else "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 class UploadSerializer(serializers.Serializer):
-    image = serializers.FileField(help_text="the ECG image: PNG, JPEG, WebP, TIFF, BMP or GIF "
+    #: an empty file passes here, to get decode_upload's own answer (empty_file)
+    image = serializers.FileField(allow_empty_file=True, help_text="the ECG image: PNG, JPEG, WebP, TIFF, BMP or GIF "
                                             "(one frame), within the server's limits "
                                             "(default 20 MB, 40 megapixels)")
 

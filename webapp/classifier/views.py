@@ -5,18 +5,19 @@ No user-controlled value ever becomes a path: uploads are stored under
 generated names and served by record id, after the ownership check. Stored
 copies carry no metadata (and optionally no header band), and every record can
 be deleted with its files (paper section 5.3).
+
+DRF tutorial layout: these views validate a request (serializers.py), call
+services.py for what it asks (classify an upload, delete a record) and
+serialise the answer; services.py's refusals get their status codes in
+errors.py.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
 import time
-import uuid
 
 from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import authenticate, login, logout
-from django.core.files.base import ContentFile
 from django.http import FileResponse, HttpResponse
 from django.middleware.csrf import get_token
 from django.utils.decorators import method_decorator
@@ -32,8 +33,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ecgpaper.serve.inference import InvalidImage, ModelUnavailable, decode_upload, stored_copy
-
+from . import services
 from .errors import ApiError
 from .models import Classification
 from .security import LoginRateThrottle, UploadRateThrottle, UserRateThrottle
@@ -51,7 +51,6 @@ from .serializers import (
 
 #: the permission that lets a user read every user's records (the "auditor" group has it)
 VIEW_ALL = "classifier.view_all_classifications"
-DELETE_ANY = "classifier.delete_classification"
 
 CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp",
                  "tif": "image/tiff", "bmp": "image/bmp", "gif": "image/gif"}
@@ -60,13 +59,6 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 def _errors(*codes: int) -> dict:
     return {code: OpenApiResponse(ErrorSerializer) for code in codes}
-
-
-def _classifier():
-    try:
-        return apps.get_app_config("classifier").get_classifier()
-    except ModelUnavailable as exc:
-        raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "model_unavailable", str(exc)) from None
 
 
 def _user_data(user) -> dict:
@@ -97,7 +89,7 @@ class ReadyView(APIView):
 
     @extend_schema(responses={200: HealthSerializer, **_errors(503)}, auth=[])
     def get(self, request):
-        _classifier()
+        services.current_classifier()  # without a usable model: ModelUnavailable, 503
         return Response(HealthSerializer({"status": "ready", "model_loaded": True}).data)
 
 
@@ -169,7 +161,7 @@ class ModelInfoView(APIView):
 
     @extend_schema(responses={200: ModelInfoSerializer, **_errors(401, 503)})
     def get(self, request):
-        meta = _classifier().metadata
+        meta = services.current_classifier().metadata
         return Response(ModelInfoSerializer({
             "loaded": True, "model": meta["model"], "run_id": meta["run_id"],
             "version": meta["ecgpaper_version"], "dataset": meta["dataset"],
@@ -222,11 +214,7 @@ class ClassificationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     def destroy(self, request, *args, **kwargs):
         """Delete the record with its stored image and heat map (owner, or a user
         with the ``delete_classification`` permission)."""
-        record = self.get_object()
-        if record.user_id != request.user.pk and not request.user.has_perm(DELETE_ANY):
-            raise ApiError(status.HTTP_403_FORBIDDEN, "permission_denied",
-                           "Only the user who uploaded this ECG (or an administrator) may delete it.")
-        record.delete()  # classifier.signals removes the files once committed
+        services.delete_classification(self.get_object(), request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
@@ -235,64 +223,19 @@ class ClassificationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
                                      description="0: skip the Grad-CAM heat map (faster)")],
         responses={201: ClassificationCreatedSerializer, **_errors(400, 401, 403, 413, 429, 503)})
     def create(self, request):
-        t0 = time.perf_counter()
+        # (no docstring: the view set's stands for this operation in the OpenAPI schema)
+        started = time.perf_counter()
         explain = _explain_flag(request.query_params.get("explain"))
-        upload = request.FILES.get("image")
-        if upload is None:
+        form = UploadSerializer(data=request.data)
+        if not form.is_valid():  # no file in the field 'image' (or text in its place)
             raise ApiError(status.HTTP_400_BAD_REQUEST, "missing_file",
                            "No image was sent. Send the ECG image as multipart/form-data in the "
                            "field 'image'.")
-        limit = settings.ECGWEB_MAX_UPLOAD_BYTES
-        if upload.size > limit:
-            raise ApiError(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, "too_large",
-                           f"The file is {upload.size / 2**20:.1f} MB; the limit is "
-                           f"{limit / 2**20:.0f} MB. Upload a smaller (e.g. JPEG) copy of the ECG.")
-        data = upload.read()
-        sha256 = hashlib.sha256(data).hexdigest()
-        request._request.upload_sha256 = sha256  # for the audit log
-        classifier = _classifier()
-        try:
-            image = decode_upload(data, max_bytes=limit, max_pixels=settings.ECGWEB_MAX_PIXELS,
-                                  load=False)
-            result = classifier.classify(image, explain=explain)
-            del image  # the decoded upload: stored_copy decodes it again, one copy at a time
-            stored, extension = stored_copy(data, blank_header=settings.ECGWEB_BLANK_HEADER)
-        except InvalidImage as exc:
-            code = (status.HTTP_413_REQUEST_ENTITY_TOO_LARGE if exc.code == "too_large"
-                    else status.HTTP_400_BAD_REQUEST)
-            raise ApiError(code, exc.code, exc.detail) from None
-        meta = classifier.metadata
-        filename = ((upload.name or "upload") if settings.ECGWEB_KEEP_FILENAMES
-                    else f"upload.{extension}")
-        record = Classification(
-            user=request.user, filename=filename[:255], sha256=sha256,
-            class_code=result["class_code"], model_run_id=meta["run_id"],
-            inference_ms=result["timings"]["inference_ms"], total_ms=0.0,
-            result={
-                "class_name": result["class_name"],
-                "probabilities": [{"code": code, "name": name, "probability": result["probabilities"][code]}
-                                  for code, name in zip(classifier.class_codes, classifier.class_names)],
-                "model": {"name": meta["model"], "run_id": meta["run_id"],
-                          "version": meta["ecgpaper_version"], "dataset": meta["dataset"],
-                          "synthetic": meta["synthetic"]},
-                "timings": result["timings"],
-            })
-        stem = uuid.uuid4().hex
-        try:  # nothing is left behind if any step fails
-            record.image.save(f"{stem}.{extension}", ContentFile(stored), save=False)
-            if result["heatmap_png"] is not None:
-                record.heatmap.save(f"{stem}.png", ContentFile(result["heatmap_png"]), save=False)
-            record.total_ms = (time.perf_counter() - t0) * 1e3
-            record.save()
-        except Exception:
-            for field in (record.image, record.heatmap):
-                if field:
-                    field.delete(save=False)
-            raise
-        request._request.audit_record = (record.pk, request.user.get_username())
-        heatmap_png = (None if result["heatmap_png"] is None else
-                       "data:image/png;base64," + base64.b64encode(result["heatmap_png"]).decode())
-        body = ClassificationCreatedSerializer(record, context={"heatmap_png": heatmap_png}).data
+        upload = services.receive_upload(form.validated_data["image"])
+        request._request.upload_sha256 = upload.sha256  # for the audit log
+        made = services.classify_upload(request.user, upload, explain=explain, started=started)
+        request._request.audit_record = (made.record.pk, request.user.get_username())
+        body = ClassificationCreatedSerializer(made.record, context={"heatmap_png": made.heatmap_png}).data
         return Response(body, status=status.HTTP_201_CREATED)
 
     def _stored_file(self, field) -> FileResponse:
