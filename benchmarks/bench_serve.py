@@ -76,6 +76,7 @@ def build_vgg16(folder: Path) -> None:
     import tempfile
 
     from ecgpaper.model.backbones import build_model
+    from ecgpaper.paths import Workspace
     from ecgpaper.runs.export import write_export
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,9 +84,9 @@ def build_vgg16(folder: Path) -> None:
         build_model("VGG16", image_size=PAPER_IMAGE_SIZE, weights="none").save(model_file)
         config = {"model": "VGG16", "image_size": PAPER_IMAGE_SIZE, "scaling": "rescale", "fit": "resize",
                   "crop": False, "protocol": "none"}
-        write_export(model_file, config, run_id="bench-vgg16-untrained",
-                     dataset="none (untrained, speed benchmark only)", synthetic=True, profile="bench",
-                     metrics={}, selected_by="benchmarks/bench_serve.py --build-vgg16", dest=folder)
+        write_export(model_file, config, Workspace("none (untrained, speed benchmark only)", "bench"),
+                     run_id="bench-vgg16-untrained", synthetic=True, metrics={},
+                     selected_by="benchmarks/bench_serve.py --build-vgg16", dest=folder)
 
 
 def sample_upload() -> bytes:

@@ -4,9 +4,9 @@ report images, Kaggle ``evilspirit05/ecg-analysis``).
 
 One package per stage, each importing only the ones below it (README "Layout";
 the contracts in pyproject.toml): ``data`` -> ``model`` -> ``runs`` ->
-``studies`` | ``serve``, on top of ``config``, ``paths``, ``errors``,
-``metrics`` and ``figures``; ``report``, ``narrative``, ``runner`` and
-``cli`` put them together.
+``figures`` -> ``studies`` | ``serve``, on top of ``config``, ``paths``,
+``errors``, ``metrics`` and ``outputs``; ``report``, ``narrative``,
+``runner`` and ``cli`` put them together.
 """
 
 __version__ = "0.1.0"

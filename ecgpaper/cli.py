@@ -15,6 +15,7 @@ from pathlib import Path
 from ecgpaper import __version__, paths
 from ecgpaper.config import DEFAULT_PROFILE, PROFILES, SPLIT_PROTOCOLS
 from ecgpaper.errors import UserError
+from ecgpaper.paths import Workspace
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -184,8 +185,8 @@ def cmd_run(args) -> None:
         export=not args.no_export, verbose=0 if args.quiet else 2)
     print(f"\n{'run':44s} {'acc':>6s} {'F1':>6s} {'train s':>8s}")
     for r in records:
-        m = r["metrics"]
-        print(f"{r['run_id']:44s} {m['accuracy']:6.3f} {m['f1']:6.3f} {m['train_seconds']:8.1f}")
+        m = r.metrics
+        print(f"{r.run_id:44s} {m['accuracy']:6.3f} {m['f1']:6.3f} {m['train_seconds']:8.1f}")
 
 
 def cmd_export(args) -> None:
@@ -194,7 +195,7 @@ def cmd_export(args) -> None:
     from ecgpaper.runs.export import export_best
 
     dataset = args.dataset_name or dataset_id(*resolve_data_root(args.data_root, args.profile)[:1])
-    export_best(dataset, args.profile, run_id=args.run_id, protocol=args.protocol)
+    export_best(Workspace(dataset, args.profile), run_id=args.run_id, protocol=args.protocol)
 
 
 def cmd_notebooks(args) -> None:
@@ -220,7 +221,7 @@ def cmd_reference_run(args) -> None:
     from ecgpaper.runner import current_data
 
     root, _, dataset = current_data(args.data_root, args.profile)
-    build_reference_run(args.dataset or dataset, args.profile, Path(args.out),
+    build_reference_run(Workspace(args.dataset or dataset, args.profile), Path(args.out),
                         data_root=None if args.dataset else str(root))
 
 

@@ -1,10 +1,8 @@
-"""Every figure and table of the paper, one function each, with a stable file name.
-
-Figures go to ``figures/<dataset>/<profile>/<name>.png`` (300 dpi) and ``.pdf``;
-tables to ``results/<dataset>/<profile>/<name>.csv`` and ``.md``. Every title
-names the dataset and the profile, and a twin's says SYNTHETIC, so a number
-from the twin can never pass for the paper's. Figure functions only read run
-records (``experiments.experiment_runs``): re-plotting never retrains.
+"""Every figure and table of the paper, one function each, with a stable file name
+(written by :mod:`ecgpaper.outputs`: PNG + PDF, CSV + Markdown, every title
+naming the dataset and profile, SYNTHETIC for the twin). They only read
+finished runs (:func:`ecgpaper.runs.store.experiment_runs`): re-plotting never
+retrains.
 
 | paper | function | file |
 |---|---|---|
@@ -26,17 +24,19 @@ from pathlib import Path
 import matplotlib
 import matplotlib.ticker
 
+from ecgpaper.paths import Workspace
+from ecgpaper.runs.store import Run
+
 matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from ecgpaper import paths  # noqa: E402
-from ecgpaper.config import CLASS_CODES, CLASS_NAMES, PAPER_RESULTS  # noqa: E402
+from ecgpaper.config import CLASS_CODES, CLASS_NAMES, PAPER_METRICS, PAPER_RESULTS  # noqa: E402
 from ecgpaper.metrics import mean_std
+from ecgpaper.outputs import interval_columns, save_figure, save_table, use_style  # noqa: E402
 
-METRICS = ("accuracy", "precision", "recall", "f1")
 METRIC_LABELS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1-score"}
 PAPER_FIG = {"VGG16": {"confusion": "fig08_confusion_vgg16", "curves": "fig12_curves_vgg16",
                        "epochs": "fig06_epoch_times_vgg16"},
@@ -44,77 +44,8 @@ PAPER_FIG = {"VGG16": {"confusion": "fig08_confusion_vgg16", "curves": "fig12_cu
                           "epochs": "fig07_epoch_times_resnet50"}}
 
 
-def use_style() -> None:
-    """One style for every figure."""
-    sns.set_theme(context="paper", style="whitegrid", palette="colorblind", font_scale=1.1)
-    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 300, "savefig.bbox": "tight",
-                         "axes.titleweight": "bold"})
-
-
-def data_label(dataset: str, profile: str) -> str:
-    """'dataset X, profile Y' plus a SYNTHETIC warning for the twin."""
-    warn = " (SYNTHETIC twin, not the paper's data)" if dataset.startswith("synthetic") else ""
-    return f"dataset {dataset}{warn}, profile {profile}"
-
-
-def save_figure(fig, name: str, dataset: str, profile: str) -> Path:
-    """Write ``name``.png (300 dpi) and ``name``.pdf; return the PNG path."""
-    out = paths.profile_figures(dataset, profile)
-    out.mkdir(parents=True, exist_ok=True)
-    png = out / f"{name}.png"
-    fig.savefig(png)
-    fig.savefig(out / f"{name}.pdf")
-    plt.close(fig)
-    return png
-
-
-def interval_columns(name: str, ci) -> dict:
-    """How a table stores a 95 % interval: two numeric columns ``<name>_low`` and
-    ``<name>_high`` (NaN when there is none). ``name`` contains ``ci95``; the
-    interval is formatted only for display (:func:`format_intervals`)."""
-    lo, hi = (float(ci[0]), float(ci[1])) if ci is not None and len(ci) == 2 else (float("nan"),) * 2
-    return {f"{name}_low": lo, f"{name}_high": hi}
-
-
-def format_ci(ci, *, signed: bool = False) -> str:
-    """'lo-hi' as the paper's tables; 'lo to hi' with signs when an end is negative
-    (or ``signed``, for a difference), so the dash is never a minus sign; '' for none."""
-    if ci is None or len(ci) != 2 or any(v is None or v == "" or pd.isna(v) for v in ci):
-        return ""  # CSVs read with keep_default_na=False give "" for a missing end
-    lo, hi = float(ci[0]), float(ci[1])
-    return f"{lo:+.3f} to {hi:+.3f}" if signed or min(lo, hi) < 0 else f"{lo:.3f}-{hi:.3f}"
-
-
-def format_intervals(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` for display: each pair of :func:`interval_columns` becomes one text
-    column ``<name>`` where the low one was (signed for a ``difference``)."""
-    out = df.copy()
-    for low in [c for c in df.columns if isinstance(c, str) and "ci95" in c and c.endswith("_low")]:
-        name = low[: -len("_low")]
-        if f"{name}_high" not in df.columns:
-            continue
-        text = [format_ci((lo, hi), signed=name.startswith("difference"))
-                for lo, hi in zip(df[low], df[f"{name}_high"])]
-        out.insert(out.columns.get_loc(low), name, text)
-        out = out.drop(columns=[low, f"{name}_high"])
-    return out
-
-
-def save_table(df: pd.DataFrame, name: str, dataset: str, profile: str, caption: str) -> Path:
-    """Write ``name``.csv (numbers as numbers: an interval is two columns) and a
-    Markdown ``name``.md with its caption and formatted intervals; return the CSV path."""
-    out = paths.profile_results(dataset, profile)
-    out.mkdir(parents=True, exist_ok=True)
-    csv = out / f"{name}.csv"
-    paths.atomic_write_text(csv, df.to_csv(index=False, lineterminator="\n"))
-    table = format_intervals(df).to_markdown(index=False, floatfmt=".4f")
-    md = f"**{caption}** ({data_label(dataset, profile)})\n\n{table}\n"
-    paths.atomic_write_text(out / f"{name}.md", md)
-    return csv
-
-
 # ------------------------------------------------------------------ Fig. 1
-def fig01_samples(data_root: Path, inventory: pd.DataFrame, dataset: str, profile: str,
+def fig01_samples(data_root: Path, inventory: pd.DataFrame, ws: Workspace,
                   per_class: int = 2, seed: int = 0) -> Path:
     """Fig. 1: sample pages of each class."""
     from PIL import Image
@@ -133,8 +64,8 @@ def fig01_samples(data_root: Path, inventory: pd.DataFrame, dataset: str, profil
                 img.draft("RGB", (900, 640))
                 ax.imshow(img.convert("RGB"))
                 ax.set_title(f"{CLASS_NAMES[code]} ({code}): {Path(rows['path'].iloc[c]).name}", fontsize=9)
-    fig.suptitle(f"Fig. 1: ECG images per class\n{data_label(dataset, profile)}", fontsize=11)
-    return save_figure(fig, "fig01_samples", dataset, profile)
+    fig.suptitle(f"Fig. 1: ECG images per class\n{ws.label}", fontsize=11)
+    return save_figure(fig, "fig01_samples", ws)
 
 
 # ------------------------------------------------------------------ confusion matrices
@@ -153,42 +84,42 @@ def plot_confusion(ax, confusion, title: str) -> None:
     ax.tick_params(labelsize=7)
 
 
-def fig_confusion(run: dict, dataset: str, profile: str, name: str | None = None) -> Path:
+def fig_confusion(run: Run, ws: Workspace, name: str | None = None) -> Path:
     """Fig. 8 (VGG16) / Fig. 9 (ResNet50): confusion matrix of a baseline run."""
     use_style()
-    model = run["config"]["model"]
-    m = run["metrics"]
+    model = run.config["model"]
+    m = run.metrics
     fig, ax = plt.subplots(figsize=(6, 5.2))
     plot_confusion(ax, m["confusion"],
-                   f"Confusion matrix: {model}, batch {run['config']['batch_size']}, "
-                   f"lr {run['config']['learning_rate']:g}\naccuracy {m['accuracy']:.3f} "
+                   f"Confusion matrix: {model}, batch {run.config['batch_size']}, "
+                   f"lr {run.config['learning_rate']:g}\naccuracy {m['accuracy']:.3f} "
                    f"(95% CI {m['ci95']['accuracy'][0]:.3f}-{m['ci95']['accuracy'][1]:.3f}), "
-                   f"n = {m['n_test']}\n{data_label(dataset, profile)}")
+                   f"n = {m['n_test']}\n{ws.label}")
     return save_figure(fig, name or PAPER_FIG.get(model, {}).get("confusion", f"confusion_{model.lower()}"),
-                       dataset, profile)
+                       ws)
 
 
-def fig10_confusion_grid(runs: list[dict], dataset: str, profile: str) -> Path:
+def fig10_confusion_grid(runs: list[Run], ws: Workspace) -> Path:
     """Fig. 10: the six grid-search confusion matrices as one composite."""
     use_style()
     fig, axes = plt.subplots(2, 3, figsize=(17, 11))
     for ax, run in zip(axes.ravel(), runs):
-        c, m = run["config"], run["metrics"]
+        c, m = run.config, run.metrics
         plot_confusion(ax, m["confusion"], f"batch {c['batch_size']}, lr {c['learning_rate']:g}: "
                                            f"accuracy {m['accuracy']:.3f}")
-    fig.suptitle(f"Fig. 10: VGG16 confusion matrices over the grid\n{data_label(dataset, profile)}",
+    fig.suptitle(f"Fig. 10: VGG16 confusion matrices over the grid\n{ws.label}",
                  fontsize=13)
     fig.tight_layout()
-    return save_figure(fig, "fig10_confusion_grid", dataset, profile)
+    return save_figure(fig, "fig10_confusion_grid", ws)
 
 
 # ------------------------------------------------------------------ curves, epoch times
-def fig_curves(run: dict, dataset: str, profile: str) -> Path:
+def fig_curves(run: Run, ws: Workspace) -> Path:
     """Fig. 11 (ResNet50) / Fig. 12 (VGG16): training and validation accuracy and loss."""
     use_style()
-    h = run["history"]
+    h = run.history
     epochs = np.arange(1, len(h) + 1)
-    model = run["config"]["model"]
+    model = run.config["model"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     n_head = int((h["phase"] == "head").sum()) if "phase" in h else 0
     for ax, key, label in ((a1, "accuracy", "Accuracy"), (a2, "loss", "Loss")):
@@ -207,19 +138,19 @@ def fig_curves(run: dict, dataset: str, profile: str) -> Path:
         a2.set_yscale("log")
     name = PAPER_FIG.get(model, {}).get("curves", f"curves_{model.lower()}")
     fig.suptitle(f"{'Fig. 11' if model == 'ResNet50' else 'Fig. 12'}: accuracy and loss curves of {model} "
-                 f"(batch {run['config']['batch_size']}, lr {run['config']['learning_rate']:g})\n"
-                 f"{data_label(dataset, profile)}", fontsize=11)
+                 f"(batch {run.config['batch_size']}, lr {run.config['learning_rate']:g})\n"
+                 f"{ws.label}", fontsize=11)
     fig.tight_layout()
-    return save_figure(fig, name, dataset, profile)
+    return save_figure(fig, name, ws)
 
 
-def fig_epoch_times(run: dict, dataset: str, profile: str) -> Path:
+def fig_epoch_times(run: Run, ws: Workspace) -> Path:
     """Fig. 6 (VGG16) / Fig. 7 (ResNet50): wall time of each training epoch."""
     use_style()
-    h = run["history"]
-    model = run["config"]["model"]
-    device = ", ".join(g["name"] for g in run["environment"].get("gpus", [])) or \
-        f"CPU, {run['environment'].get('cpu_count')} cores"
+    h = run.history
+    model = run.config["model"]
+    device = ", ".join(g["name"] for g in run.environment.get("gpus", [])) or \
+        f"CPU, {run.environment.get('cpu_count')} cores"
     fig, ax = plt.subplots(figsize=(8, 3.6))
     if "phase" in h:  # epoch times of the image epochs (the head phase runs on cached features)
         h = h[h["phase"] != "head"].reset_index(drop=True)
@@ -231,25 +162,25 @@ def fig_epoch_times(run: dict, dataset: str, profile: str) -> Path:
     ax.set_ylabel("Seconds")
     ax.legend(loc="upper right")
     ax.set_title(f"{'Fig. 6' if model == 'VGG16' else 'Fig. 7'}: {model} training time per epoch "
-                 f"({run['metrics']['n_train']} images, {device})\n{data_label(dataset, profile)}", fontsize=10)
+                 f"({run.metrics['n_train']} images, {device})\n{ws.label}", fontsize=10)
     return save_figure(fig, PAPER_FIG.get(model, {}).get("epochs", f"epoch_times_{model.lower()}"),
-                       dataset, profile)
+                       ws)
 
 
 # ------------------------------------------------------------------ tables
-def table_baseline(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
+def table_baseline(runs: list[Run], ws: Workspace) -> pd.DataFrame:
     """Section 4: baseline accuracy of VGG16 and ResNet50 beside the paper's."""
     rows = []
     for run in runs:
-        model, m = run["config"]["model"], run["metrics"]
+        model, m = run.config["model"], run.metrics
         paper = PAPER_RESULTS["baseline"][model]["accuracy"]
-        rows.append({"model": model, "weights": run["config"]["weights"], "epochs": run["config"]["epochs"],
+        rows.append({"model": model, "weights": run.config["weights"], "epochs": run.config["epochs"],
                      "train_accuracy": m.get("train_accuracy"), "accuracy": m["accuracy"],
                      **interval_columns("accuracy_ci95", (m.get("ci95") or {}).get("accuracy")),
                      "f1": m["f1"], "paper_accuracy": paper,
                      "difference": m["accuracy"] - paper})
     df = pd.DataFrame(rows)
-    save_table(df, "table_baseline", dataset, profile,
+    save_table(df, "table_baseline", ws,
                "Baseline (section 4): batch 16, lr 1e-4; paper: VGG16 92 %, ResNet50 81 %")
     return df
 
@@ -259,15 +190,15 @@ def _checkpoint(metrics: dict) -> str:
     return f"{sel['phase']} epoch {sel['epoch']}" if sel else "last epoch"
 
 
-def table_steps(runs: list[dict], dataset: str, profile: str, name: str = "table_steps") -> pd.DataFrame:
+def table_steps(runs: list[Run], ws: Workspace, name: str = "table_steps") -> pd.DataFrame:
     """Optimizer steps of each run beside the paper's (3.1, 4: a profile shrinks
     compute, not optimisation), with the recipe, train and test accuracy and the
     evaluated checkpoint."""
     rows = []
     for run in runs:
-        c, m = run["config"], run["metrics"]
+        c, m = run.config, run.metrics
         steps = m.get("optimizer_steps") or {}
-        rows.append({"run": run["run_id"], "model": c["model"], "recipe": c.get("recipe", "paper"),
+        rows.append({"run": run.run_id, "model": c["model"], "recipe": c.get("recipe", "paper"),
                      "batch_size": c["batch_size"], "learning_rate": c["learning_rate"],
                      "head steps": steps.get("head", 0),
                      "fine-tune steps": steps.get("finetune", steps.get("paper", 0)),
@@ -275,17 +206,17 @@ def table_steps(runs: list[dict], dataset: str, profile: str, name: str = "table
                      "train_accuracy": m.get("train_accuracy"), "test_accuracy": m["accuracy"],
                      "checkpoint": _checkpoint(m)})
     df = pd.DataFrame(rows)
-    save_table(df, name, dataset, profile,
+    save_table(df, name, ws,
                "Optimizer steps per run beside the paper's (ceil(2,765 / batch) x epochs), train and "
                "test accuracy, evaluated checkpoint")
     return df
 
 
-def table1_grid(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
+def table1_grid(runs: list[Run], ws: Workspace) -> pd.DataFrame:
     """Table 1: VGG16 accuracy, recall, precision, F1 per batch size x learning rate."""
     rows = []
     for run in runs:
-        c, m = run["config"], run["metrics"]
+        c, m = run.config, run.metrics
         paper = PAPER_RESULTS["grid"][(c["batch_size"], c["learning_rate"])]
         row = {"batch_size": c["batch_size"], "learning_rate": c["learning_rate"]}
         for k in ("accuracy", "recall", "precision", "f1"):
@@ -296,34 +227,34 @@ def table1_grid(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
         row["checkpoint"] = _checkpoint(m)
         rows.append(row)
     df = pd.DataFrame(rows)
-    save_table(df, "table1_grid", dataset, profile,
+    save_table(df, "table1_grid", ws,
                "Table 1: VGG16 under different batch sizes and learning rates (ours beside the paper's)")
     return df
 
 
-def table_multirun(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
+def table_multirun(runs: list[Run], ws: Workspace) -> pd.DataFrame:
     """Section 5.4: mean +- std over independent runs, beside the paper's."""
-    stats = mean_std([r["metrics"] for r in runs], METRICS)
+    stats = mean_std([r.metrics for r in runs], PAPER_METRICS)
     rows = []
-    for k in METRICS:
+    for k in PAPER_METRICS:
         mean, std = stats[k]
         pm, ps = PAPER_RESULTS["multirun"][k]
         rows.append({"metric": k, "mean": mean, "std": std, "runs": len(runs),
                      "paper_mean": pm, "paper_std": ps, "difference": mean - pm})
     df = pd.DataFrame(rows)
-    save_table(df, "table_multirun", dataset, profile,
+    save_table(df, "table_multirun", ws,
                f"Section 5.4: VGG16, batch 32, lr 1e-4, {len(runs)} independent runs, mean +- std "
                "(sample std, ddof=1)")
     return df
 
 
-def fig13_multirun_bars(table: pd.DataFrame, dataset: str, profile: str) -> Path:
+def fig13_multirun_bars(table: pd.DataFrame, ws: Workspace) -> Path:
     """Fig. 13: mean metrics with +-1 std error bars, ours beside the paper's."""
     use_style()
     fig, ax = plt.subplots(figsize=(8, 4.4))
     x = np.arange(len(table))
     w = 0.38
-    ax.bar(x - w / 2, table["mean"], w, yerr=table["std"].fillna(0), capsize=4, label=f"ours ({dataset})")
+    ax.bar(x - w / 2, table["mean"], w, yerr=table["std"].fillna(0), capsize=4, label=f"ours ({ws.dataset})")
     ax.bar(x + w / 2, table["paper_mean"], w, yerr=table["paper_std"], capsize=4, label="paper", color="0.6")
     for xi, v in zip(x - w / 2, table["mean"]):
         ax.text(xi, min(v + 0.02, 1.03), f"{v:.3f}", ha="center", fontsize=8)
@@ -332,17 +263,17 @@ def fig13_multirun_bars(table: pd.DataFrame, dataset: str, profile: str) -> Path
     ax.set_ylabel("Score (mean +- 1 std)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     ax.set_title(f"Fig. 13: VGG16 over {int(table['runs'].iloc[0])} independent runs\n"
-                 f"{data_label(dataset, profile)}", fontsize=10)
-    return save_figure(fig, "fig13_multirun_bars", dataset, profile)
+                 f"{ws.label}", fontsize=10)
+    return save_figure(fig, "fig13_multirun_bars", ws)
 
 
-def table_environment(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
+def table_environment(runs: list[Run], ws: Workspace) -> pd.DataFrame:
     """In the manner of Fig. 5: where the runs ran (device, versions, memory, epoch time)."""
     rows = []
     for run in runs:
-        env, m = run["environment"], run["metrics"]
+        env, m = run.environment, run.metrics
         rows.append({
-            "run": run["run_id"], "model": run["config"]["model"],
+            "run": run.run_id, "model": run.config["model"],
             "device": ", ".join(g["name"] for g in env.get("gpus", [])) or f"CPU ({env.get('cpu_count')} cores)",
             "tensorflow": env.get("tensorflow"), "keras": env.get("keras"), "python": env.get("python"),
             "cuda": env.get("cuda") or "", "gpu_peak_memory_mb": m.get("gpu_peak_memory_mb"),
@@ -350,29 +281,20 @@ def table_environment(runs: list[dict], dataset: str, profile: str) -> pd.DataFr
             "train_images_per_second": m.get("train_images_per_second"),
         })
     df = pd.DataFrame(rows)
-    save_table(df, "table_environment", dataset, profile,
+    save_table(df, "table_environment", ws,
                "Environment of the runs (paper section 3.5, Fig. 5: Tesla T4, CUDA 12.4, TF 2.18)")
     return df
 
 
-# ------------------------------------------------------------------ inline tables
-def labelled(df: pd.DataFrame, dataset: str, profile: str, caption: str = ""):
-    """``df`` for display in a notebook, its caption naming the data (twin or real):
-    a table copied out of a notebook keeps its label. The saved CSV/Markdown
-    tables carry the same label (:func:`save_table`)."""
-    title = f"{caption}: {data_label(dataset, profile)}" if caption else data_label(dataset, profile)
-    return format_intervals(df).style.set_caption(title).format(precision=4).hide(axis="index")
-
-
 # ------------------------------------------------------------------ Fig. 2 and 3
-def table_architecture(run: dict, dataset: str, profile: str) -> pd.DataFrame:
+def table_architecture(run: Run, ws: Workspace) -> pd.DataFrame:
     """The analogue of the paper's Fig. 2 (VGG16) and Fig. 3 (ResNet50): the trained
     model of ``run``, stage by stage (``block1``..``block5`` of VGG16, ``conv1``..
     ``conv5`` of ResNet50, then the classifier head of section 3.2), with output
     shape and parameters; ``table_architecture_<model>``."""
     import keras
 
-    model = keras.models.load_model(run["folder"] / "model.keras", compile=False, safe_mode=True)
+    model = keras.models.load_model(run.folder / "model.keras", compile=False, safe_mode=True)
     rows: list[dict] = []
     for layer in model.layers:
         stage = "input" if isinstance(layer, keras.layers.InputLayer) else layer.name.split("_")[0]
@@ -385,9 +307,9 @@ def table_architecture(run: dict, dataset: str, profile: str) -> pd.DataFrame:
         row["parameters"] += int(sum(np.prod(w.shape) for w in layer.weights))
         row["trainable"] += int(sum(np.prod(w.shape) for w in layer.trainable_weights))
     table = pd.DataFrame(rows)
-    name = run["config"]["model"]
+    name = run.config["model"]
     fig = {"VGG16": "Fig. 2", "ResNet50": "Fig. 3"}.get(name, "architecture")
-    save_table(table, f"table_architecture_{name.lower()}", dataset, profile,
+    save_table(table, f"table_architecture_{name.lower()}", ws,
                f"{fig} analogue: {name} as trained ({model.count_params():,} parameters, input "
                f"{' x '.join(str(d) for d in model.input_shape[1:])}), stage by stage")
     return table

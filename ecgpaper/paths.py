@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,10 +27,18 @@ BENCHMARKS = RESULTS / "benchmarks"
 
 KAGGLE_RAW = RAW / "kaggle"
 
+#: every dataset id of the offline twin starts with it (``data.inventory.dataset_id``)
+SYNTHETIC_PREFIX = "synthetic"
+
 
 def twin_root(profile: str) -> Path:
     """Default folder of the synthetic twin made for ``profile``."""
-    return RAW / f"synthetic-{profile}"
+    return RAW / f"{SYNTHETIC_PREFIX}-{profile}"
+
+
+def is_synthetic_dataset(dataset: str) -> bool:
+    """True for a dataset id of the offline twin (numbers from it are not the paper's)."""
+    return dataset.startswith(SYNTHETIC_PREFIX)
 
 
 def slug(text: str) -> str:
@@ -43,14 +52,42 @@ def dataset_results(dataset: str) -> Path:
     return RESULTS / dataset
 
 
-def profile_results(dataset: str, profile: str) -> Path:
-    """``results/<dataset>/<profile>/``: runs, tables, executed notebooks."""
-    return RESULTS / dataset / profile
+@dataclass(frozen=True)
+class Workspace:
+    """One dataset x profile: where its runs, tables, figures and report live, and
+    how every output names the data (``label``), so a number from the synthetic
+    twin can never pass for the paper's. The value every stage passes around
+    instead of a ``(dataset, profile)`` pair."""
+    dataset: str
+    profile: str
 
+    @property
+    def synthetic(self) -> bool:
+        return is_synthetic_dataset(self.dataset)
 
-def profile_figures(dataset: str, profile: str) -> Path:
-    """``figures/<dataset>/<profile>/``."""
-    return FIGURES / dataset / profile
+    @property
+    def label(self) -> str:
+        """'dataset X, profile Y', with a SYNTHETIC warning for the twin: every caption and title."""
+        warn = " (SYNTHETIC twin, not the paper's data)" if self.synthetic else ""
+        return f"dataset {self.dataset}{warn}, profile {self.profile}"
+
+    @property
+    def results(self) -> Path:
+        """``results/<dataset>/<profile>/``: runs, tables, REPORT.md, executed notebooks."""
+        return RESULTS / self.dataset / self.profile
+
+    @property
+    def figures(self) -> Path:
+        """``figures/<dataset>/<profile>/``."""
+        return FIGURES / self.dataset / self.profile
+
+    @property
+    def dataset_results(self) -> Path:
+        return dataset_results(self.dataset)
+
+    def table(self, name: str) -> Path:
+        """A table's CSV, ``results/<dataset>/<profile>/<name>.csv``."""
+        return self.results / f"{name}.csv"
 
 
 def cache_dir(dataset: str) -> Path:

@@ -75,6 +75,7 @@ MODULE_ROLES: dict[str, str] = {
     "serve.inference": "decodes an upload safely and classifies it with the exported model, with Grad-CAM",
     "serve.server": "`python -m ecgpaper serve`: Django + gunicorn, deployment checks",
     "serve.devdb": "a throw-away PostgreSQL for the web service's tests and benchmark",
+    "figures": "the paper's figures and tables from finished runs (Fig. 1, 5-13, Table 1), one function each",
     "runs": "stage 3, training runs (3.5, 4, 5.4)",
     "runs.training": "one run: the recipe, its checkpoint, metrics and run folder",
     "runs.store": "the run store on disk: run folders, the `runs.jsonl` registry, experiments",
@@ -95,7 +96,8 @@ MODULE_ROLES: dict[str, str] = {
     "data.splits": "split manifests: the paper's 70/15/15, leakage-free `grouped`, `kaggle`",
     "data.preprocess": "decode, crop and resize once into a uint8 cache; the page geometry",
     "data.prepare": "the data stage end to end, in one call",
-    "figures": "every figure and table of the paper, one function each, with a stable file name",
+    "outputs": "how every figure and table is written: style, stable file names, captions naming the data, "
+               "intervals as numbers in CSV and as text in Markdown",
     "metrics": "test metrics and the one (group) bootstrap",
     "progress": "training progress for a terminal, JupyterLab and papermill logs",
     "paths": "every folder, from one place (`ECGPAPER_ROOT`)",

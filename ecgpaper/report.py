@@ -23,8 +23,9 @@ import pandas as pd
 from ecgpaper import paths
 from ecgpaper.config import EQUIVALENCE_MARGIN, PAPER_RESULTS
 from ecgpaper.errors import UserError
-from ecgpaper.figures import data_label, format_ci, format_intervals
-from ecgpaper.runs.store import experiment_runs
+from ecgpaper.outputs import format_ci, format_intervals
+from ecgpaper.paths import Workspace
+from ecgpaper.runs.store import Run, experiment_runs
 from ecgpaper.studies import interpretability, leakage, lightweight, robustness, significance
 from ecgpaper.studies.common import FIGURE_CAPTIONS as BEYOND_FIGURE_CAPTIONS
 from ecgpaper.studies.significance import paper_comparison_rows
@@ -82,25 +83,25 @@ def _row(r: dict) -> str:
             f"{diff} | {r['verdict']} |")
 
 
-def precision_lines(runs: list[dict]) -> list[str]:
+def precision_lines(runs: list[Run]) -> list[str]:
     """Mixed precision and XLA, when any run had them on (the paper trained in float32)."""
     out = []
     for key, what in (("mixed_precision", "mixed precision (float16 compute, float32 weights; "
                                           "the paper: float32)"),
                       ("xla", "XLA compilation of the training step (the paper: none stated)")):
-        on = [r for r in runs if r["config"].get(key)]
+        on = [r for r in runs if r.config.get(key)]
         if on:
             out.append(f"{what}: on in {len(on)} of {len(runs)} runs")
     return out
 
 
-def recipe_lines(dataset: str, profile: str) -> list[str]:
+def recipe_lines(ws: Workspace) -> list[str]:
     """REPORT.md section: how the models were trained, every deviation from the paper's
     protocol (each run's config.json lists them), and optimizer steps beside the paper's."""
     runs = []
     for name in ("baseline", "grid", "curves", "multirun"):
         try:
-            runs += [(name, r) for r in experiment_runs(name, dataset, profile)]
+            runs += [(name, r) for r in experiment_runs(name, ws)]
         except UserError:
             continue
     if not runs:
@@ -108,7 +109,7 @@ def recipe_lines(dataset: str, profile: str) -> list[str]:
     lines = ["", "## How the models were trained (deviations from the paper's protocol)", ""]
     seen = []
     for _, run in runs:  # each run's config.json lists its deviations (training.deviations)
-        for d in run["config"].get("deviations", []):
+        for d in run.config.get("deviations", []):
             if d not in seen:
                 seen.append(d)
     seen += precision_lines([r for _, r in runs])
@@ -116,7 +117,7 @@ def recipe_lines(dataset: str, profile: str) -> list[str]:
     lines += ["", "| experiment | model | batch | lr | optimizer steps (head + fine-tune) | paper's steps "
                   "| train acc | test acc | evaluated checkpoint |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for name, run in runs:
-        c, m = run["config"], run["metrics"]
+        c, m = run.config, run.metrics
         st = m.get("optimizer_steps") or {}
         ft = st.get("finetune", st.get("paper", 0))
         sel = m.get("selected_checkpoint") or {}
@@ -127,8 +128,8 @@ def recipe_lines(dataset: str, profile: str) -> list[str]:
     return lines
 
 
-def read_table(dataset: str, profile: str, name: str) -> pd.DataFrame | None:
-    f = paths.profile_results(dataset, profile) / f"{name}.csv"
+def read_table(ws: Workspace, name: str) -> pd.DataFrame | None:
+    f = ws.results / f"{name}.csv"
     return pd.read_csv(f, keep_default_na=False) if f.exists() else None
 
 
@@ -146,19 +147,19 @@ def _bullets(heading: str, sentences: list[str]) -> list[str]:
     return [f"### {heading}", ""] + [f"- {s}" for s in sentences] + [""] if sentences else []
 
 
-def beyond_the_paper_lines(dataset: str, profile: str) -> list[str]:
+def beyond_the_paper_lines(ws: Workspace) -> list[str]:
     """The "Beyond the paper" section of REPORT.md, in each study's own
     sentences from the tables notebook 06 wrote; says what is missing when it
     has not run (never raises)."""
     lines = ["", "## Beyond the paper (sections 5.2 and 5.5)", ""]
     found = False
     try:
-        tables = {name: read_table(dataset, profile, name) for _, name, _ in BEYOND_SECTIONS}
+        tables = {name: read_table(ws, name) for _, name, _ in BEYOND_SECTIONS}
         found = any(t is not None for t in tables.values())
         heading, name, study = BEYOND_SECTIONS[0]
         if tables[name] is not None:
             lines += _bullets(heading, study.sentences(tables[name]))
-        leak = paths.profile_results(dataset, profile) / "leakage_summary.json"
+        leak = ws.results / "leakage_summary.json"
         if leak.exists():
             found = True
             summary = json.loads(leak.read_text())
@@ -174,7 +175,7 @@ def beyond_the_paper_lines(dataset: str, profile: str) -> list[str]:
         for heading, name, study in BEYOND_SECTIONS[1:]:
             if tables[name] is not None:
                 lines += [f"### {heading}", ""] + [f"- {s}" for s in study.sentences(tables[name])] + [""]
-        ablation = read_table(dataset, profile, "table_input_ablation")
+        ablation = read_table(ws, "table_input_ablation")
         if ablation is not None:
             found = True
             lines += ["### Inputs that match the weights: scaling x BatchNorm (3.1.1, 3.5)", "",
@@ -188,18 +189,18 @@ def beyond_the_paper_lines(dataset: str, profile: str) -> list[str]:
     return lines
 
 
-def write_report(dataset: str, profile: str, *, data_root: str | None = None) -> Path:
+def write_report(ws: Workspace, *, data_root: str | None = None) -> Path:
     """Gather the finished experiments into REPORT.md; return its path."""
-    synthetic = dataset.startswith("synthetic")
-    out = paths.profile_results(dataset, profile)
-    lines = [f"# Reproduction report: {data_label(dataset, profile)}", "",
+    synthetic = ws.synthetic
+    out = ws.results
+    lines = [f"# Reproduction report: {ws.label}", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `ecgpaper.report`."]
     if synthetic:
         lines += ["", "> **These numbers come from the SYNTHETIC twin, not from the Kaggle ECG images "
                       "the paper used. They test the pipeline; they do not reproduce or refute the paper.**"]
     if data_root:
         lines += ["", f"Data root: `{data_root}`"]
-    audit = paths.dataset_results(dataset) / "audit" / "summary.json"
+    audit = ws.dataset_results / "audit" / "summary.json"
     if audit.exists():
         s = json.loads(audit.read_text())
         lines += ["", "## Data", "",
@@ -212,7 +213,7 @@ def write_report(dataset: str, profile: str, *, data_root: str | None = None) ->
                          "`fig_audit_phash_distances`; groups whose copies carry two labels: "
                          f"{s['groups_crossing_labels']}")
         for proto in ("paper", "grouped", "kaggle"):
-            f = paths.dataset_results(dataset) / "splits" / f"{proto}_seed0.json"
+            f = ws.dataset_results / "splits" / f"{proto}_seed0.json"
             if f.exists():
                 m = json.loads(f.read_text())
                 lines.append(f"- split `{proto}`: {m['totals']}, test images with a copy in train: "
@@ -230,38 +231,38 @@ def write_report(dataset: str, profile: str, *, data_root: str | None = None) ->
 
     def runs_of(name):
         try:
-            return experiment_runs(name, dataset, profile)
+            return experiment_runs(name, ws)
         except UserError:
             missing.append(name)
             return []
 
     for name in ("baseline", "grid", "multirun"):
         runs_of(name)
-    lines += [_row(r) for r in paper_comparison_rows(dataset, profile)]
+    lines += [_row(r) for r in paper_comparison_rows(ws)]
     curves = runs_of("curves")
-    secs = [r["metrics"]["epoch_seconds_mean"] for r in curves if r["metrics"].get("epoch_seconds_mean")]
+    secs = [r.metrics["epoch_seconds_mean"] for r in curves if r.metrics.get("epoch_seconds_mean")]
     if secs:
         lo, hi = PAPER_RESULTS["epoch_seconds_t4"]
-        env = curves[0]["environment"]
+        env = curves[0].environment
         device = ", ".join(g["name"] for g in env.get("gpus", [])) or f"CPU ({env.get('cpu_count')} cores)"
         lines.append(f"| 3.5 seconds per epoch | {len(secs)} | {max(secs):.1f} (slowest run) | | {lo}-{hi} | | "
-                     f"n/a: not a statistic; ours on {device} with {curves[0]['metrics']['n_train']} "
-                     f"training images of {curves[0]['config']['image_size']} px, the paper's on a T4 "
+                     f"n/a: not a statistic; ours on {device} with {curves[0].metrics['n_train']} "
+                     f"training images of {curves[0].config['image_size']} px, the paper's on a T4 "
                      "with ~2,765 images of 224 px |")
     if missing:
-        lines += ["", f"Not run yet: {', '.join(missing)} (`python -m ecgpaper run NAME --profile {profile}`)."]
-    lines += recipe_lines(dataset, profile)
+        lines += ["", f"Not run yet: {', '.join(missing)} (`python -m ecgpaper run NAME --profile {ws.profile}`)."]
+    lines += recipe_lines(ws)
     # notebook 06: leakage, Grad-CAM, robustness, lightweight models, statistics (never raises)
-    lines += beyond_the_paper_lines(dataset, profile)
+    lines += beyond_the_paper_lines(ws)
 
-    fig_dir = paths.profile_figures(dataset, profile)
+    fig_dir = ws.figures
     if webpage_screenshot().exists():  # Fig. 4: the page as the browser test last saw it
         fig_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(webpage_screenshot(), fig_dir / "fig04_webpage.png")
     lines += ["", "## Figures", ""]
     for png in sorted(fig_dir.glob("*.png")):
         caption = FIGURE_CAPTIONS.get(png.stem, png.stem.replace("_", " "))
-        label = "" if png.stem == "fig04_webpage" else f" ({data_label(dataset, profile)})"  # not from this run
+        label = "" if png.stem == "fig04_webpage" else f" ({ws.label})"  # not from this run
         lines += [f"- `{png.relative_to(paths.ROOT) if png.is_relative_to(paths.ROOT) else png}`: "
                   f"{caption}{label}", "",
                   f"  ![{caption}]({Path(os.path.relpath(png, out)).as_posix()})", ""]

@@ -151,7 +151,7 @@ def run_notebooks(profile: str, data_root: str | None = None, *, seed: int = 0,
             failure = exc
         # file it under the dataset the notebook left behind (00 may have downloaded Kaggle's)
         root, source, dataset = current_data(data_root, profile)
-        out_dir = paths.profile_results(dataset, profile) / "notebooks"
+        out_dir = paths.Workspace(dataset, profile).results / "notebooks"
         out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / nb.name
         if staged.exists():
@@ -170,11 +170,11 @@ def run_notebooks(profile: str, data_root: str | None = None, *, seed: int = 0,
     with contextlib.suppress(OSError):  # another profile's run may still be staging there
         staging.parent.rmdir()
     root, source, dataset = current_data(data_root, profile)
-    report = paths.profile_results(dataset, profile) / "REPORT.md"
-    _record_timings(paths.profile_results(dataset, profile) / "notebooks" / "timings.json", seconds)
-    log(f"\nREPORT: {report}\nfigures: {paths.profile_figures(dataset, profile)}\n"
-        f"tables:  {paths.profile_results(dataset, profile)}\n"
-        f"executed notebooks: {paths.profile_results(dataset, profile) / 'notebooks'}")
+    ws = paths.Workspace(dataset, profile)
+    report = ws.results / "REPORT.md"
+    _record_timings(ws.results / "notebooks" / "timings.json", seconds)
+    log(f"\nREPORT: {report}\nfigures: {ws.figures}\ntables:  {ws.results}\n"
+        f"executed notebooks: {ws.results / 'notebooks'}")
     if source == "synthetic":
         log(_describe(source, root))
     return report

@@ -18,8 +18,9 @@ import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-from ecgpaper import figures, metrics
+from ecgpaper import metrics, outputs
 from ecgpaper.config import CLASS_CODES, PROFILES
+from ecgpaper.paths import Workspace
 from ecgpaper.runs import experiments, store
 from ecgpaper.studies import common, leakage, lightweight, probe, robustness, significance
 
@@ -140,7 +141,7 @@ def _fake_study(cnn_acc: dict, probe_acc: dict, n=40, seeds=2, cnn_copy_acc=None
     copies = {p: [{"n_test": n, "test_copy_in_train": 30 if p == "paper" else 0,
                    "test_exact_copy_in_train": 25 if p == "paper" else 0, "groups_crossing": 0}] * seeds
               for p in cnn_acc}
-    return {"dataset": "synthetic-fake", "profile": "smoke", "replicates": pd.DataFrame(rows), "sets": sets,
+    return {"workspace": Workspace("synthetic-fake", "smoke"), "replicates": pd.DataFrame(rows), "sets": sets,
             "copy_flags": flags, "copies": copies, "run_ids": [], "n_seeds": seeds}
 
 
@@ -245,11 +246,11 @@ def test_group_bootstrap_counts_copies_once():
 def _fake_run(dataset, profile, run_id, y, proba, paths_, *, val_accuracy=0.5, model="VGG16"):
     from ecgpaper.runs.store import predictions_table
 
-    folder = store.run_folder(dataset, profile, run_id)
+    folder = store.run_folder(Workspace(dataset, profile), run_id)
     folder.mkdir(parents=True)
     predictions_table(paths_, y, proba).to_csv(folder / "predictions.csv", index=False)
     config = {"model": model, "protocol": "paper", "split_seed": 0, "crop": False}
-    return {"run_id": run_id, "folder": folder, "config": config, "metrics": {"val_accuracy": val_accuracy}}
+    return store.Run(run_id, config, {"val_accuracy": val_accuracy}, folder)
 
 
 def _fake_manifest(dataset, paths_, y, groups):
@@ -280,7 +281,7 @@ def test_paired_row_counts_duplicate_groups_once():
         pred = np.where(ok, y, (y + 1) % 4)
         runs.append(_fake_run(dataset, profile, name, y, np.eye(4)[pred], paths_,
                               model="VGG16" if name == "a" else "ResNet50"))
-    row = significance.paired_row("A vs B", dataset, profile, runs[0], runs[1], n_bootstrap=200)
+    row = significance.paired_row("A vs B", Workspace(dataset, profile), runs[0], runs[1], n_bootstrap=200)
     # per group: g0 B better; g1 a tie (each gets one copy); g2, g3, g4, g5 A better
     assert (row["groups_a_better"], row["groups_b_better"]) == (4, 1)
     assert row["p_value_groups"] == pytest.approx(binomtest(4, 5, 0.5).pvalue)  # images alone: 8 vs 3
@@ -288,7 +289,7 @@ def test_paired_row_counts_duplicate_groups_once():
     assert row["distinct_ecgs_in_test"] == 15 and row["test_with_copy_in_train"] == 2  # img00, img01
     lo, hi = row["ci95_groups_low"], row["ci95_groups_high"]
     assert row["verdict"] == significance.paired_outcome(lo, hi, "VGG16", "ResNet50")
-    head = significance.comparison_row("A acc", dataset, profile, [runs[0]], "accuracy", 0.5, n_bootstrap=200)
+    head = significance.comparison_row("A acc", Workspace(dataset, profile), [runs[0]], "accuracy", 0.5, n_bootstrap=200)
     assert head["ours"] == pytest.approx(27 / 30) and head["difference"] == pytest.approx(27 / 30 - 0.5)
     assert head["verdict"].startswith("n/a: SYNTHETIC twin") and head["outcome"] == "n/a"
     lo, hi = head["ci95_groups_low"], head["ci95_groups_high"]
@@ -298,15 +299,15 @@ def test_paired_row_counts_duplicate_groups_once():
     assert not any("A acc" in s for s in lines)  # the paper's numbers live in REPORT.md's main table
     other = _fake_run(dataset, profile, "c", y[::-1], np.eye(4)[y[::-1]], paths_[::-1])
     with pytest.raises(ValueError, match="same images"):
-        significance.paired_row("A vs C", dataset, profile, runs[0], other)
+        significance.paired_row("A vs C", Workspace(dataset, profile), runs[0], other)
 
 
 def _finished_run(dataset, profile, run_id, y, pred, paths_, **config):
     """A fake finished run that store.load_run can read."""
     run = _fake_run(dataset, profile, run_id, y, np.eye(4)[pred], paths_, model=config.pop("model", "VGG16"))
-    cfg = {**run["config"], "dataset": dataset, "profile": profile, "weights": "none", "image_size": 64,
+    cfg = {**run.config, "dataset": dataset, "profile": profile, "weights": "none", "image_size": 64,
            "batch_size": 16, "learning_rate": 1e-4, **config}
-    folder = run["folder"]
+    folder = run.folder
     (folder / "config.json").write_text(json.dumps(cfg))
     (folder / "metrics.json").write_text(json.dumps({"accuracy": float((y == pred).mean()), "val_accuracy": 0.5}))
     (folder / "environment.json").write_text("{}")
@@ -329,8 +330,8 @@ def test_report_gives_one_verdict_per_number_and_na_off_protocol(dataset, profil
     for model, right in (("VGG16", 184), ("ResNet50", 120)):  # 0.92 (the paper's) and 0.60 (paper: 0.81)
         pred = np.where(np.arange(n) < right, y, (y + 1) % 4)
         ids.append(_finished_run(dataset, profile, f"b-{model}", y, pred, paths_, model=model, **settings))
-    store.record_experiment("baseline", dataset, profile, ids)
-    text = write_report(dataset, profile).read_text()
+    store.record_experiment("baseline", Workspace(dataset, profile), ids)
+    text = write_report(Workspace(dataset, profile)).read_text()
     assert TABLE_HEADER[0] in text
     vgg = next(s for s in text.splitlines() if s.startswith("| baseline VGG16 accuracy |"))
     res = next(s for s in text.splitlines() if s.startswith("| baseline ResNet50 accuracy |"))
@@ -358,7 +359,7 @@ def test_soft_vote_averages_probabilities_and_members_are_chosen_by_validation()
     p2 = np.array([[.45, .55, 0, 0], [0, 1, 0, 0], [0, 0, .4, .6], [0, 0, 0, 1]])
     for name, p in (("r1", p1), ("r2", p2)):
         _fake_run(dataset, profile, name, y, p, paths_)
-    vote = lightweight.soft_vote(dataset, profile, ["r1", "r2"], n_bootstrap=50)
+    vote = lightweight.soft_vote(Workspace(dataset, profile), ["r1", "r2"], n_bootstrap=50)
     assert np.allclose(vote["proba"], (p1 + p2) / 2)
     assert list(vote["pred"]) == [0, 1, 2, 3] and vote["accuracy"] == 1.0  # alone: 3 and 2 of 4
     table = pd.DataFrame({"run_id": ["a", "b", "c"], "val_accuracy": [0.5, 0.9, 0.9],
@@ -366,7 +367,7 @@ def test_soft_vote_averages_probabilities_and_members_are_chosen_by_validation()
     assert lightweight.choose_members(table, 2) == ["c", "b"]  # never by test accuracy
     _fake_run(dataset, profile, "r3", y[::-1], p1, paths_[::-1])
     with pytest.raises(ValueError, match="same test images"):
-        lightweight.soft_vote(dataset, profile, ["r1", "r3"])
+        lightweight.soft_vote(Workspace(dataset, profile), ["r1", "r3"])
 
 
 def test_latency_and_deployable_size_of_a_small_model(tmp_path):
@@ -473,7 +474,7 @@ def test_robustness_clean_condition_is_the_runs_own_test_set(tmp_path):
     recorded = float((model.predict(images / 255.0, verbose=0).argmax(1) == y).mean())
     config = {"model": "VGG16", "scaling": "rescale", "protocol": "grouped", "split_seed": 0, "crop": False,
               "fit": "resize", "image_size": 32}
-    run = {"folder": tmp_path, "config": config, "metrics": {"accuracy": recorded}}
+    run = store.Run("fake", config, {"accuracy": recorded}, tmp_path)
     data = RunData(train=(images, y, None), val=(images, y, None), test=(images, y, pd.DataFrame({"path": range(24)})),
                    manifest_sha="x")
     warnings = []
@@ -511,7 +512,7 @@ def test_robustness_summary_says_when_a_curve_is_flat_by_construction():
 def test_report_builds_without_notebook_06_and_says_so():
     from ecgpaper.report import write_report
 
-    text = write_report("synthetic-none", "smoke").read_text()
+    text = write_report(Workspace("synthetic-none", "smoke")).read_text()
     assert "## Beyond the paper" in text and "Not run yet: notebook `06_beyond_the_paper`" in text
 
 
@@ -569,27 +570,26 @@ def test_notebook_06_leaves_every_figure_table_and_report_section(notebook_run_r
     assert len(paired) == 2 and (paired["groups_a_better"].astype(float) >= 0).all()
     # table_statistics and REPORT.md give the same verdict for each paper number
     for r in stats[stats["test"] == "group bootstrap"].to_dict("records"):
-        ci = figures.format_ci((r["ci95_groups_low"], r["ci95_groups_high"]))
+        ci = outputs.format_ci((r["ci95_groups_low"], r["ci95_groups_high"]))
         assert f"| {r['number']} | {r['runs']} | {float(r['ours']):.4f} | {ci} |" in report
         assert f"| {r['verdict']} |" in report
 
 
 def test_leakage_study_trains_each_cell_once_and_resumes(tiny_twin, monkeypatch):
     """The orchestration, with training replaced by a constant classifier."""
-    from ecgpaper import paths
     from ecgpaper.runs.store import append_record, predictions_table
 
     calls = []
 
     def fake_train_run(config, data, verbose=0, log=print):
         run_id = config.run_id(data.manifest_sha)
-        folder = paths.profile_results(config.dataset, config.profile) / "runs" / run_id
+        folder = store.run_folder(config.workspace, run_id)
         folder.mkdir(parents=True)
         y = data.test[1]
         predictions_table(data.test[2]["path"], y, np.eye(4)[np.zeros_like(y)]).to_csv(
             folder / "predictions.csv", index=False)
         (folder / "metrics.json").write_text("{}")
-        append_record(config.dataset, config.profile, {"run_id": run_id, "config": config.to_dict()})
+        append_record(config.workspace, {"run_id": run_id, "config": config.to_dict()})
         calls.append(config)
 
     monkeypatch.setattr(experiments, "train_run", fake_train_run)
@@ -607,7 +607,7 @@ def test_leakage_study_trains_each_cell_once_and_resumes(tiny_twin, monkeypatch)
     from ecgpaper.data.splits import read_manifest
 
     for row in cnn.to_dict("records"):  # always "MI": the accuracy is the test set's share of MI
-        man = read_manifest(study["dataset"], row["protocol"], row["split_seed"])
+        man = read_manifest(study["workspace"].dataset, row["protocol"], row["split_seed"])
         test = man[man["subset"] == "test"]
         assert row["accuracy"] == pytest.approx((test["label"] == "MI").mean())
         assert row["n_test"] == len(test)
@@ -617,5 +617,5 @@ def test_leakage_study_trains_each_cell_once_and_resumes(tiny_twin, monkeypatch)
     assert len(calls) == 14  # everything reused
     from ecgpaper.runs.store import experiment_file
 
-    recorded = json.loads(experiment_file("leakage", study["dataset"], "smoke").read_text())
+    recorded = json.loads(experiment_file("leakage", study["workspace"]).read_text())
     assert recorded["run_ids"] == study["run_ids"] and len(set(recorded["run_ids"])) == 14

@@ -15,6 +15,7 @@ from ecgpaper.data.prepare import prepare_data
 from ecgpaper.data.preprocess import PreprocessSettings, build_cache, crop_box, load_image
 from ecgpaper.data.splits import make_manifest
 from ecgpaper.errors import UserError
+from ecgpaper.paths import Workspace
 
 
 # ---------------------------------------------------------------- class names
@@ -333,7 +334,7 @@ def test_threshold_check_shows_the_histogram_largest_group_and_label_crossings(p
     assert counts["same_class"].sum() == 3 and counts.loc[15, "same_class"] == 2 and counts.loc[30, "same_class"] == 1
     assert counts["different_class"].sum() == 3
     assert counts.loc[100, "different_class"] == 1 and counts.loc[115, "different_class"] == 1  # d-a, d-b
-    check = write_threshold_check(audit, "synthetic-chain", "smoke")
+    check = write_threshold_check(audit, Workspace("synthetic-chain", "smoke"))
     assert check["largest_group_files"] == 4 and check["groups_crossing_labels"] == 1
     assert check["pairs_at_or_below"] == 2 and check["nearest_above"] == 30
     groups = check["groups"]

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ecgpaper.paths import Workspace
 from ecgpaper.report import paper_numbers
 
 from conftest import smoke_notebook_run
@@ -117,21 +118,21 @@ def test_the_interpretations_quote_this_runs_numbers(smoke_run_root, monkeypatch
     from conftest import point_paths
 
     point_paths(monkeypatch, smoke_run_root)
-    dataset, profile = "synthetic-smoke", "smoke"
-    baseline = experiment_runs("baseline", dataset, profile)
-    text = narrative.baseline(baseline, dataset, profile)
+    ws = Workspace("synthetic-smoke", "smoke")
+    baseline = experiment_runs("baseline", ws)
+    text = narrative.baseline(baseline, ws)
     assert text.startswith("**Data: the SYNTHETIC twin**")
     for run in baseline:
-        m = run["metrics"]
-        assert f"{run['config']['model']}: test accuracy {m['accuracy']:.2f} (95 % CI {m['ci95']['accuracy'][0]:.2f}" in text
-    gap = baseline[0]["metrics"]["accuracy"] - baseline[1]["metrics"]["accuracy"]
+        m = run.metrics
+        assert f"{run.config['model']}: test accuracy {m['accuracy']:.2f} (95 % CI {m['ci95']['accuracy'][0]:.2f}" in text
+    gap = baseline[0].metrics["accuracy"] - baseline[1].metrics["accuracy"]
     assert f"by {abs(gap):.2f} (paired 95 % CI" in text and "the paper reports a gap of 0.11" in text
-    multirun = experiment_runs("multirun", dataset, profile)
-    mean = float(np.mean([r["metrics"]["accuracy"] for r in multirun]))
-    assert f"accuracy: ours {mean:.4f} +- " in narrative.multirun(multirun, dataset, profile)
+    multirun = experiment_runs("multirun", ws)
+    mean = float(np.mean([r.metrics["accuracy"] for r in multirun]))
+    assert f"accuracy: ours {mean:.4f} +- " in narrative.multirun(multirun, ws)
     report = (smoke_run_root / "results/synthetic-smoke/smoke/REPORT.md").read_text()
     rows = report.split("## Every number of the paper", 1)[1].split("\n## ", 1)[0].count("\n| ") - 1
-    assert f"REPORT.md sets {rows} numbers of the paper beside ours: {rows} n/a." in narrative.report(report, dataset, profile)
+    assert f"REPORT.md sets {rows} numbers of the paper beside ours: {rows} n/a." in narrative.report(report, ws)
 
 
 def test_reference_run_regenerates_its_folder_from_a_run(smoke_run_root, tmp_path):

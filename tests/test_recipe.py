@@ -7,6 +7,7 @@ import pytest
 
 from ecgpaper.data.prepare import prepare_data
 from ecgpaper.model.backbones import build_model
+from ecgpaper.paths import Workspace
 from ecgpaper.runs import experiments, sanity
 from ecgpaper.runs.experiments import experiment_configs, load_run_data, resolve_scaling, resolve_weights
 from ecgpaper.runs.training import RunConfig, head_model, top_block_split
@@ -130,9 +131,9 @@ def test_shuffled_label_control_stays_at_chance_and_is_labelled(smoke_data, monk
     # the control is a run of its own, labelled as such
     from ecgpaper.runs.store import load_run
 
-    run = load_run(prepared.dataset, "smoke", control["run_id"])
-    assert run["config"]["label_control"] == "shuffled"
-    assert any("shuffled" in d for d in run["config"]["deviations"])
+    run = load_run(Workspace(prepared.dataset, "smoke"), control["run_id"])
+    assert run.config["label_control"] == "shuffled"
+    assert any("shuffled" in d for d in run.config["deviations"])
 
 
 def test_weights_auto_falls_back_in_order_and_says_so(monkeypatch):

@@ -14,6 +14,7 @@ import pytest
 
 from ecgpaper.config import PROFILES
 from ecgpaper.errors import UserError
+from ecgpaper.paths import Workspace
 from ecgpaper.runs.experiments import EXPERIMENTS, experiment_configs, run_experiment
 from ecgpaper.runs.export import export_best, read_export
 from ecgpaper.runs.store import append_record, read_registry, registry_path
@@ -47,11 +48,11 @@ def test_run_id_depends_on_config_and_manifest():
 
 
 def test_registry_survives_a_torn_line(project_root):
-    append_record("d", "smoke", {"run_id": "a"})
-    with open(registry_path("d", "smoke"), "a") as fh:
+    append_record(Workspace("d", "smoke"), {"run_id": "a"})
+    with open(registry_path(Workspace("d", "smoke")), "a") as fh:
         fh.write('{"run_id": "half-writ')  # a crash mid-write
-    append_record("d", "smoke", {"run_id": "b"})
-    assert [r["run_id"] for r in read_registry("d", "smoke")] == ["a", "b"]
+    append_record(Workspace("d", "smoke"), {"run_id": "b"})
+    assert [r.run_id for r in read_registry(Workspace("d", "smoke"))] == ["a", "b"]
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +76,9 @@ def smoke_baseline(_baseline_once, monkeypatch):
 
 def test_a_smoke_run_writes_every_artifact(smoke_baseline):
     root, records, _ = smoke_baseline
-    assert [r["config"]["model"] for r in records] == ["VGG16", "ResNet50"]
+    assert [r.config["model"] for r in records] == ["VGG16", "ResNet50"]
     for r in records:
-        run = root / "results/synthetic-smoke/smoke/runs" / r["run_id"]
+        run = root / "results/synthetic-smoke/smoke/runs" / r.run_id
         names = {p.name for p in run.iterdir()}
         assert {"config.json", "history.csv", "metrics.json", "confusion.csv", "predictions.csv",
                 "environment.json", "model.keras"} <= names
@@ -93,7 +94,7 @@ def test_a_smoke_run_writes_every_artifact(smoke_baseline):
 
         y = pred["true"].map(CLASS_CODES.index).to_numpy()
         again = evaluate_predictions(y, pred[[f"p_{c}" for c in CLASS_CODES]].to_numpy(),
-                                     seed=r["config"]["seed"])
+                                     seed=r.config["seed"])
         assert again["ci95"] == m["ci95"] and again["f1"] == pytest.approx(m["f1"])
         assert np.trace(np.array(m["confusion"])) == int(pred["correct"].sum())
         env = json.loads((run / "environment.json").read_text())
@@ -104,12 +105,12 @@ def test_a_smoke_run_writes_every_artifact(smoke_baseline):
 def test_rerunning_skips_finished_runs(smoke_baseline):
     root, records, _ = smoke_baseline
     runs = root / "results/synthetic-smoke/smoke/runs"
-    before = {r["run_id"]: (runs / r["run_id"] / "metrics.json").read_bytes() for r in records}
+    before = {r.run_id: (runs / r.run_id / "metrics.json").read_bytes() for r in records}
     messages = []
     again = run_experiment("baseline", profile="smoke", verbose=0, log=messages.append)
-    assert [r["run_id"] for r in again] == [r["run_id"] for r in records]
+    assert [r.run_id for r in again] == [r.run_id for r in records]
     assert sum("already done, skipped" in m for m in messages) == 2
-    assert len(read_registry("synthetic-smoke", "smoke")) == 2
+    assert len(read_registry(Workspace("synthetic-smoke", "smoke"))) == 2
     assert not any("] training " in m for m in messages)
     assert {i: (runs / i / "metrics.json").read_bytes() for i in before} == before  # nothing retrained
 
@@ -117,7 +118,7 @@ def test_rerunning_skips_finished_runs(smoke_baseline):
 def test_export_round_trips_and_loads_in_a_fresh_process(smoke_baseline):
     root, records, _ = smoke_baseline
     meta = read_export()
-    assert meta["run_id"] in {r["run_id"] for r in records}
+    assert meta["run_id"] in {r.run_id for r in records}
     assert meta["class_codes"] == ["MI", "HMI", "HB", "NORM"]
     assert meta["input_size"] == 64 and meta["synthetic"] is True and meta["profile"] == "smoke"
     assert meta["preprocessing"] == {"scaling": "rescale", "fit": "resize", "crop": False, "version": 1}
@@ -131,7 +132,7 @@ def test_export_round_trips_and_loads_in_a_fresh_process(smoke_baseline):
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout.strip().splitlines()[-1]) == [2, 4]
     with pytest.raises(UserError, match="no finished run"):
-        export_best("synthetic-smoke", "quick")
+        export_best(Workspace("synthetic-smoke", "quick"))
 
 
 def test_a_killed_grid_resumes_where_it_stopped(tmp_path):
@@ -165,7 +166,7 @@ def test_runs_record_steps_recipe_and_the_best_validation_checkpoint(smoke_basel
     recipe and deviations it used, and evaluates its best-validation checkpoint."""
     root, records, _ = smoke_baseline
     for r in records:
-        run = root / "results/synthetic-smoke/smoke/runs" / r["run_id"]
+        run = root / "results/synthetic-smoke/smoke/runs" / r.run_id
         m = json.loads((run / "metrics.json").read_text())
         cfg = json.loads((run / "config.json").read_text())
         hist = pd.read_csv(run / "history.csv")
@@ -202,9 +203,8 @@ def test_profiles_count_optimizer_steps_not_epochs():
 
 def _registered_run(run_id, protocol, split_seed, **metrics):
     """A finished run in the registry with the given config and metrics (no training)."""
-    from ecgpaper import paths
 
-    folder = paths.profile_results("synthetic-sel", "smoke") / "runs" / run_id
+    folder = Workspace("synthetic-sel", "smoke").results / "runs" / run_id
     folder.mkdir(parents=True)
     (folder / "model.keras").write_bytes(run_id.encode())
     config = {"model": "VGG16", "image_size": 64, "scaling": "rescale", "fit": "resize", "crop": False,
@@ -213,7 +213,7 @@ def _registered_run(run_id, protocol, split_seed, **metrics):
     full = {"precision": 0.5, "recall": 0.5, "f1": metrics.get("accuracy", 0.5), "ci95": None, "n_test": 10,
             **metrics}
     (folder / "metrics.json").write_text(json.dumps(full))
-    append_record("synthetic-sel", "smoke", {"run_id": run_id, "config": config})
+    append_record(Workspace("synthetic-sel", "smoke"), {"run_id": run_id, "config": config})
 
 
 def test_export_ranks_by_validation_within_one_protocol_and_never_by_test(tmp_path):
@@ -226,18 +226,18 @@ def test_export_ranks_by_validation_within_one_protocol_and_never_by_test(tmp_pa
     _registered_run("grouped-tie-better-loss", "grouped", 0, val_accuracy=0.70, val_loss=0.30, accuracy=0.1)
     _registered_run("grouped-lower-val", "grouped", 0, val_accuracy=0.60, val_loss=0.01, accuracy=0.99)
     _registered_run("grouped-other-split", "grouped", 1, val_accuracy=0.95, val_loss=0.01, accuracy=0.99)
-    export_best("synthetic-sel", "smoke", **quiet)
+    export_best(Workspace("synthetic-sel", "smoke"), **quiet)
     meta = read_export(tmp_path)
     assert meta["run_id"] == "grouped-tie-better-loss"
     assert meta["selected_by"] == "val_accuracy, ties by val_loss, among grouped runs of split seed 0"
-    export_best("synthetic-sel", "smoke", split_seed=1, **quiet)
+    export_best(Workspace("synthetic-sel", "smoke"), split_seed=1, **quiet)
     assert read_export(tmp_path)["run_id"] == "grouped-other-split"
-    export_best("synthetic-sel", "smoke", protocol="paper", **quiet)
+    export_best(Workspace("synthetic-sel", "smoke"), protocol="paper", **quiet)
     assert read_export(tmp_path)["run_id"] == "paper-best-val"
     assert selection_key({"val_accuracy": 0.7, "val_loss": 0.3}) == (0.7, -0.3)
     # a run without validation metrics is an error, not a fallback to test accuracy
     _registered_run("grouped-no-val", "grouped", 0, accuracy=1.0)
     with pytest.raises(UserError, match="grouped-no-val has no val_accuracy or val_loss"):
-        export_best("synthetic-sel", "smoke", **quiet)
+        export_best(Workspace("synthetic-sel", "smoke"), **quiet)
     with pytest.raises(UserError, match="no finished 'kaggle' run"):
-        export_best("synthetic-sel", "smoke", protocol="kaggle", **quiet)
+        export_best(Workspace("synthetic-sel", "smoke"), protocol="kaggle", **quiet)

@@ -23,7 +23,8 @@ from scipy.sparse.csgraph import connected_components
 from ecgpaper import paths
 from ecgpaper.config import CLASS_CODES
 from ecgpaper.data.inventory import phash_bits, readable
-from ecgpaper.figures import data_label, save_figure, save_table, use_style
+from ecgpaper.outputs import save_figure, save_table, use_style
+from ecgpaper.paths import Workspace
 
 #: Hamming distance (of the 256 bits of the grid-area phash, see
 #: ``inventory.PHASH_METHOD``) up to which two images count as the same ECG.
@@ -246,7 +247,7 @@ def threshold_check(audit: Audit) -> dict:
     }
 
 
-def write_threshold_check(audit: Audit, dataset: str, profile: str) -> dict:
+def write_threshold_check(audit: Audit, ws: Workspace) -> dict:
     """``table_audit_phash_distances``, ``table_audit_groups`` and
     ``fig_audit_phash_distances`` (stable names, captions name the dataset and
     profile): the near-duplicate threshold shown so it can be checked."""
@@ -255,11 +256,11 @@ def write_threshold_check(audit: Audit, dataset: str, profile: str) -> dict:
 
     check = threshold_check(audit)
     t = check["threshold"]
-    save_table(check["bins"], "table_audit_phash_distances", dataset, profile,
+    save_table(check["bins"], "table_audit_phash_distances", ws,
                f"Duplicate audit: pairs of distinct files by the Hamming distance of their 256-bit grid "
                f"phash, same class vs different class; files within {t} bits count as the same ECG "
                f"(nearest pair above the threshold: {check['nearest_above']} bits)")
-    save_table(check["groups"], "table_audit_groups", dataset, profile,
+    save_table(check["groups"], "table_audit_groups", ws,
                f"Duplicate audit: the largest group of copies ({check['largest_group_files']} files) and "
                f"the {check['groups_crossing_labels']} groups whose copies carry different labels")
     use_style()
@@ -273,9 +274,9 @@ def write_threshold_check(audit: Audit, dataset: str, profile: str) -> dict:
     ax.set_xlabel("Hamming distance of the grid phash (of 256 bits)")
     ax.set_ylabel("pairs of distinct files")
     ax.set_title(f"Near-duplicate threshold check: largest group {check['largest_group_files']} files, "
-                 f"{check['groups_crossing_labels']} groups cross labels\n{data_label(dataset, profile)}",
+                 f"{check['groups_crossing_labels']} groups cross labels\n{ws.label}",
                  fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    check["figure"] = save_figure(fig, "fig_audit_phash_distances", dataset, profile)
+    check["figure"] = save_figure(fig, "fig_audit_phash_distances", ws)
     return check

@@ -49,8 +49,8 @@ def dataset_id(root: Path | str, name: str | None = None) -> str:
         base = paths.slug(name)
     else:
         base = paths.slug(root.resolve().name)
-    if is_synthetic(root) and not base.startswith("synthetic"):
-        base = f"synthetic-{base}"
+    if is_synthetic(root) and not paths.is_synthetic_dataset(base):
+        base = f"{paths.SYNTHETIC_PREFIX}-{base}"
     return base
 
 

@@ -87,7 +87,7 @@ class PreparedData:
 
     @property
     def is_synthetic(self) -> bool:
-        return self.dataset.startswith("synthetic")
+        return paths.is_synthetic_dataset(self.dataset)
 
 
 def load_discovery_and_inventory(root: Path, *, dataset_name=None, copy=None, class_map=None,

@@ -25,8 +25,9 @@ from ecgpaper.data.splits import read_manifest
 from ecgpaper.errors import UserError
 from ecgpaper.model.pipeline import subset_arrays
 from ecgpaper.model.weights import STANDINS, ensure_imagenet, ensure_standin, standin_for
+from ecgpaper.paths import Workspace
 from ecgpaper.runs.export import export_best
-from ecgpaper.runs.store import finished_run_ids, read_registry, record_experiment
+from ecgpaper.runs.store import Run, finished_run_ids, read_registry, record_experiment
 from ecgpaper.runs.training import RunConfig, RunData, gpu_count, train_run
 
 #: the paper's experiments (section numbers in the module docstring)
@@ -163,7 +164,7 @@ def run_experiment(name: str, *, profile: str = "quick", data_root=None, dataset
                    copy: str | None = None, class_map=None, protocol: str = "paper",
                    split_seed: int = 0, weights: str | None = None,
                    crop: bool = False, fit: str = "resize", early_stopping: bool = False,
-                   export: bool = True, verbose: int = 2, log=print, **overrides) -> list[dict]:
+                   export: bool = True, verbose: int = 2, log=print, **overrides) -> list[Run]:
     """Run (or resume) an experiment; return its registry records in order."""
     prof = get_profile(profile)
     prepared = prepare_data(data_root, profile=profile, dataset_name=dataset_name, copy=copy,
@@ -176,20 +177,21 @@ def run_experiment(name: str, *, profile: str = "quick", data_root=None, dataset
     t0 = time.perf_counter()
     records = run_configs(configs, data, name=name, verbose=verbose, log=log)
     log(f"experiment {name} ({profile}, dataset {prepared.dataset}): {time.perf_counter() - t0:.0f} s")
-    record_experiment(name, prepared.dataset, profile, [r["run_id"] for r in records], protocol=protocol)
+    ws = Workspace(prepared.dataset, profile)
+    record_experiment(name, ws, [r.run_id for r in records], protocol=protocol)
     if export:
-        export_best(prepared.dataset, profile, log=log)
+        export_best(ws, log=log)
     return records
 
 
 def run_configs(configs: list[RunConfig], data: RunData, *, name: str = "runs",
-                verbose: int = 0, log=print) -> list[dict]:
+                verbose: int = 0, log=print) -> list[Run]:
     """Train the configs that have no finished run yet (a killed run is redone);
     return their registry records in order."""
     if not configs:
         return []
-    dataset, profile = configs[0].dataset, configs[0].profile
-    done = finished_run_ids(dataset, profile)
+    ws = configs[0].workspace
+    done = finished_run_ids(ws)
     for i, config in enumerate(configs, 1):
         run_id = config.run_id(data.manifest_sha)
         if run_id in done:
@@ -197,7 +199,7 @@ def run_configs(configs: list[RunConfig], data: RunData, *, name: str = "runs",
             continue
         log(f"[{name} {i}/{len(configs)}] training {run_id}")
         train_run(config, data, verbose=verbose, log=log)
-    by_id = {r["run_id"]: r for r in read_registry(dataset, profile)}
+    by_id = {r.run_id: r for r in read_registry(ws)}
     return [by_id[c.run_id(data.manifest_sha)] for c in configs]
 
 

@@ -21,6 +21,7 @@ from ecgpaper import __version__, paths
 from ecgpaper.config import CLASS_CODES, CLASS_NAMES, PAPER_METRICS
 from ecgpaper.data.preprocess import PREPROCESS_VERSION
 from ecgpaper.errors import UserError
+from ecgpaper.paths import Workspace
 from ecgpaper.runs.store import read_registry, run_folder
 
 EXPORT_NAME = "ecg_classifier"
@@ -43,11 +44,6 @@ class ModelUnavailable(UserError):
     """No usable exported model in the models folder."""
 
 
-def is_synthetic(dataset: str) -> bool:
-    """True for the offline twin's dataset ids (``synthetic-<profile>``)."""
-    return dataset.startswith("synthetic")
-
-
 def selection_key(metrics: dict, run_id: str = "?", metric: str = "val_accuracy") -> tuple[float, float]:
     """How the export ranks runs: the validation ``metric`` (higher is better), ties
     broken by the validation loss (lower is better). Never a test metric; a run
@@ -59,13 +55,12 @@ def selection_key(metrics: dict, run_id: str = "?", metric: str = "val_accuracy"
     return float(metrics[metric]), -float(metrics["val_loss"])
 
 
-def write_export(model_src: Path, config: dict, *, run_id: str, dataset: str, profile: str,
-                 metrics: dict, selected_by: str, synthetic: bool | None = None,
-                 dest: Path | None = None) -> Path:
+def write_export(model_src: Path, config: dict, ws: Workspace, *, run_id: str, metrics: dict,
+                 selected_by: str, synthetic: bool | None = None, dest: Path | None = None) -> Path:
     """Copy ``model_src`` to ``<dest>/ecg_classifier.keras`` (atomically) and write
     its metadata; ``config`` is a run's config.json (model, image_size,
-    scaling, fit, crop, protocol). ``synthetic`` (the web page's warning)
-    defaults to whether ``dataset`` is the twin. Returns the model file."""
+    scaling, fit, crop, protocol), ``ws`` the data it learnt from. ``synthetic``
+    (the web page's warning) defaults to whether that is the twin. Returns the model file."""
     dest = Path(dest) if dest else paths.MODELS
     dest.mkdir(parents=True, exist_ok=True)
     model_file = dest / f"{EXPORT_NAME}.keras"
@@ -80,7 +75,7 @@ def write_export(model_src: Path, config: dict, *, run_id: str, dataset: str, pr
         "input_size": config["image_size"],
         "preprocessing": {"scaling": config["scaling"], "fit": config["fit"], "crop": config["crop"],
                           "version": PREPROCESS_VERSION},
-        "dataset": dataset, "synthetic": is_synthetic(dataset) if synthetic is None else synthetic, "profile": profile,
+        "dataset": ws.dataset, "synthetic": ws.synthetic if synthetic is None else synthetic, "profile": ws.profile,
         "protocol": config["protocol"], "metrics": metrics, "selected_by": selected_by,
         "ecgpaper_version": __version__, "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -88,7 +83,7 @@ def write_export(model_src: Path, config: dict, *, run_id: str, dataset: str, pr
     return model_file
 
 
-def export_best(dataset: str, profile: str, *, run_id: str | None = None, metric: str = "val_accuracy",
+def export_best(ws: Workspace, *, run_id: str | None = None, metric: str = "val_accuracy",
                 protocol: str | None = None, split_seed: int | None = None,
                 dest: Path | None = None, log=print) -> Path:
     """Export the best finished run (:func:`write_export`): what the web
@@ -99,41 +94,40 @@ def export_best(dataset: str, profile: str, *, run_id: str | None = None, metric
     and ``split_seed`` (default: the first of :data:`EXPORT_PROTOCOLS` with a
     finished run, its lowest split seed). The test set never takes part.
     """
-    records = read_registry(dataset, profile)
+    records = read_registry(ws)
     if run_id:
-        records = [r for r in records if r["run_id"] == run_id]
-    records = [r for r in records if (run_folder(dataset, profile, r["run_id"]) / "model.keras").exists()]
+        records = [r for r in records if r.run_id == run_id]
+    records = [r for r in records if (run_folder(ws, r.run_id) / "model.keras").exists()]
     if not records:
-        raise UserError(f"no finished run for dataset {dataset!r}, profile {profile!r}; run "
-                        f"`python -m ecgpaper run baseline --profile {profile}` first.")
+        raise UserError(f"no finished run for dataset {ws.dataset!r}, profile {ws.profile!r}; run "
+                        f"`python -m ecgpaper run baseline --profile {ws.profile}` first.")
 
     def read(r, name):
-        return json.loads((run_folder(dataset, profile, r["run_id"]) / name).read_text())
+        return json.loads((run_folder(ws, r.run_id) / name).read_text())
 
-    configs = {r["run_id"]: read(r, "config.json") for r in records}
+    configs = {r.run_id: read(r, "config.json") for r in records}
     if not run_id:
-        present = {configs[r["run_id"]]["protocol"] for r in records}
+        present = {configs[r.run_id]["protocol"] for r in records}
         protocol = protocol or next((p for p in EXPORT_PROTOCOLS if p in present), sorted(present)[0])
-        records = [r for r in records if configs[r["run_id"]]["protocol"] == protocol]
+        records = [r for r in records if configs[r.run_id]["protocol"] == protocol]
         if not records:
-            raise UserError(f"no finished {protocol!r} run to export for {dataset}/{profile}; "
+            raise UserError(f"no finished {protocol!r} run to export for {ws.dataset}/{ws.profile}; "
                             f"protocols with runs: {', '.join(sorted(present))}")
-        seeds = {configs[r["run_id"]]["split_seed"] for r in records}
+        seeds = {configs[r.run_id]["split_seed"] for r in records}
         split_seed = min(seeds) if split_seed is None else split_seed
-        records = [r for r in records if configs[r["run_id"]]["split_seed"] == split_seed]
+        records = [r for r in records if configs[r.run_id]["split_seed"] == split_seed]
         if not records:
             raise UserError(f"no finished {protocol!r} run with split seed {split_seed}; seeds: {sorted(seeds)}")
 
-    best = max(records, key=lambda r: selection_key(read(r, "metrics.json"), r["run_id"], metric))
-    metrics, config = read(best, "metrics.json"), configs[best["run_id"]]
+    best = max(records, key=lambda r: selection_key(read(r, "metrics.json"), r.run_id, metric))
+    metrics, config = read(best, "metrics.json"), configs[best.run_id]
     model_file = write_export(
-        run_folder(dataset, profile, best["run_id"]) / "model.keras", config, run_id=best["run_id"],
-        dataset=dataset, profile=profile,
+        run_folder(ws, best.run_id) / "model.keras", config, ws, run_id=best.run_id,
         metrics={k: metrics[k] for k in (*PAPER_METRICS, "ci95", "n_test")},
         selected_by=f"{metric}, ties by val_loss, among {config['protocol']} runs of split seed "
                     f"{config['split_seed']}", dest=dest)
-    log(f"exported {best['run_id']} ({config['model']}, test accuracy {metrics['accuracy']:.3f}"
-        f"{', SYNTHETIC twin' if is_synthetic(dataset) else ''}) -> {model_file}")
+    log(f"exported {best.run_id} ({config['model']}, test accuracy {metrics['accuracy']:.3f}"
+        f"{', SYNTHETIC twin' if ws.synthetic else ''}) -> {model_file}")
     return model_file
 
 

@@ -93,11 +93,11 @@ def shuffled_label_control(config: RunConfig, data: RunData, *, verbose: int = 0
 
     control = replace(config, label_control="shuffled")
     record = run_configs([control], data, name="shuffled-label control", verbose=verbose, log=log)[0]
-    m = load_run(config.dataset, config.profile, record["run_id"])["metrics"]
+    m = load_run(config.workspace, record.run_id).metrics
     y_test = data.test[1]
     chance = float(np.bincount(y_test, minlength=len(CLASS_CODES)).max() / len(y_test))
     lo, hi = m["ci95"]["accuracy"]
-    return {"model": config.model, "weights": config.weights, "run_id": record["run_id"],
+    return {"model": config.model, "weights": config.weights, "run_id": record.run_id,
             "train_accuracy": m["train_accuracy"], "test_accuracy": m["accuracy"],
             "test_ci95": [lo, hi], "majority_rate": chance, "passed": bool(lo <= chance <= hi)}
 

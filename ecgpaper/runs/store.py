@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -25,40 +27,74 @@ from ecgpaper import paths
 from ecgpaper.config import CLASS_CODES
 from ecgpaper.errors import UserError
 from ecgpaper.metrics import labels_and_predictions
+from ecgpaper.paths import Workspace
 
 REGISTRY_NAME = "runs.jsonl"
 
 
-def runs_dir(dataset: str, profile: str) -> Path:
+@dataclass(frozen=True)
+class Run:
+    """A finished run, in either of its two shapes: a line of the registry
+    (:func:`read_registry`: the config and a summary of the metrics) or its
+    folder read back (:func:`load_run`: every metric). ``history`` (per-epoch,
+    with wall time) and ``environment`` are read from the folder when first used."""
+    run_id: str
+    config: dict
+    metrics: dict
+    folder: Path
+    manifest_sha256: str = ""
+    finished: str = ""
+
+    @classmethod
+    def from_record(cls, ws: Workspace, record: dict) -> Run:
+        return cls(record["run_id"], record.get("config", {}), record.get("metrics", {}),
+                   run_folder(ws, record["run_id"]), record.get("manifest_sha256", ""),
+                   record.get("finished", ""))
+
+    @cached_property
+    def history(self) -> pd.DataFrame:
+        return pd.read_csv(self.folder / "history.csv")
+
+    @cached_property
+    def environment(self) -> dict:
+        return json.loads((self.folder / "environment.json").read_text())
+
+    @property
+    def finished_in_folder(self) -> bool:
+        """Its folder holds metrics.json: the run completed (a killed one is redone)."""
+        return (self.folder / "metrics.json").exists()
+
+
+def runs_dir(ws: Workspace) -> Path:
     """``results/<dataset>/<profile>/runs``: the folder of every run's folder."""
-    return paths.profile_results(dataset, profile) / "runs"
+    return ws.results / "runs"
 
 
-def run_folder(dataset: str, profile: str, run_id: str) -> Path:
-    return runs_dir(dataset, profile) / run_id
+def run_folder(ws: Workspace, run_id: str) -> Path:
+    return runs_dir(ws) / run_id
 
 
-def registry_path(dataset: str, profile: str) -> Path:
-    return paths.profile_results(dataset, profile) / REGISTRY_NAME
+def registry_path(ws: Workspace) -> Path:
+    return ws.results / REGISTRY_NAME
 
 
-def read_registry(dataset: str, profile: str) -> list[dict]:
-    """All complete records (a torn last line from a crash is ignored)."""
-    p = registry_path(dataset, profile)
+def read_registry(ws: Workspace) -> list[Run]:
+    """Every complete record, as :class:`Run` (a torn last line from a crash is ignored)."""
+    p = registry_path(ws)
     if not p.exists():
         return []
     records = []
     for line in p.read_text(encoding="utf-8").splitlines():
         try:
-            records.append(json.loads(line))
+            records.append(Run.from_record(ws, json.loads(line)))
         except json.JSONDecodeError:
             continue
     return records
 
 
-def append_record(dataset: str, profile: str, record: dict) -> None:
+def append_record(ws: Workspace, record: dict) -> None:
     """Append one JSON line atomically (single O_APPEND write, then fsync)."""
-    p = registry_path(dataset, profile)
+    p = registry_path(ws)
     p.parent.mkdir(parents=True, exist_ok=True)
     data = (json.dumps(record, sort_keys=True) + "\n").encode()
     fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -72,49 +108,45 @@ def append_record(dataset: str, profile: str, record: dict) -> None:
         os.close(fd)
 
 
-def finished_run_ids(dataset: str, profile: str) -> set[str]:
-    runs = runs_dir(dataset, profile)
-    return {r["run_id"] for r in read_registry(dataset, profile)
-            if (runs / r["run_id"] / "metrics.json").exists()}
+def finished_run_ids(ws: Workspace) -> set[str]:
+    return {r.run_id for r in read_registry(ws) if r.finished_in_folder}
 
 
 # --------------------------------------------------------------------------
 # experiments
 # --------------------------------------------------------------------------
 
-def record_experiment(name: str, dataset: str, profile: str, run_ids: list[str], **info) -> Path:
+def record_experiment(name: str, ws: Workspace, run_ids: list[str], **info) -> Path:
     """Write ``experiments/<name>.json`` (the run ids, in order) so that
     :func:`experiment_runs` and the figures find an experiment's runs."""
-    out = experiment_file(name, dataset, profile)
-    paths.atomic_write_text(out, json.dumps({"experiment": name, "dataset": dataset, "profile": profile,
+    out = experiment_file(name, ws)
+    paths.atomic_write_text(out, json.dumps({"experiment": name, "dataset": ws.dataset, "profile": ws.profile,
                                              "run_ids": list(run_ids), **info}, indent=2) + "\n")
     return out
 
 
-def experiment_file(name: str, dataset: str, profile: str) -> Path:
+def experiment_file(name: str, ws: Workspace) -> Path:
     """``results/<dataset>/<profile>/experiments/<name>.json``: the run ids of an experiment."""
-    return paths.profile_results(dataset, profile) / "experiments" / f"{name}.json"
+    return ws.results / "experiments" / f"{name}.json"
 
 
-def load_run(dataset: str, profile: str, run_id: str) -> dict:
-    """A finished run's config, full metrics and per-epoch history (a DataFrame)."""
-    folder = run_folder(dataset, profile, run_id)
+def load_run(ws: Workspace, run_id: str) -> Run:
+    """A finished run from its folder: config, every metric, history and environment."""
+    folder = run_folder(ws, run_id)
     if not (folder / "metrics.json").exists():
         raise UserError(f"run {run_id} has not finished (no {folder / 'metrics.json'})")
-    return {"run_id": run_id, "folder": folder,
-            "config": json.loads((folder / "config.json").read_text()),
-            "metrics": json.loads((folder / "metrics.json").read_text()),
-            "environment": json.loads((folder / "environment.json").read_text()),
-            "history": pd.read_csv(folder / "history.csv")}
+    config = json.loads((folder / "config.json").read_text())
+    return Run(run_id, config, json.loads((folder / "metrics.json").read_text()), folder,
+               config.get("manifest_sha256", ""))
 
 
-def experiment_runs(name: str, dataset: str, profile: str) -> list[dict]:
+def experiment_runs(name: str, ws: Workspace) -> list[Run]:
     """The finished runs of an experiment, in the experiment's order (see :func:`load_run`)."""
-    f = experiment_file(name, dataset, profile)
+    f = experiment_file(name, ws)
     if not f.exists():
-        raise UserError(f"experiment {name!r} has not been run for {dataset}/{profile}; run "
-                        f"`python -m ecgpaper run {name} --profile {profile}` first.")
-    return [load_run(dataset, profile, i) for i in json.loads(f.read_text())["run_ids"]]
+        raise UserError(f"experiment {name!r} has not been run for {ws.dataset}/{ws.profile}; run "
+                        f"`python -m ecgpaper run {name} --profile {ws.profile}` first.")
+    return [load_run(ws, i) for i in json.loads(f.read_text())["run_ids"]]
 
 
 # --------------------------------------------------------------------------
@@ -136,9 +168,9 @@ def predictions_table(image_paths, y_true, proba, class_codes: Sequence[str] = C
     return table
 
 
-def load_predictions(dataset: str, profile: str, run_id: str) -> pd.DataFrame:
+def load_predictions(ws: Workspace, run_id: str) -> pd.DataFrame:
     """A finished run's predictions.csv (path, true, pred, p_<class>, correct)."""
-    f = run_folder(dataset, profile, run_id) / "predictions.csv"
+    f = run_folder(ws, run_id) / "predictions.csv"
     if not f.exists():
         raise UserError(f"run {run_id} has no predictions ({f}); rerun its experiment")
     return pd.read_csv(f, keep_default_na=False)

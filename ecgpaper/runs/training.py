@@ -28,14 +28,15 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from ecgpaper import __version__, paths
+from ecgpaper import __version__
 from ecgpaper.config import CLASS_CODES, EARLY_STOPPING_PATIENCE, HEADS, PAPER_IMAGE_SIZE, PAPER_TRAIN_IMAGES, RECIPES
 from ecgpaper.errors import UserError
 from ecgpaper.metrics import evaluate_predictions
 from ecgpaper.model.pipeline import make_dataset, scaling_fn
 from ecgpaper.model.weights import STANDINS
+from ecgpaper.paths import Workspace
 from ecgpaper.progress import training_progress
-from ecgpaper.runs.store import append_record, predictions_table
+from ecgpaper.runs.store import Run, append_record, predictions_table, runs_dir
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,11 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def workspace(self) -> Workspace:
+        """Where the run is filed: ``results/<dataset>/<profile>/runs/<id>/``."""
+        return Workspace(self.dataset, self.profile)
 
     def run_id(self, manifest_sha: str) -> str:
         blob = json.dumps({"config": self.to_dict(), "manifest": manifest_sha}, sort_keys=True)
@@ -374,7 +380,7 @@ def _fit_head_phase(model, config: RunConfig, features, y_tr, y_va, *, log):
     return frame, (best.best, model.get_weights())
 
 
-def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) -> dict:
+def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) -> Run:
     """Train with the config's recipe, evaluate the best-validation checkpoint on the
     test subset, write the run folder and registry record (paper 3.1, 3.5, 4)."""
     import keras
@@ -389,7 +395,7 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
     if config.label_control not in ("none", "shuffled"):
         raise UserError(f"label_control must be 'none' or 'shuffled', not {config.label_control!r}")
     run_id = config.run_id(data.manifest_sha)
-    base = paths.profile_results(config.dataset, config.profile) / "runs"
+    base = runs_dir(config.workspace)
     final_dir = base / run_id
     work = base / f".{run_id}.partial"
     shutil.rmtree(work, ignore_errors=True)
@@ -530,11 +536,11 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
                                                   "epochs_run", "train_seconds", "epoch_seconds_mean",
                                                   "train_accuracy", "optimizer_steps", "paper_steps")},
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    append_record(config.dataset, config.profile, record)
+    append_record(config.workspace, record)
     log(f"[{run_id}] train accuracy {train_accuracy:.3f}, test accuracy {metrics['accuracy']:.3f}, "
         f"macro F1 {metrics['f1']:.3f} ({selected['phase']} epoch {selected['epoch']}, "
         f"{metrics['optimizer_steps']['total']} steps, {train_seconds:.0f} s)")
-    return record
+    return Run.from_record(config.workspace, record)
 
 
 def deviations(config: RunConfig) -> list[str]:

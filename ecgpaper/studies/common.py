@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ecgpaper.config import get_profile
 from ecgpaper.data.prepare import prepare_data
 from ecgpaper.data.splits import read_manifest
+from ecgpaper.paths import Workspace
 from ecgpaper.runs.experiments import load_run_data
 from ecgpaper.runs.training import RunData
 
@@ -85,10 +85,14 @@ class DataSource:
         if key not in self._prepared:
             quiet = (lambda *a, **k: None) if self._prepared else self.log
             self._prepared[key] = prepare_data(
-                self.data_root, profile=self.profile, seed=split_seed,
-                image_size=get_profile(self.profile).image_size, fit=self.fit, crop=crop,
-                progress=self.verbose > 0, log=quiet)
+                self.data_root, profile=self.profile, seed=split_seed, fit=self.fit, crop=crop,
+                progress=self.verbose > 0, log=quiet)  # at the profile's image size
         return self._prepared[key]
+
+    @property
+    def workspace(self) -> Workspace:
+        """Where this data's runs, tables and figures are filed (dataset x profile)."""
+        return Workspace(self.dataset, self.profile)
 
     @property
     def dataset(self) -> str:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ecgpaper.figures import interval_columns, save_table
+from ecgpaper.outputs import interval_columns, save_table
+from ecgpaper.paths import Workspace
 from ecgpaper.runs.experiments import run_configs, scaled_configs
-from ecgpaper.runs.store import load_run, record_experiment
+from ecgpaper.runs.store import Run, load_run, record_experiment
 from ecgpaper.studies.common import DataSource
 
 BASELINE = dict(batch_size=16, learning_rate=1e-4, epochs=20)  # section 4
@@ -40,28 +41,28 @@ def run(source: DataSource, *, split_seed: int = 0, verbose: int = 0, log=print)
                                   bn_mode=bn, log=log)
     records = run_configs(configs, source.run_data("paper", split_seed), name="input ablation",
                           verbose=verbose, log=log)
-    ids = [r["run_id"] for r in records]
-    record_experiment("input_ablation", source.dataset, source.profile, ids, protocol="paper")
-    return [load_run(source.dataset, source.profile, i) for i in ids]
+    ids = [r.run_id for r in records]
+    record_experiment("input_ablation", source.workspace, ids, protocol="paper")
+    return [load_run(source.workspace, i) for i in ids]
 
 
-def table(runs: list[dict], dataset: str, profile: str) -> pd.DataFrame:
+def table(runs: list[Run], ws: Workspace) -> pd.DataFrame:
     """One row per condition, plus the VGG16 minus ResNet50 accuracy gap per scaling."""
     rows = []
     for run in runs:
-        c, m = run["config"], run["metrics"]
+        c, m = run.config, run.metrics
         rows.append({"model": c["model"], "weights": c["weights"], "scaling": c["scaling"],
                      "batchnorm": c["bn_mode"] if c["model"] != "VGG16" else "(none in VGG16)",
                      "train_accuracy": m.get("train_accuracy"), "test_accuracy": m["accuracy"],
                      **interval_columns("ci95", m["ci95"]["accuracy"]),
-                     "run": run["run_id"]})
+                     "run": run.run_id})
     df = pd.DataFrame(rows)
     vgg = df[df["model"] == "VGG16"].set_index("scaling")["test_accuracy"]
     gaps = []
     for _, r in df[df["model"] == "ResNet50"].iterrows():
         gaps.append(vgg.get(r["scaling"], float("nan")) - r["test_accuracy"])
     df.loc[df["model"] == "ResNet50", "VGG16 minus ResNet50"] = gaps
-    save_table(df, "table_input_ablation", dataset, profile,
+    save_table(df, "table_input_ablation", ws,
                "Input scaling x BatchNorm mode (beyond the paper; 3.1.1, 3.5): baseline setting, paper split; "
                "paper's gap VGG16 92 % vs ResNet50 81 %")
     return df

@@ -16,9 +16,11 @@ import numpy as np
 import pandas as pd
 
 from ecgpaper.config import CLASS_CODES, CLASS_NAMES, HEADER_CROP_FRACTIONS, REFERENCE_PAGE_SIZE
-from ecgpaper.figures import data_label, save_figure, save_table, use_style
 from ecgpaper.metrics import majority_rate
 from ecgpaper.model.pipeline import scaling_fn
+from ecgpaper.outputs import save_figure, save_table, use_style
+from ecgpaper.paths import Workspace
+from ecgpaper.runs.store import Run
 from ecgpaper.studies.common import DataSource
 
 
@@ -72,12 +74,12 @@ def explain_images(model_file, config: dict, images: np.ndarray, batch: int = 32
     return np.concatenate(probs), np.concatenate(heats)
 
 
-def explain_run(run: dict, source: DataSource) -> dict:
-    """Heat maps of every test image of a finished run (``experiments.load_run``)."""
-    config = run["config"]
+def explain_run(run: Run, source: DataSource) -> dict:
+    """Heat maps of every test image of a finished run (``store.load_run``)."""
+    config = run.config
     data = source.data_for_run(config)
     images, y, rows = data.test
-    proba, heat = explain_images(run["folder"] / "model.keras", config, images)
+    proba, heat = explain_images(run.folder / "model.keras", config, images)
     return {"run": run, "images": np.asarray(images), "y": np.asarray(y), "rows": rows,
             "proba": proba, "pred": proba.argmax(1), "heat": heat}
 
@@ -100,19 +102,19 @@ def heat_shares(heat: np.ndarray, crop: bool, fit: str = "resize") -> pd.DataFra
     return pd.DataFrame(rows, columns=list(regions))
 
 
-def table(entries: list[tuple[str, dict]], dataset: str, profile: str) -> pd.DataFrame:
+def table(entries: list[tuple[str, dict]], ws: Workspace) -> pd.DataFrame:
     """``table_gradcam_header_fraction``: per explained run, the mean share of
     Grad-CAM mass on the header band, the footer band and the ECG grid, beside
     each region's share of the image (what a uniform heat map would give)."""
     rows = []
     for label, ex in entries:
-        c = ex["run"]["config"]
+        c = ex["run"].config
         shares = heat_shares(ex["heat"], c["crop"], c["fit"])
         regions = page_regions(c["crop"], c["fit"])
         header_area = _area(regions["header"])
         header = float(shares["header"].mean()) if shares["header"].notna().any() else float("nan")
         rows.append({
-            "explained": label, "model": c["model"], "crop": bool(c["crop"]), "run_id": ex["run"]["run_id"],
+            "explained": label, "model": c["model"], "crop": bool(c["crop"]), "run_id": ex["run"].run_id,
             "n_test": len(ex["heat"]), "empty_heat_maps": int(shares["grid"].isna().sum()),
             "accuracy": float((ex["pred"] == ex["y"]).mean()), "majority_rate": majority_rate(ex["y"]),
             "header_fraction": header,
@@ -123,7 +125,7 @@ def table(entries: list[tuple[str, dict]], dataset: str, profile: str) -> pd.Dat
             "header_vs_uniform": header / header_area if header_area else float("nan"),
         })
     df = pd.DataFrame(rows)
-    save_table(df, "table_gradcam_header_fraction", dataset, profile,
+    save_table(df, "table_gradcam_header_fraction", ws,
                "Grad-CAM (section 5.2): mean share of heat-map mass on the header band, footer band "
                "and ECG grid, beside each region's share of the image; header_vs_uniform > 1: more "
                "heat on the header than a uniform map; with the crop the bands are not in the input")
@@ -161,7 +163,7 @@ def sentences(table: pd.DataFrame) -> list[str]:
     return out
 
 
-def figure(explained: list[tuple[str, dict]], dataset: str, profile: str):
+def figure(explained: list[tuple[str, dict]], ws: Workspace):
     """Fig. 15: per model two rows (correct, wrong) x one column per class: the
     first such test image with its Grad-CAM overlay."""
     import matplotlib.pyplot as plt
@@ -194,9 +196,9 @@ def figure(explained: list[tuple[str, dict]], dataset: str, profile: str):
                 ax.set_title(f"true {code}, pred {pred} (p={ex['proba'][i].max():.2f})", fontsize=8)
     fig.suptitle("Fig. 15: Grad-CAM of the last convolutional block, first correct and wrong test "
                  f"image per class ({', '.join(f'{c} = {CLASS_NAMES[c]}' for c in CLASS_CODES)})\n"
-                 f"{data_label(dataset, profile)}", fontsize=9)
+                 f"{ws.label}", fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, "fig15_gradcam_grid", dataset, profile)
+    return save_figure(fig, "fig15_gradcam_grid", ws)
 
 
 def run(source: DataSource, baseline_runs: list[dict], crop_pair: list[dict] = ()) -> dict:
@@ -204,11 +206,11 @@ def run(source: DataSource, baseline_runs: list[dict], crop_pair: list[dict] = (
     further runs (the leakage study's VGG16 with and without crop) for the
     header-fraction table. Returns {"grid": [...], "table": [...]} of
     (label, explained) pairs."""
-    grid = [(f"{r['config']['model']} (baseline)", explain_run(r, source)) for r in baseline_runs]
-    table = [(f"{label}, {'header cropped' if ex['run']['config']['crop'] else 'full page'}", ex)
+    grid = [(f"{r.config['model']} (baseline)", explain_run(r, source)) for r in baseline_runs]
+    table = [(f"{label}, {'header cropped' if ex['run'].config['crop'] else 'full page'}", ex)
              for label, ex in grid]
     for r in crop_pair:
-        c = r["config"]
+        c = r.config
         table.append((f"{c['model']} (batch {c['batch_size']}), "
                       f"{'header cropped' if c['crop'] else 'full page'}", explain_run(r, source)))
     return {"grid": grid, "table": table}

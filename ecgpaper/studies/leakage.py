@@ -37,9 +37,10 @@ import pandas as pd
 
 from ecgpaper import paths
 from ecgpaper.config import SPLIT_PROTOCOLS
-from ecgpaper.figures import data_label, interval_columns, save_figure, save_table, use_style
 from ecgpaper.metrics import acc_f1, bootstrap_sets, group_members, majority_rate, percentile_ci
 from ecgpaper.model.pipeline import labels_to_indices
+from ecgpaper.outputs import interval_columns, save_figure, save_table, use_style
+from ecgpaper.paths import Workspace
 from ecgpaper.runs.experiments import run_configs, scaled_configs
 from ecgpaper.runs.store import load_predictions, load_run, record_experiment
 from ecgpaper.studies.common import DataSource
@@ -110,13 +111,13 @@ def run(profile: str, data_root=None, *, seed: int = 0, n_seeds: int | None = No
     The header-crop variant runs under ``crop_protocols`` only (default
     ``paper`` and ``grouped``, where the gap is measured); ``None``: under all.
 
-    Returns ``{"dataset", "profile", "replicates": DataFrame, "sets": {(classifier,
+    Returns ``{"workspace", "replicates": DataFrame, "sets": {(classifier,
     protocol, crop): [(y, pred, groups), ...]}, "copies": {protocol: [crossings
     per replicate]}, "run_ids"}``; also writes ``experiments/leakage.json``.
     """
     source = source or DataSource(profile, data_root, log=log, verbose=verbose)
     n_seeds = n_seeds or n_replicates(profile)
-    dataset = source.dataset
+    ws = source.workspace
     rows, sets, copies, run_ids, copy_flags = [], {}, {}, [], {}
     for r in range(n_seeds):
         split_seed = seed + r
@@ -136,14 +137,14 @@ def run(profile: str, data_root=None, *, seed: int = 0, n_seeds: int | None = No
                 groups = test_rows["group"].astype(str).to_numpy()
                 results = []
                 for spec in specs:
-                    config = scaled_configs([spec], profile=profile, dataset=dataset, protocol=protocol,
+                    config = scaled_configs([spec], profile=profile, dataset=ws.dataset, protocol=protocol,
                                             split_seed=split_seed, crop=crop, seed=r, log=log)[0]
                     record = run_configs([config], data, verbose=verbose, log=log,
                                          name=f"leakage {spec['model']} {protocol} crop={crop} r{r}")[0]
-                    run_ids.append(record["run_id"])
-                    pred = load_predictions(dataset, profile, record["run_id"]).set_index("path")
+                    run_ids.append(record.run_id)
+                    pred = load_predictions(ws, record.run_id).set_index("path")
                     pred = pred.loc[test_rows["path"]]
-                    results.append((spec["model"], labels_to_indices(pred["pred"]), record["run_id"], config))
+                    results.append((spec["model"], labels_to_indices(pred["pred"]), record.run_id, config))
                 results.append((PROBE_LABEL, nn_probe(data.train[0], data.train[1], data.test[0]), "", None))
                 for classifier, p, run_id, config in results:
                     acc, f1 = acc_f1(y, p)
@@ -160,22 +161,22 @@ def run(profile: str, data_root=None, *, seed: int = 0, n_seeds: int | None = No
                                  "test_exact_copy_in_train": crossing["test_exact_copy_in_train"],
                                  "accuracy": acc, "f1": f1, "majority_rate": majority_rate(y)})
     replicates = pd.DataFrame(rows)
-    paths.atomic_write_text(paths.profile_results(dataset, profile) / "leakage_replicates.csv",
+    paths.atomic_write_text(ws.table("leakage_replicates"),
                             replicates.to_csv(index=False, lineterminator="\n"))
-    record_experiment("leakage", dataset, profile, run_ids, seeds=n_seeds, split_seed=seed,
+    record_experiment("leakage", ws, run_ids, seeds=n_seeds, split_seed=seed,
                       protocols=list(copies), crops=[bool(c) for c in crops],
                       crop_protocols=None if crop_protocols is None else list(crop_protocols))
-    return {"dataset": dataset, "profile": profile, "replicates": replicates, "sets": sets,
+    return {"workspace": ws, "replicates": replicates, "sets": sets,
             "copies": copies, "copy_flags": copy_flags, "run_ids": run_ids, "n_seeds": n_seeds}
 
 
 def study_runs(study: dict, protocol: str = "grouped", crop: bool = False, replicate: int = 0) -> list[dict]:
-    """The finished CNN runs (``experiments.load_run``) of one cell of the study,
+    """The finished CNN runs (``store.load_run``) of one cell of the study,
     one per model: e.g. the ``grouped`` runs that notebook 06's robustness uses."""
     reps = study["replicates"]
     sel = reps[(reps["classifier"] != PROBE_LABEL) & (reps["protocol"] == protocol) & (reps["crop"] == crop)
                & (reps["replicate"] == replicate)]
-    return [load_run(study["dataset"], study["profile"], run_id) for run_id in sel["run_id"]]
+    return [load_run(study["workspace"], run_id) for run_id in sel["run_id"]]
 
 
 def _cells(study: dict) -> list[dict]:
@@ -277,7 +278,7 @@ def table(study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """``table_leakage`` (one row per classifier x protocol x crop),
     ``table_leakage_gap`` (paper and kaggle minus grouped) and the summary
     (also written to ``leakage_summary.json``)."""
-    dataset, profile = study["dataset"], study["profile"]
+    ws = study["workspace"]
     cells = _cells(study)
     table = pd.DataFrame([{
         "classifier": c["classifier"], "protocol": c["protocol"], "crop": c["crop"],
@@ -287,7 +288,7 @@ def table(study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         "accuracy_std": c["accuracy_std"], "f1": c["f1"], **interval_columns("f1_ci95", c["f1_ci95"]),
         "majority_rate": c["majority_rate"], "above_majority": c["learned"],
     } for c in cells])
-    save_table(table, "table_leakage", dataset, profile,
+    save_table(table, "table_leakage", ws,
                f"Leakage study (section 5.2): {CNN_LABEL} (and ResNet50, full page) batch 32, lr 1e-4 and a "
                "1-NN pixel probe per "
                f"split protocol, full page and (crop=True) header cropped; means over {study['n_seeds']} seeds, "
@@ -316,7 +317,7 @@ def table(study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
             "majority_rate": (c["majority_rate"] + ref["majority_rate"]) / 2,
         })
     gap_table = pd.DataFrame([_gap_row(g) for g in gaps])
-    save_table(gap_table, "table_leakage_gap", dataset, profile,
+    save_table(gap_table, "table_leakage_gap", ws,
                "Leakage gap: accuracy and macro F1 of each protocol minus the grouped protocol's "
                "(95 % CI: independent two-stage bootstraps, seeds then duplicate groups, of both "
                "protocols); 'learned': above the majority-class rate under either protocol")
@@ -327,7 +328,7 @@ def table(study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
               for p, v in study["copies"].items()}
     epochs = study["replicates"]["epochs"].dropna()
     summary = {
-        "dataset": dataset, "profile": profile, "seeds": study["n_seeds"],
+        "dataset": ws.dataset, "profile": ws.profile, "seeds": study["n_seeds"],
         "cnn": CNN_LABEL, "cnn_epochs": int(epochs.iloc[0]) if len(epochs) else None,
         "cnn_weights": _weights_of(study["replicates"], CNN_LABEL),
         "weights": {c: _weights_of(study["replicates"], c)
@@ -337,12 +338,12 @@ def table(study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         "gaps": gaps,
         "copy_effect": copy_effect(study),
     }
-    save_table(copy_effect_table(summary), "table_leakage_copies", dataset, profile,
+    save_table(copy_effect_table(summary), "table_leakage_copies", ws,
                "Does the CNN exploit copies? Within the paper split, accuracy on the test images that "
                "have a copy (exact or near) in train vs on those that have none, mean over "
                f"{study['n_seeds']} seeds; 95 % CI from a two-stage bootstrap (seeds, then duplicate "
                "groups); the 1-NN probe, which matches pictures, for reference")
-    paths.atomic_write_text(paths.profile_results(dataset, profile) / "leakage_summary.json",
+    paths.atomic_write_text(ws.results / "leakage_summary.json",
                             json.dumps(summary, indent=2) + "\n")
     return table, gap_table, summary
 
@@ -453,7 +454,7 @@ def sentences(summary: dict) -> list[str]:
     return out
 
 
-def figure(table: pd.DataFrame, summary: dict, dataset: str, profile: str):
+def figure(table: pd.DataFrame, summary: dict, ws: Workspace):
     """Fig. 14: accuracy and macro F1 per protocol, CNN and probe, full page and
     cropped, with 95 % intervals; x labels say how many test images have a
     copy in train."""
@@ -495,9 +496,9 @@ def figure(table: pd.DataFrame, summary: dict, dataset: str, profile: str):
         ax.set_ylabel(f"{label} (mean over seeds, 95 % CI)")
     axes[0].legend(fontsize=7, loc="upper right")
     fig.suptitle(f"Fig. 14: leakage study, {CNN_LABEL} and ResNet50 (batch 32, lr 1e-4) and a 1-NN pixel probe per "
-                 f"split protocol, {summary['seeds']} seeds\n{data_label(dataset, profile)}", fontsize=10)
+                 f"split protocol, {summary['seeds']} seeds\n{ws.label}", fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, "fig14_leakage", dataset, profile)
+    return save_figure(fig, "fig14_leakage", ws)
 
 
 def cnn_learned(summary: dict) -> bool:

@@ -24,11 +24,12 @@ import time
 import numpy as np
 import pandas as pd
 
-from ecgpaper.figures import data_label, format_ci, interval_columns, save_figure, save_table, use_style
 from ecgpaper.metrics import acc_f1, bootstrap_sets, percentile_ci
 from ecgpaper.model.pipeline import labels_to_indices, scaling_fn
+from ecgpaper.outputs import format_ci, interval_columns, save_figure, save_table, use_style
+from ecgpaper.paths import Workspace
 from ecgpaper.runs.experiments import experiment_configs, run_configs, scaled_configs
-from ecgpaper.runs.store import load_predictions, load_run, probabilities, record_experiment
+from ecgpaper.runs.store import Run, load_predictions, load_run, probabilities, record_experiment
 from ecgpaper.studies.common import DataSource, same_test_images
 
 #: the paper's baseline setting (section 4) for the lighter backbones
@@ -45,14 +46,14 @@ def lightweight_configs(profile: str, dataset: str, split_seed: int = 0):
 
 def run(source: DataSource, *, split_seed: int = 0, verbose: int = 0, log=print) -> list[dict]:
     """Train (or reuse) the four runs on the paper protocol; return them loaded
-    (``experiments.load_run``) and record ``experiments/lightweight.json``."""
+    (``store.load_run``) and record ``experiments/lightweight.json``."""
     data = source.run_data("paper", split_seed, False)
     configs = lightweight_configs(source.profile, source.dataset, split_seed)
     records = run_configs(configs, data, name="lightweight", verbose=verbose, log=log)
-    ids = [r["run_id"] for r in records]
-    record_experiment("lightweight", source.dataset, source.profile, ids, protocol="paper",
+    ids = [r.run_id for r in records]
+    record_experiment("lightweight", source.workspace, ids, protocol="paper",
                       split_seed=split_seed)
-    return [load_run(source.dataset, source.profile, i) for i in ids]
+    return [load_run(source.workspace, i) for i in ids]
 
 
 def measure_latency(model, image_size: int, *, scaling: str = "rescale", model_name: str | None = None,
@@ -89,20 +90,20 @@ def deployable_size_mb(model) -> float:
         return os.path.getsize(f) / 2**20
 
 
-def profile_runs(runs: list[dict], *, n_calls: int = 30, log=print) -> pd.DataFrame:
+def profile_runs(runs: list[Run], *, n_calls: int = 30, log=print) -> pd.DataFrame:
     """One row per run: accuracy, CI, parameters, file size, latency, epoch time."""
     import keras
     import tensorflow as tf
 
     rows = []
     for run in runs:
-        c, m = run["config"], run["metrics"]
+        c, m = run.config, run.metrics
         with tf.device("/CPU:0"):  # weights in host memory: a CPU number even on a GPU machine
-            model = keras.models.load_model(run["folder"] / "model.keras", compile=False, safe_mode=True)
+            model = keras.models.load_model(run.folder / "model.keras", compile=False, safe_mode=True)
         lat = measure_latency(model, c["image_size"], scaling=c["scaling"], model_name=c["model"],
                               n_calls=n_calls)
         rows.append({
-            "model": c["model"], "members": "", "run_id": run["run_id"], "epochs": c["epochs"],
+            "model": c["model"], "members": "", "run_id": run.run_id, "epochs": c["epochs"],
             "accuracy": m["accuracy"], **interval_columns("accuracy_ci95", (m.get("ci95") or {}).get("accuracy")),
             "f1": m["f1"], "val_accuracy": m.get("val_accuracy"), "val_loss": m.get("val_loss"),
             "params_millions": model.count_params() / 1e6, "file_mb": deployable_size_mb(model),
@@ -123,12 +124,12 @@ def choose_members(table: pd.DataFrame, k: int = ENSEMBLE_SIZE) -> list[str]:
     return ranked["run_id"].head(k).tolist()
 
 
-def soft_vote(dataset: str, profile: str, run_ids: list[str], groups=None, *,
+def soft_vote(ws: Workspace, run_ids: list[str], groups=None, *,
               n_bootstrap: int = 1000) -> dict:
     """Average the test-set class probabilities of ``run_ids`` (same test
     images) and evaluate the argmax: accuracy, macro F1, 95 % CI (bootstrap
     over ``groups`` when given, else over images)."""
-    preds = [load_predictions(dataset, profile, i) for i in run_ids]
+    preds = [load_predictions(ws, i) for i in run_ids]
     if not same_test_images(preds):
         raise ValueError("soft voting needs runs evaluated on the same test images")
     proba = np.mean([probabilities(p) for p in preds], axis=0)
@@ -141,12 +142,12 @@ def soft_vote(dataset: str, profile: str, run_ids: list[str], groups=None, *,
             "accuracy_ci95": percentile_ci(boot[:, 0]), "f1_ci95": percentile_ci(boot[:, 3])}
 
 
-def table(runs: list[dict], dataset: str, profile: str, *, k: int = ENSEMBLE_SIZE,
+def table(runs: list[Run], ws: Workspace, *, k: int = ENSEMBLE_SIZE,
                       n_calls: int = 30, log=print) -> pd.DataFrame:
     """``table_lightweight``: the four models and the soft-voting ensemble row."""
     table = profile_runs(runs, n_calls=n_calls, log=log)
     members = choose_members(table, k)
-    vote = soft_vote(dataset, profile, members)
+    vote = soft_vote(ws, members)
     chosen = table.set_index("run_id").loc[members]
     ensemble = {
         "model": f"Ensemble (soft vote of {len(members)})", "members": " + ".join(chosen["model"]),
@@ -158,7 +159,7 @@ def table(runs: list[dict], dataset: str, profile: str, *, k: int = ENSEMBLE_SIZ
         "latency_calls": n_calls, "epoch_seconds": float(chosen["epoch_seconds"].sum()),
     }
     table = pd.concat([table, pd.DataFrame([ensemble])], ignore_index=True)
-    save_table(table, "table_lightweight", dataset, profile,
+    save_table(table, "table_lightweight", ws,
                "Lightweight models (section 5.5) at the baseline setting (batch 16, lr 1e-4): test "
                "accuracy with its bootstrap 95 % CI, parameters, deployable .keras size (no optimizer "
                "state), CPU latency per image (batch 1, median of compiled calls after warm-up) and "
@@ -167,7 +168,7 @@ def table(runs: list[dict], dataset: str, profile: str, *, k: int = ENSEMBLE_SIZ
     return table
 
 
-def figure(table: pd.DataFrame, dataset: str, profile: str):
+def figure(table: pd.DataFrame, ws: Workspace):
     """Fig. 17: test accuracy (95 % CI) against CPU latency, marker area ~ parameters."""
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -193,9 +194,9 @@ def figure(table: pd.DataFrame, dataset: str, profile: str):
     ax.set_ylabel("Test accuracy (95 % CI)")
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
-    ax.set_title(f"Fig. 17: accuracy vs latency (marker area ~ parameters)\n{data_label(dataset, profile)}",
+    ax.set_title(f"Fig. 17: accuracy vs latency (marker area ~ parameters)\n{ws.label}",
                  fontsize=10)
-    return save_figure(fig, "fig17_accuracy_vs_latency", dataset, profile)
+    return save_figure(fig, "fig17_accuracy_vs_latency", ws)
 
 
 def sentences(table: pd.DataFrame) -> list[str]:

@@ -45,9 +45,11 @@ import pandas as pd
 from PIL import Image
 
 from ecgpaper.config import HEADER_CROP_FRACTIONS, REFERENCE_PAGE_SIZE
-from ecgpaper.figures import data_label, save_figure, save_table, use_style
 from ecgpaper.metrics import acc_f1, majority_rate
 from ecgpaper.model.pipeline import scaling_fn
+from ecgpaper.outputs import save_figure, save_table, use_style
+from ecgpaper.paths import Workspace
+from ecgpaper.runs.store import Run
 from ecgpaper.studies.interpretability import page_regions
 from ecgpaper.studies.probe import PROBE_LABEL, fit_probe, probe_features
 
@@ -203,14 +205,14 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 # the study
 # --------------------------------------------------------------------------
 
-def _predictor(run: dict):
+def _predictor(run: Run):
     """uint8 batch -> class probabilities, a compiled forward of the saved model."""
     import keras
     import tensorflow as tf
 
 
-    model = keras.models.load_model(run["folder"] / "model.keras", compile=False, safe_mode=True)
-    scale = scaling_fn(run["config"]["scaling"], run["config"]["model"])
+    model = keras.models.load_model(run.folder / "model.keras", compile=False, safe_mode=True)
+    scale = scaling_fn(run.config["scaling"], run.config["model"])
 
     @tf.function(reduce_retracing=True)
     def forward(x):
@@ -219,20 +221,20 @@ def _predictor(run: dict):
     return lambda x: np.concatenate([forward(x[i:i + 64]).numpy() for i in range(0, len(x), 64)])
 
 
-def run(runs: list[dict], data, *, probe: bool = True, corruptions=tuple(CORRUPTIONS),
+def run(runs: list[Run], data, *, probe: bool = True, corruptions=tuple(CORRUPTIONS),
                    severities=SEVERITIES, seed: int = 0, chunk: int = 64, log=print) -> pd.DataFrame:
     """Accuracy and macro F1 of each run (and of the 1-NN probe fitted on the
     runs' training images) on the corrupted test images.
 
-    ``runs``: finished runs (``experiments.load_run``) sharing one split and
+    ``runs``: finished runs (``store.load_run``) sharing one split and
     preprocessing (notebook 06: the leakage study's ``grouped`` runs); ``data``:
     their ``RunData``, whose test images (the training cache's decoding) are the
     clean condition. ``recorded_accuracy``: each run's own test accuracy, which
     the clean condition reproduces.
     """
-    c0 = runs[0]["config"]
+    c0 = runs[0].config
     for r in runs[1:]:
-        c = r["config"]
+        c = r.config
         if (c["protocol"], c["split_seed"], c["crop"], c["fit"], c["image_size"]) != \
                 (c0["protocol"], c0["split_seed"], c0["crop"], c0["fit"], c0["image_size"]):
             raise ValueError("robustness runs must share split, crop, fit and image size")
@@ -241,8 +243,8 @@ def run(runs: list[dict], data, *, probe: bool = True, corruptions=tuple(CORRUPT
         raise ValueError(f"the test images are {images.shape[1]} px but the runs take {c0['image_size']} px")
     geometry = input_geometry(c0["image_size"], c0["crop"], c0["fit"])
     y = np.asarray(y)
-    models = {r["config"]["model"]: _predictor(r) for r in runs}
-    recorded = {r["config"]["model"]: float(r["metrics"]["accuracy"]) for r in runs}
+    models = {r.config["model"]: _predictor(r) for r in runs}
+    recorded = {r.config["model"]: float(r.metrics["accuracy"]) for r in runs}
     conditions = [(name, 0) for name in corruptions[:1]] + [(n, s) for n in corruptions for s in severities]
     preds = {(m, cond): [] for m in list(models) + ([PROBE_LABEL] if probe else []) for cond in conditions}
     probe_model = fit_probe(data.train[0], data.train[1]) if probe else None
@@ -281,8 +283,8 @@ def run(runs: list[dict], data, *, probe: bool = True, corruptions=tuple(CORRUPT
     return table.reset_index(drop=True)
 
 
-def table(table: pd.DataFrame, dataset: str, profile: str) -> pd.DataFrame:
-    save_table(table, "table_robustness", dataset, profile,
+def table(table: pd.DataFrame, ws: Workspace) -> pd.DataFrame:
+    save_table(table, "table_robustness", ws,
                "Robustness (section 5.2): accuracy and macro F1 on the grouped split's test images "
                "(ECGs the models never saw), decoded as in training and corrupted at the model's "
                "input resolution, severity 0 (clean: the run's own test set) to 5; the 1-NN probe "
@@ -290,7 +292,7 @@ def table(table: pd.DataFrame, dataset: str, profile: str) -> pd.DataFrame:
     return table
 
 
-def figure(table: pd.DataFrame, dataset: str, profile: str):
+def figure(table: pd.DataFrame, ws: Workspace):
     """Fig. 16: accuracy vs severity, one panel per corruption, one line per model."""
     import matplotlib.pyplot as plt
 
@@ -322,9 +324,9 @@ def figure(table: pd.DataFrame, dataset: str, profile: str):
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     split = f", {table['protocol'].iloc[0]} split" if "protocol" in table else ""
     fig.suptitle(f"Fig. 16: accuracy under acquisition corruptions (at the model's input resolution"
-                 f"{split})\n{data_label(dataset, profile)}", fontsize=10)
+                 f"{split})\n{ws.label}", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    return save_figure(fig, "fig16_robustness", dataset, profile)
+    return save_figure(fig, "fig16_robustness", ws)
 
 
 def sentences(table: pd.DataFrame) -> list[str]:

@@ -29,6 +29,8 @@ from __future__ import annotations
 import numpy as np
 
 from ecgpaper.config import EQUIVALENCE_MARGIN, PAPER_IMAGE_SIZE, PAPER_RESULTS, PAPER_TEST_IMAGES
+from ecgpaper.paths import is_synthetic_dataset
+from ecgpaper.runs.store import Run
 
 OUTCOMES = ("consistent", "lower", "higher", "inconclusive")
 
@@ -37,7 +39,7 @@ def protocol_differences(config: dict, dataset: str) -> list[str]:
     """How a run departs from the paper's protocol in what a verdict needs
     (empty list: a verdict may be issued). ``config``: the run's config.json."""
     out = []
-    if dataset.startswith("synthetic"):
+    if is_synthetic_dataset(dataset):
         out.append("SYNTHETIC twin, not the Kaggle images")
     if config.get("profile") != "paper":
         out.append(f"profile {config.get('profile')}, not paper")
@@ -51,11 +53,11 @@ def protocol_differences(config: dict, dataset: str) -> list[str]:
     return out
 
 
-def runs_differences(runs: list[dict], dataset: str) -> list[str]:
+def runs_differences(runs: list[Run], dataset: str) -> list[str]:
     """The union of :func:`protocol_differences` over runs, in first-seen order."""
     seen: list[str] = []
     for r in runs:
-        for d in protocol_differences(r["config"], dataset):
+        for d in protocol_differences(r.config, dataset):
             if d not in seen:
                 seen.append(d)
     return seen
