@@ -1,7 +1,7 @@
 """The notebooks' interpretation cells: what the numbers of this run say, in sentences.
 
-Every number in a sentence is read from the run records (``experiments.
-experiment_runs``), REPORT.md or the paper's constants (``config.PAPER_RESULTS``);
+Every number in a sentence is read from the finished runs
+(``store.experiment_runs``), REPORT.md or the paper's constants (``config.PAPER_RESULTS``);
 none is typed in. Every paragraph starts by saying whether the data are the
 SYNTHETIC twin or the real archive, so a twin result never reads as the paper's.
 """

@@ -70,7 +70,7 @@ def gradcam_model(model: keras.Model, layer_name: str | None = None) -> keras.Mo
     probabilities]`` for :func:`gradcam`.
 
     ``layer_name`` defaults to the backbone's last convolutional block
-    (``models.LAST_CONV_LAYER``), else the model's last 4-D output layer.
+    (``backbones.LAST_CONV_LAYER``), else the model's last 4-D output layer.
     """
     name = layer_name or _last_conv_layer_name(model)
     try:

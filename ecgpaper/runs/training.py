@@ -237,7 +237,7 @@ def _frozen_fingerprint(model, config: RunConfig) -> str:
 
 def top_block_split(model, config: RunConfig):
     """``(below, above)``: the model cut at the input of the backbone's top block
-    (``models.top_block_input``), two models sharing ``model``'s layers. ``below``
+    (``backbones.top_block_input``), two models sharing ``model``'s layers. ``below``
     is what the transfer recipe keeps frozen; ``above`` (top block and head) is what
     it trains, on ``below``'s cached outputs."""
     import keras
@@ -290,7 +290,7 @@ def frozen_activations(model, config: RunConfig, arrays: list[np.ndarray], *, ba
 
 def backbone_features(model, config: RunConfig, arrays: list[np.ndarray], *, log=print) -> list[np.ndarray]:
     """Pooled features of the frozen backbone (inference mode) for each uint8 array:
-    what the head reads (``models.head_features_layer``). The transfer recipe's
+    what the head reads (``backbones.head_features_layer``). The transfer recipe's
     head phase trains on these instead of the images, so its hundreds of steps
     take seconds on a CPU."""
     import keras
@@ -305,7 +305,7 @@ def backbone_features(model, config: RunConfig, arrays: list[np.ndarray], *, log
 
 
 def build_run_model(config: RunConfig, finetune: str):
-    """``models.build_model`` with a run's settings; ``finetune`` says which backbone
+    """``backbones.build_model`` with a run's settings; ``finetune`` says which backbone
     layers train (the config's, or "none" for a frozen phase)."""
     from ecgpaper.model.backbones import build_model
 
@@ -316,7 +316,7 @@ def build_run_model(config: RunConfig, finetune: str):
 
 def prepare_frozen_backbone(model, config: RunConfig, images: np.ndarray, *, log=print) -> None:
     """A random backbone run frozen (BatchNorm in inference mode) gets BatchNorm
-    statistics from the training images first (``models.calibrate_batchnorm``);
+    statistics from the training images first (``backbones.calibrate_batchnorm``);
     pretrained ones keep theirs."""
     from ecgpaper.model.backbones import calibrate_batchnorm, is_pretrained
 
@@ -328,7 +328,7 @@ def prepare_frozen_backbone(model, config: RunConfig, images: np.ndarray, *, log
 
 
 def head_model(model):
-    """The head of a model built by ``models.build_model`` as a model of its own on
+    """The head of a model built by ``backbones.build_model`` as a model of its own on
     pooled features, sharing the layers (and so the weights) with ``model``."""
     import keras
 

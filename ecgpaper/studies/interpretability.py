@@ -1,6 +1,6 @@
 """Grad-CAM study (beyond the paper, section 5.2: "no interpretability").
 
-For VGG16 and ResNet50 (last convolutional block, ``models.LAST_CONV_LAYER``)
+For VGG16 and ResNet50 (last convolutional block, ``backbones.LAST_CONV_LAYER``)
 this module computes Grad-CAM heat maps of the test images with the very
 functions the web service uses (:mod:`ecgpaper.model.gradcam`), draws overlays
 of correctly and wrongly classified test images of each class (Fig. 15), and
