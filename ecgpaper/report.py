@@ -219,7 +219,6 @@ def write_report(ws: Workspace, *, data_root: str | None = None) -> Path:
                 lines.append(f"- split `{proto}`: {m['totals']}, test images with a copy in train: "
                              f"{m['test_with_copy_in_train']}")
 
-
     lines += ["", "## Every number of the paper, ours beside it", "",
               f"Our 95 % intervals resample duplicate groups (copies of one ECG count once). The "
               f"verdict (`ecgpaper.studies.verdicts`): the 95 % interval of ours - paper, which also carries "

@@ -95,7 +95,6 @@ def _kernel_manager_config():
     ipykernel otherwise warns "Kernel is running over TCP without encryption" per notebook."""
     from traitlets.config import Config
 
-
     if kernel_encryption_available():
         return Config({"KernelManager": {"transport_encryption": "auto"}})
     return Config()
@@ -122,7 +121,6 @@ def run_notebooks(profile: str, data_root: str | None = None, *, seed: int = 0,
                   only: list[str] | None = None, log=print, notebook_dir: Path | None = None) -> Path:
     """Execute every notebook; return the REPORT.md path."""
     import papermill as pm
-
 
     kernel = ensure_kernel(log)
     quiet_kernel_environment()

@@ -253,7 +253,6 @@ def write_threshold_check(audit: Audit, ws: Workspace) -> dict:
     profile): the near-duplicate threshold shown so it can be checked."""
     import matplotlib.pyplot as plt
 
-
     check = threshold_check(audit)
     t = check["threshold"]
     save_table(check["bins"], "table_audit_phash_distances", ws,

@@ -90,7 +90,6 @@ def shuffled_label_control(config: RunConfig, data: RunData, *, verbose: int = 0
     the majority-class rate, i.e. the model is indistinguishable from chance."""
     from dataclasses import replace
 
-
     control = replace(config, label_control="shuffled")
     record = run_configs([control], data, name="shuffled-label control", verbose=verbose, log=log)[0]
     m = load_run(config.workspace, record.run_id).metrics

@@ -461,7 +461,6 @@ def figure(table: pd.DataFrame, summary: dict, ws: Workspace):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-
     use_style()
     protocols = [p for p in ("paper", "grouped", "kaggle") if p in set(table["protocol"])]
     series = [(c, crop) for c in (CNN_LABEL, SECOND_CNN_SPEC["model"], PROBE_LABEL) for crop in (False, True)

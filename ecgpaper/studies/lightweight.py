@@ -62,7 +62,6 @@ def measure_latency(model, image_size: int, *, scaling: str = "rescale", model_n
     of a compiled batch-1 forward (after ``warmup`` calls), in ms."""
     import tensorflow as tf
 
-
     scale = scaling_fn(scaling, model_name)
     x = tf.constant(np.random.default_rng(0).integers(0, 256, (1, image_size, image_size, 3), dtype=np.uint8))
     with tf.device("/CPU:0"):

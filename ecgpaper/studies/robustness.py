@@ -210,7 +210,6 @@ def _predictor(run: Run):
     import keras
     import tensorflow as tf
 
-
     model = keras.models.load_model(run.folder / "model.keras", compile=False, safe_mode=True)
     scale = scaling_fn(run.config["scaling"], run.config["model"])
 
@@ -295,7 +294,6 @@ def table(table: pd.DataFrame, ws: Workspace) -> pd.DataFrame:
 def figure(table: pd.DataFrame, ws: Workspace):
     """Fig. 16: accuracy vs severity, one panel per corruption, one line per model."""
     import matplotlib.pyplot as plt
-
 
     use_style()
     names = list(dict.fromkeys(table["corruption"]))
