@@ -162,6 +162,22 @@ def test_a_cnn_that_only_recognises_copies_is_named_with_its_weights():
     assert "recognises copies" in line and "random weights" not in line
 
 
+def test_a_cnn_at_chance_under_grouped_shows_that_it_trained():
+    """A result at chance names the evidence that the model trained: its train
+    accuracy and optimizer steps under `grouped` (means over the seeds)."""
+    study = _fake_study({"paper": 0.9, "grouped": 0.25}, {"paper": 0.9, "grouped": 0.3})
+    reps = study["replicates"]
+    cnn = reps["classifier"] == leakage.CNN_LABEL
+    reps.loc[cnn, "train_accuracy"] = np.where(reps.loc[cnn, "protocol"] == "grouped", [1.0, 0.98] * 2, 1.0)
+    reps.loc[cnn, "optimizer_steps"] = 820
+    _, _, summary = leakage.table(study)
+    line = next(t for t in leakage.sentences(summary) if t.startswith(f"{leakage.CNN_LABEL} (full page): acc"))
+    assert "recognises copies" in line
+    assert "fits its training pages (train accuracy 0.99 after 820 optimizer steps, mean over 2 seeds)" in line
+    cell = next(c for c in summary["cells"] if c["classifier"] == probe.PROBE_LABEL)
+    assert cell["train_accuracy"] is None and cell["optimizer_steps"] is None  # the probe does not train
+
+
 def test_leakage_conclusions_are_computed_from_the_numbers():
     # CNN at chance under both protocols, probe right on every copy
     study = _fake_study({"paper": 0.25, "grouped": 0.25}, {"paper": 0.9, "grouped": 0.3})

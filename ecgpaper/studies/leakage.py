@@ -144,9 +144,9 @@ def run(profile: str, data_root=None, *, seed: int = 0, n_seeds: int | None = No
                     run_ids.append(record.run_id)
                     pred = load_predictions(ws, record.run_id).set_index("path")
                     pred = pred.loc[test_rows["path"]]
-                    results.append((spec["model"], labels_to_indices(pred["pred"]), record.run_id, config))
-                results.append((PROBE_LABEL, nn_probe(data.train[0], data.train[1], data.test[0]), "", None))
-                for classifier, p, run_id, config in results:
+                    results.append((spec["model"], labels_to_indices(pred["pred"]), record, config))
+                results.append((PROBE_LABEL, nn_probe(data.train[0], data.train[1], data.test[0]), None, None))
+                for classifier, p, run, config in results:
                     acc, f1 = acc_f1(y, p)
                     sets.setdefault((classifier, protocol, crop), []).append((y, p, groups))
                     copy_flags.setdefault((classifier, protocol, crop), []).append(
@@ -154,8 +154,12 @@ def run(profile: str, data_root=None, *, seed: int = 0, n_seeds: int | None = No
                     rows.append({"classifier": classifier, "protocol": protocol, "crop": crop,
                                  "replicate": r, "split_seed": split_seed,
                                  "model_seed": r if config else None,
-                                 "run_id": run_id, "epochs": config.epochs if config else None,
+                                 "run_id": run.run_id if run else "", "epochs": config.epochs if config else None,
                                  "weights": config.weights if config else None,
+                                 # what shows a CNN at chance on unseen ECGs did train (fits its pages)
+                                 "train_accuracy": run.metrics.get("train_accuracy") if run else None,
+                                 "optimizer_steps": ((run.metrics.get("optimizer_steps") or {}).get("total")
+                                                     if run else None),
                                  "n_test": len(y),
                                  "test_with_copy_in_train": int(test_rows["copy_in_train"].sum()),
                                  "test_exact_copy_in_train": crossing["test_exact_copy_in_train"],
@@ -179,6 +183,12 @@ def study_runs(study: dict, protocol: str = "grouped", crop: bool = False, repli
     return [load_run(study["workspace"], run_id) for run_id in sel["run_id"]]
 
 
+def _mean_or_none(values) -> float | None:
+    """Mean of a replicate column, None when absent or empty (the probe has no training)."""
+    values = None if values is None else pd.to_numeric(values, errors="coerce").dropna()
+    return float(values.mean()) if values is not None and len(values) else None
+
+
 def _cells(study: dict) -> list[dict]:
     """Per (classifier, protocol, crop): means, group-bootstrap CIs, learned?"""
     reps = study["replicates"]
@@ -196,6 +206,7 @@ def _cells(study: dict) -> list[dict]:
             "accuracy_std": float(sub["accuracy"].std(ddof=1)) if len(sub) > 1 else None,
             "f1": float(sub["f1"].mean()), "f1_ci95": f1_ci,
             "majority_rate": majority, "learned": bool(acc_ci[0] > majority),
+            **{key: _mean_or_none(sub.get(key)) for key in ("train_accuracy", "optimizer_steps")},
             "_boot": boot,
         })
     return out
@@ -359,6 +370,18 @@ def _pct(a, b) -> str:
     return f"{a:.0f}/{b:.0f}" if b else "0/0"
 
 
+def _trained(summary: dict, classifier: str, crop: bool) -> str:
+    """' It fits its training pages (train accuracy ... after ... optimizer steps)', from the
+    `grouped` runs: a CNN at chance on unseen ECGs that fits its training set did train."""
+    cell = next((c for c in summary["cells"] if (c["classifier"], c["protocol"], c["crop"])
+                 == (classifier, "grouped", crop)), {})
+    if cell.get("train_accuracy") is None:
+        return ""
+    steps = f" after {cell['optimizer_steps']:.0f} optimizer steps" if cell.get("optimizer_steps") else ""
+    return (f" Under `grouped` it fits its training pages (train accuracy {cell['train_accuracy']:.2f}"
+            f"{steps}, mean over {cell['replicates']} seeds), so it trained.")
+
+
 def sentences(summary: dict) -> list[str]:
     """What the numbers show, in sentences computed from the summary."""
     out = []
@@ -388,7 +411,8 @@ def sentences(summary: dict) -> list[str]:
                 if x)
             out.append(f"{head}: the models did not score above the majority-class rate "
                        f"({g['majority_rate']:.3f}) under either protocol, i.e. they did not learn in "
-                       f"this profile ({setting}), so no gap is measurable from them; this gap is noise.")
+                       f"this profile ({setting}), so no gap is measurable from them; this gap is noise."
+                       + _trained(summary, g["classifier"], g["crop"]))
         elif g["measurable"] and g["accuracy_gap"] > 0:
             text = (f"{head}: a measurable gap; the random split scores this model higher than "
                     "ECGs it never saw (`grouped`)")
@@ -398,7 +422,8 @@ def sentences(summary: dict) -> list[str]:
                        "has no offline stand-in (docs/standins.md), and random features do not generalise "
                        "to unseen ECGs (docs/training_recipe.md, \"Two scales\")." if weights == "none" else "")
                 text += (f"; under `grouped` it is not above the majority-class rate "
-                         f"({g['majority_rate']:.3f}): it recognises copies, not ECG morphology.{why}")
+                         f"({g['majority_rate']:.3f}): it recognises copies, not ECG morphology."
+                         f"{_trained(summary, g['classifier'], g['crop'])}{why}")
             out.append(text if text.endswith(".") else text + ".")
         elif g["measurable"]:
             out.append(f"{head}: measurable, but `grouped` scores higher, so the random split did not "
