@@ -21,21 +21,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import matplotlib.ticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
+from ecgpaper.config import CLASS_CODES, CLASS_NAMES, PAPER_METRICS, PAPER_RESULTS
+from ecgpaper.metrics import mean_std
+from ecgpaper.outputs import interval_columns, plt, save_figure, save_table, use_style  # agg backend
 from ecgpaper.paths import Workspace
 from ecgpaper.runs.store import Run
-
-matplotlib.use("agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from ecgpaper.config import CLASS_CODES, CLASS_NAMES, PAPER_METRICS, PAPER_RESULTS  # noqa: E402
-from ecgpaper.metrics import mean_std
-from ecgpaper.outputs import interval_columns, save_figure, save_table, use_style  # noqa: E402
 
 METRIC_LABELS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1-score"}
 PAPER_FIG = {"VGG16": {"confusion": "fig08_confusion_vgg16", "curves": "fig12_curves_vgg16",

@@ -11,7 +11,6 @@ from ecgpaper.config import PAPER_IMAGE_SIZE, PAPER_RESULTS, PAPER_TRAIN_IMAGES,
 from ecgpaper.metrics import mean_std
 from ecgpaper.paths import Workspace
 from ecgpaper.runs.store import Run
-from ecgpaper.studies import significance
 from ecgpaper.studies.significance import paired_row
 from ecgpaper.studies.verdicts import OUTCOMES, protocol_differences, runs_differences
 
@@ -168,8 +167,3 @@ def beyond(sections: dict[str, list[str]], ws: Workspace) -> str:
     """Notebook 06: the first conclusion of each study, as computed in its section."""
     out = [f"{name}: {sentences[0]}" for name, sentences in sections.items() if sentences]
     return _paragraph(ws, out)
-
-
-def paired_test_sentences(stats) -> list[str]:
-    """Notebook 06, part 5: the McNemar sentences of ``significance.sentences``."""
-    return significance.sentences(stats)

@@ -144,6 +144,7 @@ BEYOND_SECTIONS = (
 
 
 def _bullets(heading: str, sentences: list[str]) -> list[str]:
+    """A REPORT.md subsection: the heading and one bullet per sentence (nothing without sentences)."""
     return [f"### {heading}", ""] + [f"- {s}" for s in sentences] + [""] if sentences else []
 
 
@@ -174,7 +175,7 @@ def beyond_the_paper_lines(ws: Workspace) -> list[str]:
             lines.append("")
         for heading, name, study in BEYOND_SECTIONS[1:]:
             if tables[name] is not None:
-                lines += [f"### {heading}", ""] + [f"- {s}" for s in study.sentences(tables[name])] + [""]
+                lines += _bullets(heading, study.sentences(tables[name]))
         ablation = read_table(ws, "table_input_ablation")
         if ablation is not None:
             found = True
