@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Set up .venv if needed, then run the whole test suite:
 #   1. the front end: lint, build and Vitest unit tests (webapp/frontend);
-#   2. every notebook under nbval on the smoke profile, in a temporary project root;
+#   2. every notebook under nbval on the smoke profile, in a temporary project root,
+#      while the paper profile's path runs in miniature in the background (every
+#      notebook on the paper-mini profile: tests/support/imagenet_mirror.py; much of a
+#      small run is single-threaded graph tracing, so the two share the cores well);
 #   3. the pytest suite (extra arguments go to this step): library, CLI, training,
 #      the web API over real HTTP (on SQLite and on a throw-away PostgreSQL, two
 #      instances included), the page in headless Chromium, and the
 #      figures/tables/REPORT.md that step 2 produced.
-# ECGPAPER_SKIP_NOTEBOOKS=1 skips step 2 (tests/test_notebooks.py then runs them itself).
+#      and, last, tests/test_paper_mini.py on the miniature's results.
+# ECGPAPER_SKIP_NOTEBOOKS=1 skips step 2 (tests/test_notebooks.py and tests/test_paper_mini.py
+# then run them themselves when selected).
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/bootstrap.sh
@@ -31,13 +36,31 @@ echo "== front end: lint, build, unit tests"
 build_frontend
 (cd webapp/frontend && npm run --silent lint && npm test --silent)
 
+MINI_PID=""
 if [ "${ECGPAPER_SKIP_NOTEBOOKS:-0}" != "1" ]; then
   NB_ROOT="$(mktemp -d -t ecgpaper-notebooks-XXXXXX)"
-  trap 'rm -rf "$NB_ROOT"' EXIT
+  MINI_ROOT="$(mktemp -d -t ecgpaper-paper-mini-XXXXXX)"
+  trap '[ -n "$MINI_PID" ] && kill "$MINI_PID" 2>/dev/null; rm -rf "$NB_ROOT" "$MINI_ROOT"' EXIT
+  echo "== the paper profile in miniature, in the background (paper-mini, log in $MINI_ROOT/out.log)"
+  python tests/support/imagenet_mirror.py "$MINI_ROOT" >"$MINI_ROOT/out.log" 2>&1 &
+  MINI_PID=$!
   echo "== notebooks under nbval (smoke profile, outputs in $NB_ROOT)"
   ECGPAPER_PROFILE=smoke ECGPAPER_ROOT="$NB_ROOT" python -m pytest --nbval-lax --nbval-current-env \
     --nbval-cell-timeout 1200 -p no:cacheprovider -q notebooks/
   export ECGPAPER_NOTEBOOK_RUN="$NB_ROOT"
 fi
 echo "== test suite"
-python -m pytest "$@"
+if [ -n "$MINI_PID" ]; then
+  python -m pytest --ignore=tests/test_paper_mini.py "$@"
+  echo "== the paper profile in miniature: waiting for it to finish"
+  if ! wait "$MINI_PID"; then
+    MINI_PID=""
+    tail -n 60 "$MINI_ROOT/out.log" >&2
+    echo "the paper-mini notebook run failed; its log is above" >&2
+    exit 1
+  fi
+  MINI_PID=""
+  ECGPAPER_PAPER_MINI_RUN="$MINI_ROOT" python -m pytest -p no:cacheprovider tests/test_paper_mini.py
+else
+  python -m pytest "$@"
+fi

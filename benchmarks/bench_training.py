@@ -42,12 +42,18 @@ def pipeline_images_per_second(images, labels, batch_size: int, repeats: int = 3
     return repeats * len(images) / (time.perf_counter() - t0)
 
 
-def training_images_per_second(model_name, images, labels, batch_size, steps, xla) -> float:
+def training_images_per_second(model_name, images, labels, batch_size, steps, xla,
+                               mixed_precision=False) -> tuple[float, str, float | None]:
+    """(images/s, the compute dtype the model really used, peak GPU memory MB or None)."""
     import keras
 
     from ecgpaper.model.backbones import build_model
+    from ecgpaper.runs.training import gpu_peak_memory_mb, reset_gpu_peak_memory
 
+    # clear_session resets Keras's global state, the dtype policy included: policy after it
     keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
+    reset_gpu_peak_memory()
     model = build_model(model_name, image_size=images.shape[1], weights="none")
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy",
                   metrics=["accuracy"], jit_compile=xla)
@@ -56,7 +62,8 @@ def training_images_per_second(model_name, images, labels, batch_size, steps, xl
     model.fit(ds, steps_per_epoch=1, epochs=1, verbose=0)  # warm-up: tracing, allocation
     t0 = time.perf_counter()
     model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-    return steps * batch_size / (time.perf_counter() - t0)
+    ips = steps * batch_size / (time.perf_counter() - t0)
+    return ips, model.get_layer("head_dense").compute_dtype, gpu_peak_memory_mb()
 
 
 def main() -> None:
@@ -74,8 +81,6 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    if args.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
     rng = np.random.default_rng(0)
     rows = []
     for size in args.sizes:
@@ -84,8 +89,10 @@ def main() -> None:
         labels = rng.integers(0, 4, n).astype(np.int32)
         feed = pipeline_images_per_second(images, labels, args.batch_size)
         for name in args.models:
-            ips = training_images_per_second(name, images, labels, args.batch_size, args.steps, args.xla)
+            ips, dtype, peak = training_images_per_second(name, images, labels, args.batch_size,
+                                                          args.steps, args.xla, args.mixed_precision)
             row = {"model": name, "image_size": size, "batch_size": args.batch_size,
+                   "compute_dtype": dtype, "gpu_peak_memory_mb": peak,
                    "train_images_per_s": round(ips, 2), "pipeline_images_per_s": round(feed, 1),
                    "pipeline_headroom": round(feed / ips, 1),
                    "epoch_seconds_for_epoch_images": round(args.epoch_images / ips, 1)}

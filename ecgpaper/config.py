@@ -120,7 +120,14 @@ RECIPES = ("paper", "transfer")
 #: beside its pooled output (docs/training_recipe.md, "Two scales"): the frozen
 #: lower features of the page's waveforms generalise to unseen ECGs where the
 #: top block's alone do not.
-HEADS = ("paper", "standardized", "multiscale")
+#: "batchnorm": the paper's head with a BatchNormalization layer after the pooling
+#: (3.2: "batch normalization may be incorporated"), the paper recipe's head: the
+#: pooled features of a pretrained VGG16 under /255 are a large common part with a
+#: between-image spread of 2 % of it, so the paper's head starts saturated on one
+#: class and whole-network Adam collapses to uniform output (docs/training_recipe.md,
+#: "The paper recipe"); BatchNorm removes the common part and keeps tracking it
+#: while the backbone trains, where a fitted Normalization would go stale.
+HEADS = ("paper", "standardized", "multiscale", "batchnorm")
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,14 @@ class Profile:
     head_steps: int = 0
     #: transfer recipe: the head (HEADS)
     head: str = "multiscale"
+    #: meant for a GPU: stops unless TensorFlow sees one (runs.experiments.require_gpu;
+    #: ECGPAPER_ALLOW_CPU=1 or --allow-cpu runs it on the CPU anyway), and trains with
+    #: mixed precision and XLA when one is there (3.5: a T4)
+    gpu: bool = False
+    #: leakage study: split seeds (replicates) per protocol
+    leakage_replicates: int = 3
+    #: papermill: seconds one notebook cell may run before the run stops (runner.run_notebooks)
+    cell_timeout_s: int = 4 * 3600
     description: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -154,7 +169,7 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", image_size=64, synth_distinct_per_class=12,
         synth_page_size=(1106, 786), weights="none", epochs_scale=0.05,
-        recipe="transfer", head_steps=300,
+        recipe="transfer", head_steps=300, leakage_replicates=2, cell_timeout_s=1800,
         description="CI and nbval: tiny twin, 64 px, head phase of 300 steps on cached "
                     "features + 1-2 fine-tuning epochs, minutes on 2 CPU cores",
     ),
@@ -173,9 +188,19 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(
         name="paper", image_size=PAPER_IMAGE_SIZE, synth_distinct_per_class=250,
         synth_page_size=(2213, 1572), weights="imagenet", epochs_scale=1.0,
-        recipe="paper", scaling="rescale",
+        recipe="paper", scaling="rescale", gpu=True, cell_timeout_s=48 * 3600,
         description="the paper's protocol: 224 px, ImageNet weights, /255, whole network "
                     "fine-tuned for the paper's epochs (GPU)",
+    ),
+    # the paper profile in miniature (CI runs it on every submission, tests/test_paper_mini.py):
+    # the same code path (recipe, /255, ImageNet weights through the fetch code, whole
+    # network, checkpoint rule, every notebook and study); only the sizes shrink
+    "paper-mini": Profile(
+        name="paper-mini", image_size=32, synth_distinct_per_class=12,
+        synth_page_size=(1106, 786), weights="imagenet", epochs_scale=0.1,
+        recipe="paper", scaling="rescale", gpu=True, leakage_replicates=2, cell_timeout_s=1800,
+        description="the paper profile in miniature: its code path (ImageNet weights, /255, whole "
+                    "network, the paper's checkpoint rule) at 32 px on the tiny twin, 2-3 epochs",
     ),
 }
 DEFAULT_PROFILE = "quick"

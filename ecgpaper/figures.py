@@ -31,6 +31,7 @@ from ecgpaper.metrics import mean_std
 from ecgpaper.outputs import interval_columns, plt, save_figure, save_table, use_style  # agg backend
 from ecgpaper.paths import Workspace
 from ecgpaper.runs.store import Run
+from ecgpaper.runs.training import steady_epoch_seconds
 
 METRIC_LABELS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1-score"}
 PAPER_FIG = {"VGG16": {"confusion": "fig08_confusion_vgg16", "curves": "fig12_curves_vgg16",
@@ -149,13 +150,22 @@ def fig_epoch_times(run: Run, ws: Workspace) -> Path:
     fig, ax = plt.subplots(figsize=(8, 3.6))
     if "phase" in h:  # epoch times of the image epochs (the head phase runs on cached features)
         h = h[h["phase"] != "head"].reset_index(drop=True)
-    ax.bar(np.arange(1, len(h) + 1), h["epoch_seconds"], color=sns.color_palette()[0])
+    seconds = h["epoch_seconds"].to_numpy(float)
+    bars = ax.bar(np.arange(1, len(h) + 1), seconds, color=sns.color_palette()[0])
+    if len(seconds) > 1:  # epoch 1 also builds the graphs (XLA: one compile per batch shape)
+        bars[0].set_hatch("//")
+        bars[0].set_facecolor("white")
+        bars[0].set_edgecolor(sns.color_palette()[0])
+        bars[0].set_label("epoch 1: includes graph tracing / XLA compilation")
+    steady = steady_epoch_seconds(seconds) if len(seconds) else float("nan")
+    ax.axhline(steady, color=sns.color_palette()[1], lw=1.2,
+               label=f"steady state{' (epochs 2+)' if len(seconds) > 1 else ''}: {steady:.1f} s")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     lo, hi = PAPER_RESULTS["epoch_seconds_t4"]
     ax.axhspan(lo, hi, color="0.85", zorder=0, label=f"paper: {lo}-{hi} s per epoch on a Tesla T4")
     ax.set_xlabel("Epoch")
     ax.set_ylabel("Seconds")
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper right", fontsize=8)
     ax.set_title(f"{'Fig. 6' if model == 'VGG16' else 'Fig. 7'}: {model} training time per epoch "
                  f"({run.metrics['n_train']} images, {device})\n{ws.label}", fontsize=10)
     return save_figure(fig, PAPER_FIG.get(model, {}).get("epochs", f"epoch_times_{model.lower()}"),

@@ -232,3 +232,54 @@ def majority_rate(y) -> float:
     """Accuracy of always answering the test set's most frequent class."""
     y = np.asarray(y, int)
     return float(np.bincount(y).max() / len(y)) if len(y) else float("nan")
+
+
+#: collapse detector (training.train_run, every run's metrics.json): a subset's
+#: predictions are "constant" when one class takes at least this share of them
+#: (and the subset's own majority class is rarer), "uniform" when the mean
+#: per-image predictive entropy is at least this share of log2(classes)
+COLLAPSE_TOP_SHARE = 0.9
+COLLAPSE_ENTROPY_SHARE = 0.95
+#: train accuracy at most this far above the training labels' majority rate: not fitted
+COLLAPSE_TRAIN_MARGIN = 0.05
+
+
+def prediction_spread(proba: np.ndarray, y_true: np.ndarray | None = None) -> dict:
+    """How varied a subset's predictions are: the share of the most frequent
+    predicted class, the entropy (bits) of the predicted classes' histogram, the
+    mean per-image predictive entropy (bits; log2 4 = 2 for uniform output), and
+    the true labels' majority rate when given."""
+    proba = np.asarray(proba, dtype=np.float64)
+    k = proba.shape[1]
+    counts = np.bincount(proba.argmax(axis=1), minlength=k)
+    share = counts / max(counts.sum(), 1)
+    nz = share[share > 0]
+    p = np.clip(proba, 1e-12, 1.0)
+    out = {"top_class_share": float(share.max()),
+           "predicted_class_entropy_bits": float(-(nz * np.log2(nz)).sum()),
+           "mean_predictive_entropy_bits": float(-(p * np.log2(p)).sum(axis=1).mean()),
+           "max_entropy_bits": float(np.log2(k))}
+    if y_true is not None:
+        out["majority_rate"] = majority_rate(y_true)
+    return out
+
+
+def collapse_check(train_accuracy: float, y_train, spreads: dict[str, dict]) -> dict:
+    """Did a run collapse (docs/training_recipe.md)? ``spreads``: subset ->
+    :func:`prediction_spread` with ``majority_rate``. Collapsed when, on any subset,
+    one class takes ``COLLAPSE_TOP_SHARE`` of the predictions (and is not that
+    common among the true labels) or the output is near uniform, or when the
+    train accuracy stays within ``COLLAPSE_TRAIN_MARGIN`` of the training labels'
+    majority rate. Returns the evidence, ``reasons`` in words and ``collapsed``."""
+    train_majority = majority_rate(y_train)
+    reasons = []
+    for subset, s in spreads.items():
+        if s["top_class_share"] >= COLLAPSE_TOP_SHARE and s.get("majority_rate", 0.0) < COLLAPSE_TOP_SHARE:
+            reasons.append(f"{subset}: one class takes {s['top_class_share']:.0%} of the predictions")
+        if s["mean_predictive_entropy_bits"] >= COLLAPSE_ENTROPY_SHARE * s["max_entropy_bits"]:
+            reasons.append(f"{subset}: near-uniform output ({s['mean_predictive_entropy_bits']:.2f} of "
+                           f"{s['max_entropy_bits']:.0f} bits)")
+    if train_accuracy <= train_majority + COLLAPSE_TRAIN_MARGIN:
+        reasons.append(f"train accuracy {train_accuracy:.3f} at the majority rate {train_majority:.3f}")
+    return {**spreads, "train_accuracy": float(train_accuracy), "train_majority_rate": train_majority,
+            "reasons": reasons, "collapsed": bool(reasons)}

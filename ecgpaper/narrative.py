@@ -119,8 +119,11 @@ def curves(runs: list[Run], ws: Workspace) -> str:
                 f"({sel.get('phase', '?')} phase, epoch {sel.get('epoch', '?')}).")
         if m.get("epoch_seconds_mean"):
             ms = 1000 * m["epoch_seconds_mean"] / m["n_train"]
+            first = m.get("first_epoch_seconds")
             text += (f" An epoch took {m['epoch_seconds_mean']:.1f} s on {device} for {m['n_train']} images of "
-                     f"{c['image_size']} px ({ms:.0f} ms per image); the paper: {lo}-{hi} s on a T4 for "
+                     f"{c['image_size']} px ({ms:.0f} ms per image, steady state"
+                     + (f"; epoch 1, which also built the graphs, took {first:.1f} s" if first and m.get("epochs_run", 1) > 1
+                        else "") + f"); the paper: {lo}-{hi} s on a T4 for "
                      f"~{PAPER_TRAIN_IMAGES:,} images of {PAPER_IMAGE_SIZE} px ({paper_ms[0]:.0f}-{paper_ms[1]:.0f} "
                      "ms per image).")
         out.append(text)

@@ -94,3 +94,31 @@ def labelled(df: pd.DataFrame, ws: Workspace, caption: str = ""):
     tables carry the same label (:func:`save_table`)."""
     title = f"{caption}: {ws.label}" if caption else ws.label
     return format_intervals(df).style.set_caption(title).format(precision=4).hide(axis="index")
+
+
+def collapse_warning(runs) -> str:
+    """A Markdown warning naming every run the collapse detector flagged
+    (``Run.collapsed``; metrics.collapse_check), with its reasons; "" when none
+    did. Shuffled-label controls are meant to learn nothing and are left out."""
+    flagged = [r for r in runs if r.collapsed and r.config.get("label_control", "none") == "none"]
+    if not flagged:
+        return ""
+    lines = [f"> **WARNING: {len(flagged)} of {len(runs)} runs COLLAPSED** (constant or uniform "
+             "predictions, or a training set never fitted). Their numbers say nothing about the "
+             "paper: REPORT.md gives them no verdict (`n/a: collapsed`) and they are never exported. "
+             "See docs/training_recipe.md, 'The paper recipe'.", ">"]
+    for r in flagged:
+        reasons = r.metrics.get("collapse", {}).get("reasons") or ["see its metrics.json"]
+        lines.append(f"> - `{r.run_id}` ({r.config.get('model')}, batch {r.config.get('batch_size')}, "
+                     f"lr {r.config.get('learning_rate'):g}): {'; '.join(reasons)}")
+    return "\n".join(lines)
+
+
+def warn_if_collapsed(runs) -> None:
+    """Notebooks: show :func:`collapse_warning` as a visible Markdown cell output
+    (not a log line) when a run collapsed."""
+    text = collapse_warning(runs)
+    if text:
+        from IPython.display import Markdown, display
+
+        display(Markdown(text))

@@ -117,11 +117,34 @@ def _record_timings(path: Path, seconds: dict[str, float]) -> None:
         "cpu_count": os.cpu_count(), "platform": platform.platform()}, indent=2) + "\n")
 
 
+def preflight(profile: str, *, log=print) -> None:
+    """Before the first notebook, what would stop a run hours in: a GPU profile
+    without a GPU (``require_gpu``), and ImageNet weights that cannot be had for
+    any backbone a notebook builds (02-04: VGG16, ResNet50; 06: MobileNetV2,
+    EfficientNetB0), fetched now when missing."""
+    from ecgpaper.config import get_profile
+    from ecgpaper.model.backbones import MODEL_NAMES
+    from ecgpaper.runs.experiments import require_gpu, resolve_weights
+
+    prof = get_profile(profile)
+    if prof.gpu:
+        require_gpu(profile)
+    if prof.weights == "imagenet":
+        for name in MODEL_NAMES:
+            resolve_weights("imagenet", name, prof.image_size, log=log)
+
+
 def run_notebooks(profile: str, data_root: str | None = None, *, seed: int = 0,
-                  only: list[str] | None = None, log=print, notebook_dir: Path | None = None) -> Path:
-    """Execute every notebook; return the REPORT.md path."""
+                  only: list[str] | None = None, log=print, notebook_dir: Path | None = None,
+                  cell_timeout: int | None = None) -> Path:
+    """Execute every notebook, each cell within ``cell_timeout`` seconds (default:
+    the profile's ``cell_timeout_s``); return the REPORT.md path."""
     import papermill as pm
 
+    from ecgpaper.config import get_profile
+
+    preflight(profile, log=log)
+    cell_timeout = cell_timeout or get_profile(profile).cell_timeout_s
     kernel = ensure_kernel(log)
     quiet_kernel_environment()
     params = {"profile": profile, "data_root": str(Path(data_root).resolve()) if data_root else None,
@@ -141,11 +164,14 @@ def run_notebooks(profile: str, data_root: str | None = None, *, seed: int = 0,
                 pm.execute_notebook(str(nb), str(staged), parameters=params, kernel_name=kernel,
                                     cwd=str(nb.parent), progress_bar=False, coalesce_streams=True,
                                     request_save_on_cell_execute=True, start_timeout=120,
+                                    execution_timeout=cell_timeout,
                                     config=_kernel_manager_config(),
                                     # C-level output (TensorFlow's start-up lines) goes to the kernel's
                                     # stderr, i.e. through filtered_stderr, not into the notebook
                                     extra_arguments=["--IPKernelApp.capture_fd_output=False"])
         except pm.PapermillExecutionError as exc:
+            failure = exc
+        except TimeoutError as exc:  # nbclient's CellTimeoutError: a cell ran past cell_timeout
             failure = exc
         # file it under the dataset the notebook left behind (00 may have downloaded Kaggle's)
         root, source, dataset = current_data(data_root, profile)
@@ -154,6 +180,11 @@ def run_notebooks(profile: str, data_root: str | None = None, *, seed: int = 0,
         out = out_dir / nb.name
         if staged.exists():
             shutil.move(str(staged), out)
+        if isinstance(failure, TimeoutError):
+            raise UserError(
+                f"notebook {nb.name}: a cell ran longer than {cell_timeout} s (the profile's "
+                f"cell_timeout_s; --cell-timeout changes it) and was stopped ({failure}); finished "
+                f"runs are kept and a rerun resumes. The executed notebook up to there: {out}") from None
         if failure is not None:
             raise UserError(
                 f"notebook {nb.name} failed in cell {failure.exec_count}: {failure.ename}: "

@@ -51,7 +51,10 @@ def smoke_notebook_run(tmp_path_factory, only=None) -> Path:
 
 @pytest.fixture(autouse=True)
 def project_root(tmp_path, monkeypatch):
-    """Point data/, results/, figures/, models/ at a fresh temporary folder."""
+    """Point data/, results/, figures/, models/ at a fresh temporary folder. The
+    tests run on CPUs by design: the GPU profiles' check is allowed past
+    (ECGPAPER_ALLOW_CPU=1) except where a test deletes it to test the check."""
+    monkeypatch.setenv("ECGPAPER_ALLOW_CPU", "1")
     return point_paths(monkeypatch, tmp_path / "project")
 
 

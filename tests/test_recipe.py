@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ecgpaper.data.prepare import prepare_data
+from ecgpaper.errors import UserError
 from ecgpaper.model.backbones import build_model
 from ecgpaper.paths import Workspace
 from ecgpaper.runs import experiments, sanity
@@ -148,10 +149,52 @@ def test_weights_auto_falls_back_in_order_and_says_so(monkeypatch):
     monkeypatch.setattr(experiments, "_RESOLVED", {})
     monkeypatch.setattr(experiments, "ensure_imagenet", lambda *a, **k: True)
     assert resolve_weights("auto", "ResNet50", 64) == "imagenet"
+
+
+def test_imagenet_weights_are_fetched_when_missing_and_their_absence_stops_the_run_early(monkeypatch):
+    """Notebook 06 stopped after the 20 leakage runs: MobileNetV2 and EfficientNetB0's
+    ImageNet files were never fetched. "imagenet" now fetches, and fails with what to run."""
+    fetched = []
+    monkeypatch.setattr(experiments, "_RESOLVED", {})
+    monkeypatch.setattr(experiments, "ensure_imagenet",
+                        lambda name, **k: fetched.append(name) or name != "EfficientNetB0")
+    assert resolve_weights("imagenet", "MobileNetV2", 32) == "imagenet"
+    with pytest.raises(UserError, match="download --weights"):
+        resolve_weights("imagenet", "EfficientNetB0", 32)
+    assert fetched == ["MobileNetV2", "EfficientNetB0"]
+
+
+def test_the_notebook_run_checks_every_backbone_before_the_first_notebook(monkeypatch, tmp_path):
+    from ecgpaper import runner
+
+    checked = []
+    monkeypatch.setattr(experiments, "_RESOLVED", {})
+    monkeypatch.setattr(experiments, "ensure_imagenet", lambda name, **k: checked.append(name) or False)
+    with pytest.raises(UserError, match="ImageNet weights"):
+        runner.run_notebooks("paper-mini", notebook_dir=tmp_path, log=lambda *_: None)
+    assert checked == ["VGG16"]  # stopped at the first missing file, before any notebook
+    checked.clear()
+    monkeypatch.setattr(experiments, "ensure_imagenet", lambda name, **k: checked.append(name) or True)
+    runner.preflight("paper-mini", log=lambda *_: None)
+    assert checked == ["VGG16", "ResNet50", "MobileNetV2", "EfficientNetB0"]
+
+
+def test_a_gpu_profile_without_a_gpu_stops_with_what_to_do(monkeypatch):
+    monkeypatch.delenv("ECGPAPER_ALLOW_CPU", raising=False)
+    spec = [dict(model="VGG16", batch_size=16, learning_rate=1e-4, epochs=20)]
+    for profile in ("paper", "paper-mini"):
+        with pytest.raises(UserError, match="--allow-cpu"):
+            experiments.scaled_configs(spec, profile=profile, dataset="d", weights="none")
+    assert experiments.scaled_configs(spec, profile="smoke", dataset="d")  # CPU profiles go on
+    monkeypatch.setenv("ECGPAPER_ALLOW_CPU", "1")  # the explicit flag
+    [config] = experiments.scaled_configs(spec, profile="paper", dataset="d", weights="none")
+    assert not config.mixed_precision and not config.xla  # no GPU: the run says so in its id
     assert resolve_weights("none", "ResNet50", 64) == "none"
 
 
-def test_inputs_match_the_weights():
+def test_inputs_match_the_weights(monkeypatch):
+    monkeypatch.setattr(experiments, "_RESOLVED", {})
+    monkeypatch.setattr(experiments, "ensure_imagenet", lambda *a, **k: True)
     assert resolve_scaling("auto", "imagenet") == "preprocess_input"
     assert resolve_scaling("auto", "hed-bsds500") == "preprocess_input"
     assert resolve_scaling("auto", "none") == "rescale"

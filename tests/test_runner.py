@@ -89,3 +89,17 @@ def test_a_twin_run_is_labelled_synthetic_and_a_failure_names_the_executed_copy(
     assert str(failed) in str(err.value) and failed.exists()
     assert any("SYNTHETIC" in line for line in lines)
     assert (project_root / "results/synthetic-smoke/smoke/notebooks/00_twin.ipynb").exists()
+
+
+def test_a_cell_that_runs_past_the_time_limit_stops_the_run_with_what_to_do(tmp_path, project_root):
+    """Finding 6: papermill ran every notebook without an execution timeout."""
+    from ecgpaper.config import PROFILES
+
+    assert all(p.cell_timeout_s > 0 for p in PROFILES.values())
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    write_notebook(folder / "00_slow.ipynb", "print('started')", "import time\ntime.sleep(60)")
+    with pytest.raises(UserError, match="ran longer than 3 s") as err:
+        run_notebooks("smoke", log=lambda *_: None, notebook_dir=folder, cell_timeout=3)
+    executed = project_root / "results/synthetic-smoke/smoke/notebooks/00_slow.ipynb"
+    assert str(executed) in str(err.value) and executed.exists()

@@ -111,6 +111,10 @@ def test_verdicts_only_for_the_papers_protocol():
     assert verdict_text(comparison, []).startswith("lower: ")
     assert protocol_differences({**PAPER_CONFIG, "weights": "hed_vgg16"}, "kaggle") == [
         "weights hed_vgg16, not ImageNet"]
+    # files vouched for by a private md5 list (the paper-mini profile's test files) are not ImageNet's
+    listed = {**PAPER_CONFIG, "weights_file": {"md5_source": "/m/MD5SUMS"}}
+    assert protocol_differences(listed, "kaggle") == ["weights checked against /m/MD5SUMS, not Keras's ImageNet files"]
+    assert protocol_differences({**PAPER_CONFIG, "weights_file": {"md5_source": "keras"}}, "kaggle") == []
 
 
 def test_paired_outcome_names_the_better_model():

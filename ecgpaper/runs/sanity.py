@@ -29,7 +29,9 @@ from ecgpaper.runs.training import (
     backbone_features,
     build_run_model,
     head_model,
+    precise_batchnorm,
     prepare_frozen_backbone,
+    start_session,
 )
 
 #: overfit-a-batch: images per class, the step budget and the accuracy to reach
@@ -56,15 +58,16 @@ def overfit_one_batch(config: RunConfig, data: RunData, *, per_class: int = OVER
     from ecgpaper.model.backbones import fit_head_normalization
 
     x, y = _fixed_batch(data.train[0], data.train[1], per_class)
-    keras.utils.set_random_seed(config.seed)
-    keras.backend.clear_session()
+    start_session(config)
     finetune = "none" if config.recipe == "transfer" or not config.train_base else config.finetune
     model = build_run_model(config, finetune)
     onehot = keras.utils.to_categorical(y, len(CLASS_CODES))
-    if config.recipe == "transfer" or config.head != "paper":
+    if config.recipe != "transfer":
+        precise_batchnorm(model, config, x)
+    if config.recipe == "transfer" or config.head in ("standardized", "multiscale"):
         prepare_frozen_backbone(model, config, data.train[0], log=lambda *_: None)
         features = backbone_features(model, config, [x], log=lambda *_: None)[0]
-        if config.head != "paper":
+        if config.head in ("standardized", "multiscale"):
             fit_head_normalization(model, features)
     if config.recipe == "transfer":
         net, inputs, lr = head_model(model), features, config.head_learning_rate
@@ -75,6 +78,8 @@ def overfit_one_batch(config: RunConfig, data: RunData, *, per_class: int = OVER
     while steps < max_steps:
         net.fit(inputs, onehot, batch_size=len(x), epochs=chunk, verbose=0, shuffle=True)
         steps += chunk
+        if config.recipe != "transfer":  # BatchNorm layers that train: statistics of this batch
+            precise_batchnorm(model, config, x)
         # inference mode, called directly (evaluate() would retrace its function every round)
         accuracy = float(np.mean(np.argmax(np.asarray(net(inputs, training=False)), axis=1) == y))
         if accuracy >= target:

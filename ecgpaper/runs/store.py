@@ -60,6 +60,13 @@ class Run:
         return json.loads((self.folder / "environment.json").read_text())
 
     @property
+    def collapsed(self) -> bool:
+        """The collapse detector flagged it (metrics.collapse_check): constant or
+        uniform predictions, or a training set never fitted."""
+        m = self.metrics
+        return bool(m.get("collapsed", m.get("collapse", {}).get("collapsed", False)))
+
+    @property
     def finished_in_folder(self) -> bool:
         """Its folder holds metrics.json: the run completed (a killed one is redone)."""
         return (self.folder / "metrics.json").exists()

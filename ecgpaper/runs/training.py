@@ -31,7 +31,7 @@ import pandas as pd
 from ecgpaper import __version__
 from ecgpaper.config import CLASS_CODES, EARLY_STOPPING_PATIENCE, HEADS, PAPER_IMAGE_SIZE, PAPER_TRAIN_IMAGES, RECIPES
 from ecgpaper.errors import UserError
-from ecgpaper.metrics import evaluate_predictions
+from ecgpaper.metrics import collapse_check, evaluate_predictions, prediction_spread
 from ecgpaper.model.pipeline import make_dataset, scaling_fn
 from ecgpaper.model.weights import STANDINS
 from ecgpaper.paths import Workspace
@@ -64,12 +64,14 @@ class RunConfig:
     # the training recipe (config.RECIPES; docs/training_recipe.md): every deviation
     # from the paper's protocol is one of these named settings
     recipe: str = "paper"  # "paper": one phase, the whole network | "transfer": head, then top block
-    head: str = "paper"  # "paper" | "standardized" (Normalization fitted to the training features)
+    head: str = "paper"  # config.HEADS: "paper" | "standardized" | "multiscale" | "batchnorm"
     head_steps: int = 0  # transfer: at most this many head-phase steps on cached features
     head_learning_rate: float = 1e-3  # transfer: Adam, head phase (profiles: 10 x learning_rate)
     finetune: str = "all"  # backbone layers that train: "all" | "top" | "none"
     bn_mode: str = ""  # "frozen" | "trainable"; "": frozen for pretrained weights, else trainable
-    bn_stats: str = ""  # "train_images": a random backbone's BatchNorm statistics set from them
+    bn_stats: str = ""  # "train_images": a random backbone's BatchNorm statistics set from them;
+    # "precise": the statistics of every BatchNorm layer that trains recomputed from the training
+    # images before training and before each scoring (PreciseBN; the paper recipe)
     weights_requested: str = ""  # what was asked ("auto"...) when it differs from ``weights``
     label_control: str = "none"  # "shuffled": training labels permuted (sanity control)
     paper_epochs: int = 0  # the paper's epochs for this setting, before the profile scaled them
@@ -119,6 +121,7 @@ def environment_info() -> dict:
 
 
 def gpu_peak_memory_mb() -> float | None:
+    """Peak GPU memory (MB) since :func:`reset_gpu_peak_memory` (the run's start), or None."""
     import tensorflow as tf
 
     if not tf.config.list_physical_devices("GPU"):
@@ -127,6 +130,52 @@ def gpu_peak_memory_mb() -> float | None:
         return round(tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, 1)
     except (ValueError, RuntimeError):
         return None
+
+
+def reset_gpu_peak_memory() -> None:
+    """Start counting the GPU's peak memory afresh: TensorFlow's ``peak`` is the
+    process's since start-up unless reset, so a second run in a process would
+    report the first run's peak (paper 3.5: GPU memory in use)."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.reset_memory_stats("GPU:0")
+        except (ValueError, RuntimeError):
+            pass
+
+
+def start_session(config: "RunConfig") -> None:
+    """A fresh Keras state for one run: seeds, then ``clear_session``, *then* the dtype
+    policy. ``clear_session`` resets Keras's global state, the dtype policy
+    included (keras/src/backend/common/global_state.py), so a policy set before it
+    is silently lost: mixed precision would be reported on and be off."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic_ops:
+        tf.config.experimental.enable_op_determinism()
+    keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
+    reset_gpu_peak_memory()
+
+
+def float32_copy(model, config: "RunConfig"):
+    """The same weights in a float32 model (what is saved and served: CPUs have no
+    fast float16); ``model`` itself when it already computes in float32."""
+    import keras
+
+    if model.get_layer("head_dense").dtype_policy.name == "float32":
+        return keras.Model(model.input, model.output, name=model.name)
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        copy = build_run_model(config, "none")
+    finally:
+        keras.config.set_dtype_policy(policy)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 # --------------------------------------------------------------------------
@@ -147,6 +196,44 @@ def _epoch_timer():
                 logs["epoch_seconds"] = time.perf_counter() - self._t0
 
     return EpochTimer()
+
+
+def steady_epoch_seconds(epoch_seconds) -> float:
+    """Mean wall time of an epoch once the graphs are built: the epochs after the
+    first (which traces them, and under XLA compiles one per batch shape); the
+    only epoch when there is one (paper 3.5, Fig. 6 and 7: 60-80 s per epoch)."""
+    seconds = [float(v) for v in epoch_seconds]
+    return float(np.mean(seconds[1:] if len(seconds) > 1 else seconds))
+
+
+#: images whose statistics PreciseBN gives the BatchNorm layers before each scoring
+PRECISE_BN_IMAGES = 128
+
+
+def precise_batchnorm(model, config: RunConfig, images: np.ndarray) -> int:
+    """With ``bn_stats="precise"``: set the statistics of the model's BatchNorm
+    layers that train to those of (up to ``PRECISE_BN_IMAGES``) training images
+    (``backbones.calibrate_batchnorm``), so inference mode scores the weights as
+    they are (paper 3.1: validation picks the checkpoint). Returns the layers set."""
+    from ecgpaper.model.backbones import batchnorm_layers, calibrate_batchnorm
+
+    if config.bn_stats != "precise":
+        return 0
+    layers = batchnorm_layers(model, trainable_only=True)
+    sample = images[np.linspace(0, len(images) - 1, min(len(images), PRECISE_BN_IMAGES)).astype(int)]
+    return calibrate_batchnorm(model, scaling_fn(config.scaling, config.model)(sample).numpy(),
+                               layers=layers, batch_size=len(sample))
+
+
+def _precise_bn_callback(model, config: RunConfig, images: np.ndarray):
+    """Recompute the training BatchNorm statistics before every validation pass (PreciseBN)."""
+    import keras
+
+    class PreciseBatchNorm(keras.callbacks.Callback):
+        def on_test_begin(self, logs=None):
+            precise_batchnorm(model, config, images)
+
+    return PreciseBatchNorm()
 
 
 def _optimizer(config: RunConfig):
@@ -401,11 +488,7 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic_ops:
-        tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
-    keras.backend.clear_session()
+    start_session(config)
 
     (x_tr, y_tr, _), (x_va, y_va, _), (x_te, y_te, test_rows) = data.train, data.val, data.test
     if config.label_control == "shuffled":
@@ -428,10 +511,12 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
     frames: list[pd.DataFrame] = []
     t0 = time.perf_counter()
     best_so_far, best_weights = None, None
-    if config.head != "paper" or config.recipe == "transfer":
+    if (n := precise_batchnorm(model, config, x_tr)):
+        log(f"  {n} BatchNorm layers that train start from the training images' statistics (PreciseBN)")
+    if config.head in ("standardized", "multiscale") or config.recipe == "transfer":
         prepare_frozen_backbone(model, config, x_tr, log=log)
         features = backbone_features(model, config, [x_tr, x_va], log=log)
-        if config.head != "paper":
+        if config.head in ("standardized", "multiscale"):
             fit_head_normalization(model, features[0])
         if config.recipe == "transfer":
             frame, (best_so_far, best_weights) = _fit_head_phase(model, config, features, y_tr, y_va, log=log)
@@ -461,7 +546,8 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
         progress, fit_verbose = training_progress(  # compact bar / one line per epoch (progress.py)
             verbose, epochs=config.epochs, steps_per_epoch=math.ceil(len(x_tr) / config.batch_size),
             label=f"{config.model} {phase}")
-        history = trained.fit(epochs=config.epochs, callbacks=[_epoch_timer(), best] + progress,
+        precise = [_precise_bn_callback(model, config, x_tr)] if config.bn_stats == "precise" else []
+        history = trained.fit(epochs=config.epochs, callbacks=[_epoch_timer(), *precise, best] + progress,
                               verbose=fit_verbose, **fit_data)
         frames.append(_history_frame(history, phase, math.ceil(len(x_tr) / config.batch_size)))
         best_weights = best.kept
@@ -472,23 +558,33 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
     # evaluate the checkpoint with the best validation accuracy, then loss (paper 3.1 and 5.1)
     best_row = _best_row(hist)
     if best_weights is not None:
-        model.set_weights(best_weights)
+        model.set_weights(best_weights)  # with the statistics PreciseBN gave them at that validation
     selected = {"phase": str(hist["phase"][best_row]), "epoch": int(hist["epoch"][best_row]),
                 "val_accuracy": float(hist["val_accuracy"][best_row]),
                 "val_loss": float(hist["val_loss"][best_row])}
-    trained.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    if not trained.compiled:  # compiled for fit already: compiling again would retrace evaluate
+        trained.compile(loss="categorical_crossentropy", metrics=["accuracy"])
     if cached:
         train_loss, train_accuracy = trained.evaluate(acts[0], onehot["tr"], batch_size=64, verbose=0)
         val_loss, val_accuracy = trained.evaluate(acts[1], onehot["va"], batch_size=64, verbose=0)
+        val_proba = trained.predict(acts[1], batch_size=64, verbose=0)
     else:
         ev = dict(batch_size=64, scaling=config.scaling, model_name=config.model)
         train_loss, train_accuracy = model.evaluate(make_dataset(x_tr, y_tr, shuffle=False, **ev), verbose=0)
         val_loss, val_accuracy = model.evaluate(val_ds, verbose=0)
+        val_proba = model.predict(val_ds, verbose=0)
     # the test set goes through the whole model, from pixels, as in serving
     t1 = time.perf_counter()
     proba = model.predict(test_ds, verbose=0)
     predict_seconds = time.perf_counter() - t1
     metrics = evaluate_predictions(y_te, proba, seed=config.seed)
+    # a run whose predictions are constant or uniform, or that never fitted its
+    # training set, is flagged: no verdict in REPORT.md, never exported (metrics.collapse_check)
+    metrics["collapse"] = collapse_check(
+        float(train_accuracy), y_tr,
+        {"val": prediction_spread(val_proba, y_va), "test": prediction_spread(proba, y_te)})
+    if metrics["collapse"]["collapsed"]:
+        log(f"  WARNING: run {run_id} COLLAPSED: {'; '.join(metrics['collapse']['reasons'])}")
     fit_rows = hist[hist["phase"] != "head"]
     epoch_seconds = [float(v) for v in fit_rows.get("epoch_seconds", [])]
     steps = {p: int((hist["phase"] == p).mul(hist["steps"]).sum()) for p in hist["phase"].unique()}
@@ -507,25 +603,39 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
                               f"{selected['epoch']} (paper 3.1, 5.1: the checkpoint with the best "
                               "validation performance)"),
         "train_seconds": round(train_seconds, 2),
-        "epoch_seconds_mean": round(float(np.mean(epoch_seconds)), 3) if epoch_seconds else None,
-        "train_images_per_second": (round(len(x_tr) * len(epoch_seconds) / max(sum(epoch_seconds), 1e-9), 2)
+        # steady state: epoch 1 also traces the graphs (and, under XLA, compiles one per
+        # batch shape, the partial last batches included), which is not the cost of an epoch
+        "epoch_seconds_mean": round(steady_epoch_seconds(epoch_seconds), 3) if epoch_seconds else None,
+        "first_epoch_seconds": round(epoch_seconds[0], 3) if epoch_seconds else None,
+        "train_images_per_second": (round(len(x_tr) / max(steady_epoch_seconds(epoch_seconds), 1e-9), 2)
                                     if epoch_seconds else None),
         "test_images_per_second": round(len(x_te) / max(predict_seconds, 1e-9), 2),
         "n_train": int(len(x_tr)), "n_val": int(len(x_va)), "n_test": int(len(x_te)),
         "gpu_peak_memory_mb": gpu_peak_memory_mb(),
+        # measured on the trained model, not copied from the config (paper 3.5)
+        "compute_dtype": model.get_layer("head_dense").compute_dtype,
     })
-    # an uncompiled wrapper of the same layers: the file holds no optimizer state
-    # (3x smaller for Adam) and loads in safe mode for evaluation and serving
-    keras.Model(model.input, model.output, name=model.name).save(work / "model.keras")
+    # an uncompiled float32 model of the same weights: the file holds no optimizer state
+    # (3x smaller for Adam), loads in safe mode and serves on a CPU
+    float32_copy(model, config).save(work / "model.keras")
     predictions_table(test_rows["path"], y_te, proba).to_csv(work / "predictions.csv", index=False)
     pd.DataFrame(metrics["confusion"], index=list(CLASS_CODES), columns=list(CLASS_CODES)) \
         .to_csv(work / "confusion.csv", index_label="true\\pred")
     determinism = {"seeded": ["python", "numpy", "tensorflow"],
                    "op_determinism": config.deterministic_ops,
                    "note": "GPU kernels are nondeterministic unless op_determinism is on"}
+    provenance = {}
+    run_deviations = deviations(config)
+    if config.weights == "imagenet":  # which file was loaded, and whose md5 vouched for it
+        from ecgpaper.model.weights import weights_provenance
+
+        provenance = {"weights_file": weights_provenance(config.model, image_size=config.image_size)}
+        if provenance["weights_file"]["md5_source"] != "keras":
+            run_deviations.append(f"weights: {provenance['weights_file']['path']}, checked against the md5 "
+                                  f"list {provenance['weights_file']['md5_source']}, not Keras's ImageNet file")
     (work / "config.json").write_text(json.dumps(
         {**config.to_dict(), "run_id": run_id, "manifest_sha256": data.manifest_sha,
-         "deviations": deviations(config), **data.extra}, indent=2, sort_keys=True))
+         "deviations": run_deviations, **provenance, **data.extra}, indent=2, sort_keys=True))
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     (work / "environment.json").write_text(json.dumps(
         {**environment_info(), "determinism": determinism}, indent=2, sort_keys=True))
@@ -534,7 +644,8 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
     record = {"run_id": run_id, "config": config.to_dict(), "manifest_sha256": data.manifest_sha,
               "metrics": {k: metrics[k] for k in ("accuracy", "precision", "recall", "f1", "ci95",
                                                   "epochs_run", "train_seconds", "epoch_seconds_mean",
-                                                  "train_accuracy", "optimizer_steps", "paper_steps")},
+                                                  "train_accuracy", "optimizer_steps", "paper_steps")}
+              | {"collapsed": metrics["collapse"]["collapsed"]},
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     append_record(config.workspace, record)
     log(f"[{run_id}] train accuracy {train_accuracy:.3f}, test accuracy {metrics['accuracy']:.3f}, "
@@ -560,6 +671,13 @@ def deviations(config: RunConfig) -> list[str]:
     elif config.head == "multiscale":
         out.append("head: the pooled input of the backbone's top block beside its pooled output, "
                    "with a Normalization fitted to the training set (paper: the pooled output only)")
+    if config.head == "batchnorm":
+        out.append("head: BatchNormalization after the pooling (paper 3.2: \"batch normalization may "
+                   "be incorporated\"), otherwise the paper's head")
+    if config.bn_stats == "precise":
+        out.append(f"BatchNorm statistics of the layers that train recomputed from {PRECISE_BN_IMAGES} "
+                   "training images before training and before every validation and test scoring "
+                   "(PreciseBN; Keras: moving averages)")
     if config.bn_stats == "train_images" and config.model != "VGG16":
         out.append("random backbone: BatchNorm statistics computed on the training images, then frozen")
     if config.weights != "imagenet":

@@ -32,13 +32,22 @@ CONDITIONS = [("VGG16", "rescale", "frozen"), ("VGG16", "preprocess_input", "fro
               ("ResNet50", "preprocess_input", "frozen"), ("ResNet50", "preprocess_input", "trainable")]
 
 
-def run(source: DataSource, *, split_seed: int = 0, verbose: int = 0, log=print) -> list[dict]:
-    """Train (or reuse) the six conditions; return the loaded runs in ``CONDITIONS`` order."""
+def ablation_configs(profile: str, dataset: str, *, split_seed: int = 0, weights: str | None = None,
+                     log=print) -> list:
+    """The six conditions' RunConfigs, in ``CONDITIONS`` order. VGG16 has no
+    BatchNorm, so its conditions leave ``bn_mode`` at the profile's default: the
+    condition that matches the baseline is the baseline's run (one setting, one run id)."""
     configs = []
     for model, scaling, bn in CONDITIONS:
-        configs += scaled_configs([dict(model=model, **BASELINE)], profile=source.profile,
-                                  dataset=source.dataset, split_seed=split_seed, scaling=scaling,
-                                  bn_mode=bn, log=log)
+        settings = {"scaling": scaling, **({"bn_mode": bn} if model != "VGG16" else {})}
+        configs += scaled_configs([dict(model=model, **BASELINE)], profile=profile, dataset=dataset,
+                                  split_seed=split_seed, weights=weights, log=log, **settings)
+    return configs
+
+
+def run(source: DataSource, *, split_seed: int = 0, verbose: int = 0, log=print) -> list[dict]:
+    """Train (or reuse) the six conditions; return the loaded runs in ``CONDITIONS`` order."""
+    configs = ablation_configs(source.profile, source.dataset, split_seed=split_seed, log=log)
     records = run_configs(configs, source.run_data("paper", split_seed), name="input ablation",
                           verbose=verbose, log=log)
     ids = [r.run_id for r in records]

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from ecgpaper import paths
-from ecgpaper.config import SPLIT_PROTOCOLS
+from ecgpaper.config import SPLIT_PROTOCOLS, get_profile
 from ecgpaper.metrics import acc_f1, bootstrap_sets, group_members, majority_rate, percentile_ci
 from ecgpaper.model.pipeline import labels_to_indices
 from ecgpaper.outputs import interval_columns, save_figure, save_table, use_style
@@ -60,10 +60,10 @@ CROP_PROTOCOLS = ("paper", "grouped")
 
 
 def n_replicates(profile: str) -> int:
-    """Seeds per cell: 2 on the smoke profile (CI time), 3 otherwise: with 2, the
+    """Seeds per cell (``Profile.leakage_replicates``): 2 on the CI profiles, 3 otherwise: with 2, the
     seed stage of the bootstrap (seeds, then duplicate groups) has almost nothing
     to resample, and the quick profile's ~47 test images need the third."""
-    return 2 if profile == "smoke" else 3
+    return get_profile(profile).leakage_replicates
 
 
 # --------------------------------------------------------------------------

@@ -128,11 +128,12 @@ def paired_row(label: str, ws: Workspace, run_a: Run, run_b: Run, *,
     ci = percentile_ci(paired_difference(a["y"], a["pred"], b["pred"], a["groups"], n_bootstrap=n_bootstrap))
     name_a, name_b = run_a.config["model"], run_b.config["model"]
     test = group_sign_test(ok_a, ok_b, a["groups"])
+    outcome = "n/a: collapsed" if run_a.collapsed or run_b.collapsed else paired_outcome(*ci, name_a, name_b)
     return {
         "number": label, "test": f"paired group bootstrap + McNemar over groups: {name_a} vs {name_b}",
         "runs": 2, "ours": float(ok_a.mean() - ok_b.mean()), **interval_columns("ci95_groups", ci),
-        "paper": None, "difference": None, **interval_columns("difference_ci95", None), "outcome": paired_outcome(*ci, name_a, name_b),
-        "verdict": paired_outcome(*ci, name_a, name_b),
+        "paper": None, "difference": None, **interval_columns("difference_ci95", None), "outcome": outcome,
+        "verdict": outcome,
         "n_test": len(a["y"]), "distinct_ecgs_in_test": len(members),
         "test_with_copy_in_train": _copies_in_train(ws.dataset, run_a.config, a["path"]),
         "groups_a_better": test["a_better"], "groups_b_better": test["b_better"],

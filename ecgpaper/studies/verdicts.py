@@ -43,6 +43,9 @@ def protocol_differences(config: dict, dataset: str) -> list[str]:
         out.append("SYNTHETIC twin, not the Kaggle images")
     if config.get("profile") != "paper":
         out.append(f"profile {config.get('profile')}, not paper")
+    listed = (config.get("weights_file") or {}).get("md5_source", "keras")
+    if config.get("weights") == "imagenet" and listed != "keras":
+        out.append(f"weights checked against {listed}, not Keras's ImageNet files")
     if config.get("weights") != "imagenet":
         w = config.get("weights")
         out.append(f"{'random initialisation' if w == 'none' else f'weights {w}'}, not ImageNet")
@@ -54,8 +57,10 @@ def protocol_differences(config: dict, dataset: str) -> list[str]:
 
 
 def runs_differences(runs: list[Run], dataset: str) -> list[str]:
-    """The union of :func:`protocol_differences` over runs, in first-seen order."""
-    seen: list[str] = []
+    """The union of :func:`protocol_differences` over runs, in first-seen order,
+    led by "collapsed" when the collapse detector flagged any of them
+    (metrics.collapse_check): a constant or uniform answer says nothing about the paper."""
+    seen: list[str] = ["collapsed"] if any(r.collapsed for r in runs) else []
     for r in runs:
         for d in protocol_differences(r.config, dataset):
             if d not in seen:
