@@ -156,6 +156,8 @@ class Profile:
     gpu: bool = False
     #: leakage study: split seeds (replicates) per protocol
     leakage_replicates: int = 3
+    #: notebook 02's overfit-one-batch check: images per class in the batch (runs.sanity)
+    overfit_per_class: int = 8
     #: papermill: seconds one notebook cell may run before the run stops (runner.run_notebooks)
     cell_timeout_s: int = 4 * 3600
     description: str = ""
@@ -199,6 +201,7 @@ PROFILES: dict[str, Profile] = {
         name="paper-mini", image_size=32, synth_distinct_per_class=12,
         synth_page_size=(1106, 786), weights="imagenet", epochs_scale=0.1,
         recipe="paper", scaling="rescale", gpu=True, leakage_replicates=2, cell_timeout_s=1800,
+        overfit_per_class=2,
         description="the paper profile in miniature: its code path (ImageNet weights, /255, whole "
                     "network, the paper's checkpoint rule) at 32 px on the tiny twin, 2-3 epochs",
     ),

@@ -44,6 +44,12 @@ def smoke_data(tmp_path_factory):
         mp.undo()
 
 
+@pytest.fixture
+def float32_after():
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
 def _paper_config(dataset, model="ResNet50", **overrides):
     spec = [dict(model=model, batch_size=16, learning_rate=1e-4, epochs=20)]
     [config] = scaled_configs(spec, profile="paper", dataset=dataset, weights="none", **QUIET)
@@ -79,12 +85,6 @@ def test_stale_batchnorm_statistics_are_replaced_before_anything_is_scored(smoke
     assert all(float(np.max(layer.moving_variance)) < 1e4 for layer in layers)
 
 
-@pytest.fixture
-def float32_after():
-    yield
-    keras.config.set_dtype_policy("float32")
-
-
 def test_mixed_precision_is_on_when_reported_and_the_export_is_float32(smoke_data, float32_after):
     """Finding 3: clear_session() after set_global_policy() silently undid mixed precision."""
     prepared, data = smoke_data
@@ -106,15 +106,17 @@ def test_mixed_precision_is_on_when_reported_and_the_export_is_float32(smoke_dat
     assert saved.get_layer("head_dense").compute_dtype == "float32"  # CPU serving
 
 
-def test_each_run_counts_its_own_gpu_peak(monkeypatch):
+def test_each_run_counts_its_own_gpu_peak(monkeypatch, float32_after):
     """Finding 7: TensorFlow's peak is the process's unless reset at the run's start."""
     import tensorflow as tf
 
+    config = _paper_config("d", model="VGG16")  # before the fake GPU: float32, no XLA
     resets = []
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
     monkeypatch.setattr(tf.config.experimental, "reset_memory_stats", resets.append)
-    start_session(_paper_config("d", model="VGG16"))
+    start_session(config)
     assert resets == ["GPU:0"]
+    assert keras.config.dtype_policy().name == "float32"
 
 
 def test_epoch_times_leave_out_the_first_epochs_graph_building():

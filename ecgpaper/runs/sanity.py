@@ -46,17 +46,22 @@ def _fixed_batch(images: np.ndarray, labels: np.ndarray, per_class: int) -> tupl
     return images[idx], labels[idx]
 
 
-def overfit_one_batch(config: RunConfig, data: RunData, *, per_class: int = OVERFIT_PER_CLASS,
+def overfit_one_batch(config: RunConfig, data: RunData, *, per_class: int | None = None,
                       max_steps: int = OVERFIT_MAX_STEPS, target: float = OVERFIT_TARGET) -> dict:
     """Train ``config``'s model on one fixed batch only; report the steps taken to
     reach ``target`` training accuracy (evaluated in inference mode), or the
     accuracy after ``max_steps``. The transfer recipe trains its head phase on the
     batch's cached features; the paper recipe trains the network as configured.
+    ``per_class``: images per class in the batch (default: the profile's
+    ``overfit_per_class``, ``OVERFIT_PER_CLASS`` for most).
     """
     import keras
 
+    from ecgpaper.config import get_profile
     from ecgpaper.model.backbones import fit_head_normalization
 
+    if per_class is None:
+        per_class = get_profile(config.profile).overfit_per_class if config.profile else OVERFIT_PER_CLASS
     x, y = _fixed_batch(data.train[0], data.train[1], per_class)
     start_session(config)
     finetune = "none" if config.recipe == "transfer" or not config.train_base else config.finetune

@@ -3,8 +3,8 @@ run (tests/test_paper_mini.py): a folder of Keras-applications "notop" files of
 the four backbones, of the right architectures and in Keras's own legacy HDF5
 layout, with an md5sum list, served over loopback HTTP.
 
-The weights are random (Keras's initialisers; there is no way to get ImageNet's
-here), so the runs may learn little: the miniature proves the paper profile's
+The weights are random (Keras's initialisers, He-normal for VGG16's convolutions;
+there is no way to get ImageNet's here), so the runs may learn little: the miniature proves the paper profile's
 code path (fetch, hash check, ``keras.applications(weights="imagenet")``,
 /255, whole network, checkpoint rule, every notebook), not its accuracy.
 """
@@ -16,6 +16,8 @@ import hashlib
 import http.server
 import threading
 from pathlib import Path
+
+import numpy as np
 
 #: the backbones whose files the mirror holds (every one a notebook builds)
 BACKBONES = ("VGG16", "ResNet50", "MobileNetV2", "EfficientNetB0")
@@ -39,6 +41,8 @@ def write_mirror(folder: Path, *, image_size: int) -> Path:
         # legacy loader matches them by order), with random weights
         model = getattr(keras.applications, name)(include_top=False, weights=None,
                                                    input_shape=(image_size, image_size, 3))
+        if name == "VGG16":
+            _variance_preserving(model)
         with h5py.File(folder / file_name, "w") as f:
             save_weights_to_hdf5_group(f, model)
         keras.backend.clear_session()
@@ -46,6 +50,19 @@ def write_mirror(folder: Path, *, image_size: int) -> Path:
     listing = folder / "MD5SUMS"
     listing.write_text("\n".join(lines) + "\n")
     return listing
+
+
+def _variance_preserving(model) -> None:
+    """He-normal kernels, zero biases: Keras's Glorot default shrinks the signal at
+    each of VGG16's 13 ReLU layers (no BatchNorm to undo it), so a random VGG16 needs
+    ~170 steps to overfit one batch; trained weights keep the scale, like these."""
+    import keras
+
+    init = keras.initializers.HeNormal(seed=0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kernel, bias = layer.get_weights()
+            layer.set_weights([np.asarray(init(kernel.shape)), np.zeros_like(bias)])
 
 
 @contextlib.contextmanager
