@@ -40,7 +40,7 @@ MINI_PID=""
 if [ "${ECGPAPER_SKIP_NOTEBOOKS:-0}" != "1" ]; then
   NB_ROOT="$(mktemp -d -t ecgpaper-notebooks-XXXXXX)"
   MINI_ROOT="$(mktemp -d -t ecgpaper-paper-mini-XXXXXX)"
-  trap '[ -n "$MINI_PID" ] && kill "$MINI_PID" 2>/dev/null; rm -rf "$NB_ROOT" "$MINI_ROOT"' EXIT
+  trap 'if [ -n "$MINI_PID" ]; then kill "$MINI_PID" 2>/dev/null || true; fi; rm -rf "$NB_ROOT" "$MINI_ROOT"' EXIT
   echo "== the paper profile in miniature, in the background (paper-mini, log in $MINI_ROOT/out.log)"
   python tests/support/imagenet_mirror.py "$MINI_ROOT" >"$MINI_ROOT/out.log" 2>&1 &
   MINI_PID=$!

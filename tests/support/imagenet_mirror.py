@@ -98,6 +98,8 @@ def run_paper_mini(root: Path, *, log=print) -> dict:
 
     root = Path(root)
     listing = write_mirror(root / "mirror", image_size=PROFILES["paper-mini"].image_size)
+    # Keras (and weights_status) fall back to /tmp/.keras when KERAS_HOME does not exist
+    (root / "keras").mkdir(parents=True, exist_ok=True)
     saved = dict(os.environ)
     os.environ.update({"KERAS_HOME": str(root / "keras"), "ECGPAPER_WEIGHTS_MD5SUMS": str(listing),
                        "ECGPAPER_ALLOW_CPU": "1"})
