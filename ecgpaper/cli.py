@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -233,6 +234,26 @@ def _allow_cpu_arg(p) -> None:
                         "(sets ECGPAPER_ALLOW_CPU=1, which the notebook kernels inherit)")
 
 
+def _engine_args(p) -> None:
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="train N runs at once, each in its own process (default: one per visible GPU, "
+                        "else 1; sets ECGPAPER_JOBS, which the notebook kernels inherit)")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="send each run to the Ray cluster at ADDRESS (e.g. 10.0.0.5:6379, or auto) as "
+                        "a task asking for one GPU; the project root must be shared storage "
+                        "(sets ECGPAPER_RAY_ADDRESS; README: More than one GPU or machine)")
+
+
+def _apply_engine_args(args) -> None:
+    """--jobs / --ray -> the environment settings runs.engine (and the notebook kernels) read."""
+    if getattr(args, "jobs", None) is not None:
+        if args.jobs < 1:
+            raise UserError(f"--jobs {args.jobs}: give 1 or more runs at once")
+        os.environ["ECGPAPER_JOBS"] = str(args.jobs)
+    if getattr(args, "ray", None):
+        os.environ["ECGPAPER_RAY_ADDRESS"] = args.ray
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ecgpaper",
@@ -340,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default since section 4 ran fixed epochs")
     p.add_argument("--no-export", action="store_true", help="do not export the best model")
     _allow_cpu_arg(p)
+    _engine_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("export", help="export the best finished run to models/ for the web service",
@@ -363,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell-timeout", type=int, metavar="SECONDS",
                    help="stop when one cell runs longer (default: the profile's cell_timeout_s)")
     _allow_cpu_arg(p)
+    _engine_args(p)
     p.set_defaults(func=cmd_notebooks)
 
     p = sub.add_parser("lab", help="open JupyterLab on the notebooks with the project's kernel",
@@ -402,8 +425,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     args = build_parser().parse_args(argv)
     if getattr(args, "near_threshold", 0) is None:
@@ -414,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
 
         os.environ[ALLOW_CPU_ENV] = "1"
     try:
+        _apply_engine_args(args)
         args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -53,8 +53,14 @@ def smoke_notebook_run(tmp_path_factory, only=None) -> Path:
 def project_root(tmp_path, monkeypatch):
     """Point data/, results/, figures/, models/ at a fresh temporary folder. The
     tests run on CPUs by design: the GPU profiles' check is allowed past
-    (ECGPAPER_ALLOW_CPU=1) except where a test deletes it to test the check."""
+    (ECGPAPER_ALLOW_CPU=1) except where a test deletes it to test the check.
+    Runs train inline (ECGPAPER_EXECUTOR=inline) unless a test asks for processes."""
     monkeypatch.setenv("ECGPAPER_ALLOW_CPU", "1")
+    # runs train in the test's own process (quicker for unit tests, and monkeypatchable);
+    # tests/test_engine.py and the notebook runs use a process per run, the default
+    monkeypatch.setenv("ECGPAPER_EXECUTOR", "inline")
+    for name in ("ECGPAPER_JOBS", "ECGPAPER_RAY_ADDRESS", "ECGPAPER_RUN_TIMEOUT_S"):
+        monkeypatch.delenv(name, raising=False)
     return point_paths(monkeypatch, tmp_path / "project")
 
 

@@ -27,6 +27,7 @@ from ecgpaper.errors import UserError
 from ecgpaper.model.pipeline import subset_arrays
 from ecgpaper.model.weights import STANDINS, ensure_imagenet, ensure_standin, standin_for
 from ecgpaper.paths import Workspace
+from ecgpaper.runs.engine import executor_kind, train_in_processes
 from ecgpaper.runs.export import export_best
 from ecgpaper.runs.store import Run, finished_run_ids, read_registry, record_experiment
 from ecgpaper.runs.training import RunConfig, RunData, gpu_count, train_run
@@ -228,19 +229,32 @@ def run_experiment(name: str, *, profile: str = "quick", data_root=None, dataset
 def run_configs(configs: list[RunConfig], data: RunData, *, name: str = "runs",
                 verbose: int = 0, log=print) -> list[Run]:
     """Train the configs that have no finished run yet (a killed run is redone);
-    return their registry records in order."""
-    if not configs:
+    return their registry records in order. Each run trains in its own process,
+    several at once on several GPUs or a Ray cluster (runs.engine)."""
+    return run_jobs([(c, data) for c in configs], name=name, verbose=verbose, log=log)
+
+
+def run_jobs(jobs: list[tuple[RunConfig, RunData]], *, name: str = "runs", verbose: int = 0,
+             log=print) -> list[Run]:
+    """:func:`run_configs` for runs on different data (a study's splits and crops):
+    ``(config, data)`` pairs, trained by the engine together, so that ``--jobs``
+    and Ray see every independent run at once."""
+    if not jobs:
         return []
-    ws = configs[0].workspace
+    ws = jobs[0][0].workspace
     done = finished_run_ids(ws)
-    for i, config in enumerate(configs, 1):
+    todo = []
+    for i, (config, data) in enumerate(jobs, 1):
         run_id = config.run_id(data.manifest_sha)
         if run_id in done:
-            log(f"[{name} {i}/{len(configs)}] {run_id}: already done, skipped")
-            continue
-        log(f"[{name} {i}/{len(configs)}] training {run_id}")
-        train_run(config, data, verbose=verbose, log=log)
+            log(f"[{name} {i}/{len(jobs)}] {run_id}: already done, skipped")
+        elif run_id not in {c.run_id(d.manifest_sha) for c, d in todo}:
+            todo.append((config, data))
+    if executor_kind() == "inline":
+        for i, (config, data) in enumerate(todo, 1):
+            log(f"[{name} {i}/{len(todo)}] training {config.run_id(data.manifest_sha)}")
+            train_run(config, data, verbose=verbose, log=log)
+    else:
+        train_in_processes(todo, name=name, verbose=verbose, log=log)
     by_id = {r.run_id: r for r in read_registry(ws)}
-    return [by_id[c.run_id(data.manifest_sha)] for c in configs]
-
-
+    return [by_id[c.run_id(d.manifest_sha)] for c, d in jobs]

@@ -100,17 +100,27 @@ def read_registry(ws: Workspace) -> list[Run]:
 
 
 def append_record(ws: Workspace, record: dict) -> None:
-    """Append one JSON line atomically (single O_APPEND write, then fsync)."""
+    """Append one JSON line atomically: one ``O_APPEND`` write under an exclusive
+    ``lockf`` lock, then fsync. Several processes (runs.engine) append at once; the
+    lock keeps the torn-line check below from seeing another writer's line half
+    written (and NFS, where ``O_APPEND`` is not atomic, honours ``lockf``)."""
+    import fcntl
+
     p = registry_path(ws)
     p.parent.mkdir(parents=True, exist_ok=True)
     data = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(p, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        # a torn line left by a crash would glue onto ours: start on a fresh line
-        if os.fstat(fd).st_size and not p.read_bytes().endswith(b"\n"):
-            data = b"\n" + data
-        os.write(fd, data)
-        os.fsync(fd)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        try:
+            # a torn line left by a crash would glue onto ours: start on a fresh line
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
 

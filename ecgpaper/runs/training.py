@@ -22,13 +22,14 @@ import math
 import os
 import platform
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from ecgpaper import __version__
+from ecgpaper import __version__, paths
 from ecgpaper.config import CLASS_CODES, EARLY_STOPPING_PATIENCE, HEADS, PAPER_IMAGE_SIZE, PAPER_TRAIN_IMAGES, RECIPES
 from ecgpaper.errors import UserError
 from ecgpaper.metrics import collapse_check, evaluate_predictions, prediction_spread
@@ -359,6 +360,13 @@ def frozen_activations(model, config: RunConfig, arrays: list[np.ndarray], *, ba
     key = h.hexdigest()
     if key in _ACTIVATIONS:
         return _ACTIVATIONS[key]
+    # on disk too: with one run per process (runs.engine) the grid's runs share it there
+    stored = paths.CACHE / "activations" / key[:32]
+    if (stored / "done").exists():
+        out = [np.load(stored / f"{i}.npy") for i in range(len(arrays))]
+        log(f"  frozen layers' outputs for {sum(len(a) for a in arrays)} images read from {stored}")
+        _remember_activations(key, out)
+        return out
     below, _ = top_block_split(model, config)
     scale = scaling_fn(config.scaling, config.model)
     t0 = time.perf_counter()
@@ -369,10 +377,23 @@ def frozen_activations(model, config: RunConfig, arrays: list[np.ndarray], *, ba
         out.append(np.concatenate(parts).astype(np.float32))
     log(f"  frozen layers' outputs for {sum(len(a) for a in arrays)} images in "
         f"{time.perf_counter() - t0:.1f} s (computed once, reused by every phase)")
+    _remember_activations(key, out)
+    tmp = stored.with_name(f".{stored.name}.tmp-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for i, a in enumerate(out):
+        np.save(tmp / f"{i}.npy", a)
+    (tmp / "done").touch()
+    try:
+        os.replace(tmp, stored)
+    except OSError:  # another process stored the same outputs first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _remember_activations(key: str, out: list[np.ndarray]) -> None:
     while len(_ACTIVATIONS) >= _ACTIVATIONS_KEPT:
         _ACTIVATIONS.pop(next(iter(_ACTIVATIONS)))
     _ACTIVATIONS[key] = out
-    return out
 
 
 def backbone_features(model, config: RunConfig, arrays: list[np.ndarray], *, log=print) -> list[np.ndarray]:
@@ -467,9 +488,21 @@ def _fit_head_phase(model, config: RunConfig, features, y_tr, y_va, *, log):
     return frame, (best.best, model.get_weights())
 
 
-def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) -> Run:
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (MB): with one run per process
+    (runs.engine), the run's own (paper 3.5: the resources a run needs)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)  # macOS: bytes, Linux: KB
+
+
+def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print,
+              executor: dict | None = None) -> Run:
     """Train with the config's recipe, evaluate the best-validation checkpoint on the
-    test subset, write the run folder and registry record (paper 3.1, 3.5, 4)."""
+    test subset, write the run folder and registry record (paper 3.1, 3.5, 4).
+    ``executor``: what trained it (runs.engine: kind, host, pid, GPU, Ray node),
+    recorded with the run; None: this process, inline."""
     import keras
     import tensorflow as tf
 
@@ -612,6 +645,8 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
         "test_images_per_second": round(len(x_te) / max(predict_seconds, 1e-9), 2),
         "n_train": int(len(x_tr)), "n_val": int(len(x_va)), "n_test": int(len(x_te)),
         "gpu_peak_memory_mb": gpu_peak_memory_mb(),
+        # one run per process: the run's own peak; inline: the process's so far
+        "peak_rss_mb": peak_rss_mb(),
         # measured on the trained model, not copied from the config (paper 3.5)
         "compute_dtype": model.get_layer("head_dense").compute_dtype,
     })
@@ -636,6 +671,8 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
     (work / "config.json").write_text(json.dumps(
         {**config.to_dict(), "run_id": run_id, "manifest_sha256": data.manifest_sha,
          "deviations": run_deviations, **provenance, **data.extra}, indent=2, sort_keys=True))
+    executor = executor or {"kind": "inline", "host": platform.node(), "pid": os.getpid()}
+    metrics["executor"] = executor
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     (work / "environment.json").write_text(json.dumps(
         {**environment_info(), "determinism": determinism}, indent=2, sort_keys=True))
@@ -644,8 +681,10 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print) 
     record = {"run_id": run_id, "config": config.to_dict(), "manifest_sha256": data.manifest_sha,
               "metrics": {k: metrics[k] for k in ("accuracy", "precision", "recall", "f1", "ci95",
                                                   "epochs_run", "train_seconds", "epoch_seconds_mean",
-                                                  "train_accuracy", "optimizer_steps", "paper_steps")}
+                                                  "train_accuracy", "optimizer_steps", "paper_steps",
+                                                  "peak_rss_mb", "gpu_peak_memory_mb")}
               | {"collapsed": metrics["collapse"]["collapsed"]},
+              "executor": executor,
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     append_record(config.workspace, record)
     log(f"[{run_id}] train accuracy {train_accuracy:.3f}, test accuracy {metrics['accuracy']:.3f}, "
