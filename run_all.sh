@@ -5,6 +5,8 @@
 #   ./run_all.sh --download also fetch the Kaggle data and the ImageNet weights first
 #                           (the real reproduction: ./run_all.sh --profile paper --download)
 #   ./run_all.sh --allow-cpu run a GPU profile (paper, paper-mini) on the CPU anyway
+#   ./run_all.sh --jobs N   train N runs at once, each in its own process (default: one per GPU, else 1)
+#   ./run_all.sh --ray ADDRESS  send every run to the Ray cluster at ADDRESS (README: More than one GPU or machine)
 #   ./run_all.sh --lab      set up .venv, then open JupyterLab on notebooks/ instead
 # Default: the quick profile on the Kaggle data in data/raw/kaggle if it was
 # downloaded (python -m ecgpaper download), else on the SYNTHETIC twin.
@@ -23,7 +25,9 @@ while [ $# -gt 0 ]; do
     --lab) LAB=1; shift ;;
     --download) DOWNLOAD=1; shift ;;
     --allow-cpu) ARGS+=("$1"); shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --jobs|--ray) ARGS+=("$1" "$2"); shift 2 ;;
+    --jobs=*|--ray=*) ARGS+=("$1"); shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see ./run_all.sh --help)" >&2; exit 2 ;;
   esac
 done

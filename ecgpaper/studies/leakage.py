@@ -41,7 +41,8 @@ from ecgpaper.metrics import acc_f1, bootstrap_sets, group_members, majority_rat
 from ecgpaper.model.pipeline import labels_to_indices
 from ecgpaper.outputs import interval_columns, save_figure, save_table, use_style
 from ecgpaper.paths import Workspace
-from ecgpaper.runs.experiments import run_configs, scaled_configs
+from ecgpaper.runs.experiments import run_jobs, scaled_configs
+from ecgpaper.runs.spill import load_spilled, spill_data
 from ecgpaper.runs.store import load_predictions, load_run, record_experiment
 from ecgpaper.studies.common import DataSource
 from ecgpaper.studies.probe import PROBE_LABEL, nn_probe
@@ -119,6 +120,9 @@ def run(profile: str, data_root=None, *, seed: int = 0, n_seeds: int | None = No
     n_seeds = n_seeds or n_replicates(profile)
     ws = source.workspace
     rows, sets, copies, run_ids, copy_flags = [], {}, {}, [], {}
+    # every (split seed, protocol, crop) cell's runs first, trained together by the
+    # runs engine (--jobs / Ray run them at once), then read back cell by cell
+    cells, jobs = [], []
     for r in range(n_seeds):
         split_seed = seed + r
         present = [p for p in protocols if source.has_protocol(p, split_seed)]
@@ -129,41 +133,46 @@ def run(profile: str, data_root=None, *, seed: int = 0, n_seeds: int | None = No
             for crop in crops:
                 if crop and crop_protocols is not None and protocol not in crop_protocols:
                     continue
-                data = source.run_data(protocol, split_seed, crop)
+                # memory-mapped from disk: the parent holds no copy of every cell's images
+                data = load_spilled(spill_data(source.run_data(protocol, split_seed, crop)))
                 specs = [LEAKAGE_SPEC] + ([SECOND_CNN_SPEC] if second_cnn and not crop
                                           and protocol in SECOND_CNN_PROTOCOLS else [])
-                test_rows = data.test[2]
-                y = data.test[1]
-                groups = test_rows["group"].astype(str).to_numpy()
-                results = []
-                for spec in specs:
-                    config = scaled_configs([spec], profile=profile, dataset=ws.dataset, protocol=protocol,
-                                            split_seed=split_seed, crop=crop, seed=r, log=log)[0]
-                    record = run_configs([config], data, verbose=verbose, log=log,
-                                         name=f"leakage {spec['model']} {protocol} crop={crop} r{r}")[0]
-                    run_ids.append(record.run_id)
-                    pred = load_predictions(ws, record.run_id).set_index("path")
-                    pred = pred.loc[test_rows["path"]]
-                    results.append((spec["model"], labels_to_indices(pred["pred"]), record, config))
-                results.append((PROBE_LABEL, nn_probe(data.train[0], data.train[1], data.test[0]), None, None))
-                for classifier, p, run, config in results:
-                    acc, f1 = acc_f1(y, p)
-                    sets.setdefault((classifier, protocol, crop), []).append((y, p, groups))
-                    copy_flags.setdefault((classifier, protocol, crop), []).append(
-                        test_rows["copy_in_train"].to_numpy(bool))
-                    rows.append({"classifier": classifier, "protocol": protocol, "crop": crop,
-                                 "replicate": r, "split_seed": split_seed,
-                                 "model_seed": r if config else None,
-                                 "run_id": run.run_id if run else "", "epochs": config.epochs if config else None,
-                                 "weights": config.weights if config else None,
-                                 # what shows a CNN at chance on unseen ECGs did train (fits its pages)
-                                 "train_accuracy": run.metrics.get("train_accuracy") if run else None,
-                                 "optimizer_steps": ((run.metrics.get("optimizer_steps") or {}).get("total")
-                                                     if run else None),
-                                 "n_test": len(y),
-                                 "test_with_copy_in_train": int(test_rows["copy_in_train"].sum()),
-                                 "test_exact_copy_in_train": crossing["test_exact_copy_in_train"],
-                                 "accuracy": acc, "f1": f1, "majority_rate": majority_rate(y)})
+                configs = [scaled_configs([spec], profile=profile, dataset=ws.dataset, protocol=protocol,
+                                          split_seed=split_seed, crop=crop, seed=r, log=log)[0]
+                           for spec in specs]
+                cells.append((r, split_seed, protocol, crop, crossing, data, specs, configs))
+                jobs += [(config, data) for config in configs]
+    records = iter(run_jobs(jobs, verbose=verbose, log=log, name="leakage"))
+    for r, split_seed, protocol, crop, crossing, data, specs, configs in cells:
+        test_rows = data.test[2]
+        y = data.test[1]
+        groups = test_rows["group"].astype(str).to_numpy()
+        results = []
+        for spec, config in zip(specs, configs):
+            record = next(records)
+            run_ids.append(record.run_id)
+            pred = load_predictions(ws, record.run_id).set_index("path")
+            pred = pred.loc[test_rows["path"]]
+            results.append((spec["model"], labels_to_indices(pred["pred"]), record, config))
+        results.append((PROBE_LABEL, nn_probe(data.train[0], data.train[1], data.test[0]), None, None))
+        for classifier, p, run, config in results:
+            acc, f1 = acc_f1(y, p)
+            sets.setdefault((classifier, protocol, crop), []).append((y, p, groups))
+            copy_flags.setdefault((classifier, protocol, crop), []).append(
+                test_rows["copy_in_train"].to_numpy(bool))
+            rows.append({"classifier": classifier, "protocol": protocol, "crop": crop,
+                         "replicate": r, "split_seed": split_seed,
+                         "model_seed": r if config else None,
+                         "run_id": run.run_id if run else "", "epochs": config.epochs if config else None,
+                         "weights": config.weights if config else None,
+                         # what shows a CNN at chance on unseen ECGs did train (fits its pages)
+                         "train_accuracy": run.metrics.get("train_accuracy") if run else None,
+                         "optimizer_steps": ((run.metrics.get("optimizer_steps") or {}).get("total")
+                                             if run else None),
+                         "n_test": len(y),
+                         "test_with_copy_in_train": int(test_rows["copy_in_train"].sum()),
+                         "test_exact_copy_in_train": crossing["test_exact_copy_in_train"],
+                         "accuracy": acc, "f1": f1, "majority_rate": majority_rate(y)})
     replicates = pd.DataFrame(rows)
     paths.atomic_write_text(ws.table("leakage_replicates"),
                             replicates.to_csv(index=False, lineterminator="\n"))
