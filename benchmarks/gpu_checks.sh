@@ -3,7 +3,9 @@
 #   1. bench_training.py for VGG16 and ResNet50 at 224 px, float32 vs mixed
 #      precision, with and without XLA (images/s, epoch seconds, peak GPU memory,
 #      and the compute dtype the model really used);
-#   2. the paper profile in miniature (every notebook on paper-mini, test weights
+#   2. the runs engine (issue 20): the paper-mini grid with --jobs 1 vs one run per GPU
+#      (bench_jobs.py; random weights, as no mirror is needed for timing);
+#   3. the paper profile in miniature (every notebook on paper-mini, test weights
 #      from a loopback mirror), with the GPU check on (no --allow-cpu).
 # Results go to $OUT (default results/benchmarks/gpu) as JSON and logs.
 #   benchmarks/gpu_checks.sh                  # on the GPU machine
@@ -25,8 +27,13 @@ for mode in "" "--mixed-precision" "--xla" "--mixed-precision --xla"; do
   python benchmarks/bench_training.py --models $MODELS --sizes $SIZES --steps "$STEPS" \
     --batch-size 32 $mode --out "$OUT/training-$tag.json" 2>&1 | tee "$OUT/training-$tag.log"
 done
-[ "${SKIP_MINI:-0}" = "1" ] && exit 0
 if [ "${ALLOW_CPU:-0}" = "1" ]; then export ECGPAPER_ALLOW_CPU=1; fi
+NGPU="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)"
+if [ "${NGPU:-0}" -gt 1 ]; then
+  python benchmarks/bench_jobs.py --profile paper-mini --jobs 1 "$NGPU" --extra --weights none 2>&1 \
+    | tee "$OUT/jobs.log"
+fi
+[ "${SKIP_MINI:-0}" = "1" ] && exit 0
 MINI="$(mktemp -d -t ecgpaper-paper-mini-XXXXXX)"
 start=$(date +%s)
 python tests/support/imagenet_mirror.py "$MINI" > "$OUT/paper-mini.log" 2>&1 || {
