@@ -254,3 +254,25 @@ def test_batchnorm_calibration_gives_a_frozen_random_backbone_usable_features():
     assert before.std(axis=0).max() < 1e-6 < after.std(axis=0).mean()
     assert same_weights(model.get_layer("Conv1").get_weights(), conv)
     assert not any(layer.trainable for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+
+
+def test_batchnorm_calibration_in_chunks_gives_the_whole_sets_mean():
+    """calibrate_batchnorm passes CALIBRATION_BATCH images at a time (one pass over
+    all 212 quick training images held 11 GB): the first BatchNorm layer's mean is
+    the whole set's, its variance the mean of the chunks' (PreciseBN)."""
+    from ecgpaper.model.backbones import calibrate_batchnorm
+
+    x = np.random.default_rng(0).random((48, SIZE, SIZE, 3)).astype("float32")
+    stats = {}
+    for batch in (48, 16):
+        keras.utils.set_random_seed(0)
+        model = build_model("ResNet50", image_size=SIZE, weights="none", finetune="none", bn_mode="frozen")
+        calibrate_batchnorm(model, x, batch_size=batch)
+        layer = model.get_layer("conv1_bn")
+        stats[batch] = (np.asarray(layer.moving_mean), np.asarray(layer.moving_variance))
+        assert layer.momentum == 0.99 and not layer.trainable  # restored
+    conv1 = keras.Model(model.input, model.get_layer("conv1_conv").output)
+    chunks = [np.asarray(conv1(x[i:i + 16])) for i in range(0, 48, 16)]
+    assert np.allclose(stats[16][0], np.concatenate(chunks).mean(axis=(0, 1, 2)), atol=1e-4)
+    assert np.allclose(stats[16][0], stats[48][0], atol=1e-4)
+    assert np.allclose(stats[16][1], np.mean([c.var(axis=(0, 1, 2)) for c in chunks], axis=0), rtol=1e-3, atol=1e-5)

@@ -279,7 +279,14 @@ def batchnorm_layers(model: keras.Model, *, trainable_only: bool = False) -> lis
             and (layer.trainable or not trainable_only)]
 
 
-def calibrate_batchnorm(model: keras.Model, images, *, batch_size: int = 256, layers=None) -> int:
+#: images per forward pass of :func:`calibrate_batchnorm`: one pass over 212 images at
+#: 128 px in training mode held ResNet50's every activation at once (11.1 GB resident,
+#: measured on 2 CPU cores); 32 at a time: 2.4 GB, and 224 px on a GPU stays within a T4
+CALIBRATION_BATCH = 32
+
+
+def calibrate_batchnorm(model: keras.Model, images, *, batch_size: int = CALIBRATION_BATCH,
+                        layers=None) -> int:
     """Set the moving statistics of BatchNormalization layers to those of ``images``
     (float model inputs); returns how many layers were set. ``layers``: which
     (default: every BatchNorm layer of the backbone).
@@ -293,9 +300,11 @@ def calibrate_batchnorm(model: keras.Model, images, *, batch_size: int = 256, la
     ImageNet statistics do not fit /255 input at all, so a model scored in
     inference mode would answer every image alike; recomputing them from the
     training images before each scoring is "PreciseBN" (Wu & Johnson 2021,
-    "Rethinking 'Batch' in BatchNorm"). One forward pass in training mode with
-    momentum 0 gives each layer the statistics of its real inputs; no weight is
-    changed. Hand-written: Keras has no BatchNorm recalibration utility.
+    "Rethinking 'Batch' in BatchNorm"). Forward passes in training mode over
+    ``batch_size`` images at a time give each layer the statistics of its real
+    inputs, averaged over the passes as PreciseBN does (momentum (k-1)/k at pass
+    k: a running mean); no weight is changed. Hand-written: Keras has no
+    BatchNorm recalibration utility.
     """
     import numpy as np
 
@@ -308,12 +317,16 @@ def calibrate_batchnorm(model: keras.Model, images, *, batch_size: int = 256, la
     saved = [(layer, layer.trainable, layer.momentum) for layer in bn]
     others = [(layer, layer.trainable) for layer in batchnorm_layers(model) if layer not in bn]
     for layer in bn:
-        layer.trainable, layer.momentum = True, 0.0
+        layer.trainable = True
     for layer, _ in others:  # a frozen BatchNorm layer keeps its statistics (and runs in inference mode)
         layer.trainable = False
-    sample = np.asarray(images)[:batch_size]
+    images = np.asarray(images)
+    chunks = np.array_split(np.arange(len(images)), max(1, -(-len(images) // batch_size)))
     try:
-        model(sample, training=True)
+        for k, rows in enumerate(chunks, 1):
+            for layer in bn:  # pass k weighs 1/k: the mean of the passes' statistics
+                layer.momentum = (k - 1) / k
+            model(images[rows], training=True)
     finally:
         for layer, trainable, momentum in saved:
             layer.trainable, layer.momentum = trainable, momentum

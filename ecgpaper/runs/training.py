@@ -222,8 +222,7 @@ def precise_batchnorm(model, config: RunConfig, images: np.ndarray) -> int:
         return 0
     layers = batchnorm_layers(model, trainable_only=True)
     sample = images[np.linspace(0, len(images) - 1, min(len(images), PRECISE_BN_IMAGES)).astype(int)]
-    return calibrate_batchnorm(model, scaling_fn(config.scaling, config.model)(sample).numpy(),
-                               layers=layers, batch_size=len(sample))
+    return calibrate_batchnorm(model, scaling_fn(config.scaling, config.model)(sample).numpy(), layers=layers)
 
 
 def _precise_bn_callback(model, config: RunConfig, images: np.ndarray):
