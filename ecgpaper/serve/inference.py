@@ -152,9 +152,12 @@ class Classifier:
         from ecgpaper.model.gradcam import gradcam_model, gradcam_tensors
 
         self.model = keras.models.load_model(model_file, safe_mode=True, compile=False)
-        if self.model.output_shape[-1] != len(self.class_codes):
-            raise ModelUnavailable(f"{model_file.name} has {self.model.output_shape[-1]} outputs but "
-                                   f"its metadata lists {len(self.class_codes)} classes; export again.")
+        classes = len(self.class_codes)
+        shape = tuple(self.model.output_shape) if isinstance(self.model.output_shape, tuple) else None
+        if shape is None or len(shape) != 2 or shape[-1] != classes:
+            raise ModelUnavailable(f"{model_file.name} answers with shape {self.model.output_shape}, "
+                                   f"not (batch, {classes}) class probabilities as its metadata "
+                                   "lists; export a model of this package again.")
         scale = scaling_fn(prep["scaling"], meta["model"])
         grad_model = gradcam_model(self.model)
         n = self.settings.size
@@ -171,7 +174,11 @@ class Classifier:
         self._predict = predict
         self._predict_and_explain = predict_and_explain
         warm = np.zeros((1, n, n, 3), np.uint8)
-        self._predict(warm)
+        p = np.asarray(self._predict(warm), float)
+        if p.shape != (1, classes) or not (np.all(p >= 0) and abs(p.sum() - 1) < 1e-2):
+            raise ModelUnavailable(f"{model_file.name} answers {np.round(p, 3).tolist()} for a blank "
+                                   "image: not class probabilities (no softmax?); export a model "
+                                   "of this package again.")
         self._predict_and_explain(warm)
 
     def forward(self, batch_uint8: np.ndarray, *, explain: bool = False):

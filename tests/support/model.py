@@ -1,6 +1,7 @@
-"""The model a live test server serves: the smoke baseline (VGG16 and ResNet50,
+"""The models a live test server serves: the smoke baseline (VGG16 and ResNet50,
 64 px) trained on the synthetic twin, the best run exported (about 40 s on 2 CPU
-cores). Uses pytest (conftest's ``point_paths``): for the tests only."""
+cores), or :func:`tiny_export`'s untrained one (seconds). Uses pytest (conftest's
+``point_paths``): for the tests only."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,3 +23,33 @@ def train_and_export_smoke_model(root: Path) -> Path:
     finally:
         mp.undo()
     return root
+
+
+def tiny_export(dest: Path, *, output: str = "probabilities", size: int = 64) -> Path:
+    """An untrained export in seconds (no training): one convolution, then
+    ``output="probabilities"``: (batch, 4) softmax, as the service expects; or
+    ``"spatial"``: a softmax per pixel, (batch, size, size, 4), the wrong rank."""
+    import types
+
+    import keras
+
+    from ecgpaper.runs.export import write_export
+
+    inp = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inp)
+    if output == "probabilities":
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        out = keras.layers.Dense(4, activation="softmax", name="probabilities")(x)
+    elif output == "spatial":
+        out = keras.layers.Softmax(name="probabilities")(x)
+    else:
+        raise ValueError(f"output must be 'probabilities' or 'spatial', not {output!r}")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    keras.Model(inp, out, name="tiny_ecg").save(dest / "source.keras")
+    config = {"model": "VGG16", "image_size": size, "scaling": "rescale", "fit": "resize",
+              "crop": False, "protocol": "grouped"}
+    data = types.SimpleNamespace(dataset="synthetic-smoke", synthetic=True, profile="smoke")
+    write_export(dest / "source.keras", config, data, run_id=f"tiny-{output}", metrics={},
+                 selected_by="test", dest=dest)
+    return dest

@@ -10,7 +10,7 @@ from rest_framework.views import exception_handler
 
 from ecgpaper.serve.inference import InvalidImage, ModelUnavailable
 
-from .services import DeletionRefused
+from .services import DeletionRefused, NotReady
 
 
 class ApiError(exceptions.APIException):
@@ -51,6 +51,8 @@ def _from_service(exc: Exception) -> Exception:
         return ApiError(code, exc.code, exc.detail)
     if isinstance(exc, ModelUnavailable):
         return ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "model_unavailable", str(exc))
+    if isinstance(exc, NotReady):
+        return ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, exc.code, str(exc))
     if isinstance(exc, DeletionRefused):
         return ApiError(status.HTTP_403_FORBIDDEN, "permission_denied", str(exc))
     return exc

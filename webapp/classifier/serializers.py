@@ -10,6 +10,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .models import Classification
+from .security import login_username
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -83,6 +84,10 @@ class LoginSerializer(serializers.Serializer):
     username = serializers.CharField(max_length=150)
     password = serializers.CharField(max_length=4096, style={"input_type": "password"},
                                      trim_whitespace=False)
+
+    def validate_username(self, value: str) -> str:
+        """NFKC, as the admin's login form: both logins authenticate the same name."""
+        return login_username(value)
 
 
 class UserSerializer(serializers.Serializer):

@@ -6,12 +6,16 @@ nothing behind).
 The views validate the request, call these functions and serialise what they
 return. Refusals are typed: :class:`ecgpaper.serve.inference.InvalidImage` (a file
 that cannot be classified, with the API's short code), ``ModelUnavailable``
-(no usable model) and :class:`DeletionRefused`; ``errors.api_exception_handler``
+(no usable model), :class:`DeletionRefused` and :class:`NotReady` (readiness);
+``errors.api_exception_handler``
 gives each its status code and ``{"error", "detail"}`` body.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,10 +24,13 @@ from django.apps import apps
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import UploadedFile
+from django.db import DatabaseError
 
 from ecgpaper.serve.inference import InvalidImage, decode_upload, stored_copy
 
 from .models import Classification
+
+log = logging.getLogger("classifier")
 
 #: the permission to delete another user's record (superusers hold it)
 DELETE_ANY = "classifier.delete_classification"
@@ -31,6 +38,39 @@ DELETE_ANY = "classifier.delete_classification"
 
 class DeletionRefused(Exception):
     """The user may not delete this record (it is another user's)."""
+
+
+class NotReady(Exception):
+    """Something every request needs is unusable (``code``: the API's short code)."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail)
+        self.code = code
+
+
+def check_ready() -> None:
+    """Raise :class:`NotReady` unless the database answers a query, the upload folder
+    takes a new file and the model is usable (``ModelUnavailable``). The server log
+    gets the details (paths, exception texts); the answer does not."""
+    try:
+        Classification.objects.exists()
+    except DatabaseError as exc:
+        log.error("not ready: the database cannot be queried: %s: %s", type(exc).__name__, exc)
+        raise NotReady("database_unavailable",
+                       "The database cannot be queried (details in the server log). Check that "
+                       "it is running and migrated (`python webapp/manage.py migrate`).") from None
+    media = settings.MEDIA_ROOT
+    try:
+        os.makedirs(media, mode=0o700, exist_ok=True)
+        with tempfile.TemporaryFile(dir=media):  # what FileSystemStorage.save needs
+            pass
+    except OSError as exc:
+        log.error("not ready: the upload folder %s is not writable: %s: %s", media,
+                  type(exc).__name__, exc)
+        raise NotReady("storage_unavailable",
+                       "The upload folder (ECGWEB_MEDIA_ROOT) is not a writable folder (details "
+                       "in the server log). Fix its owner and permissions, or the disk.") from None
+    current_classifier()
 
 
 def current_classifier():

@@ -36,7 +36,7 @@ from rest_framework.views import APIView
 from . import services
 from .errors import ApiError
 from .models import Classification
-from .security import LoginRateThrottle, UploadRateThrottle, UserRateThrottle
+from .security import LOGIN_THROTTLES, UploadRateThrottle, UserRateThrottle
 from .serializers import (
     ClassificationCreatedSerializer,
     ClassificationSerializer,
@@ -80,8 +80,10 @@ class HealthView(APIView):
 
 
 class ReadyView(APIView):
-    """Readiness for load balancers: 200 once this worker has a usable model, else 503
-    ``model_unavailable`` (with what to do). Never throttled, no login."""
+    """Readiness for load balancers: 200 once this worker has a usable model, its
+    database answers and the upload folder is writable; else 503 ``model_unavailable``,
+    ``database_unavailable`` or ``storage_unavailable`` (with what to do). Never
+    throttled, no login."""
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
@@ -89,7 +91,7 @@ class ReadyView(APIView):
 
     @extend_schema(responses={200: HealthSerializer, **_errors(503)}, auth=[])
     def get(self, request):
-        services.current_classifier()  # without a usable model: ModelUnavailable, 503
+        services.check_ready()  # NotReady or ModelUnavailable: 503
         return Response(HealthSerializer({"status": "ready", "model_loaded": True}).data)
 
 
@@ -107,11 +109,12 @@ class CsrfTokenView(APIView):
 
 class LoginView(APIView):
     """Session login; CSRF is enforced here too (no login CSRF). Attempts are
-    throttled per user name and client address (``ECGWEB_THROTTLE_LOGIN``)."""
+    throttled per user name and client address (``ECGWEB_THROTTLE_LOGIN``), per
+    account and per address (``ECGWEB_THROTTLE_LOGIN_ACCOUNT``, ``_ADDRESS``)."""
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
-    throttle_classes = [LoginRateThrottle, UserRateThrottle]
+    throttle_classes = [*LOGIN_THROTTLES, UserRateThrottle]
 
     @extend_schema(request=LoginSerializer, responses={200: UserSerializer, **_errors(400, 403, 429)},
                    auth=[])

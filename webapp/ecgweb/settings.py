@@ -72,6 +72,11 @@ if _env_flag("ECGWEB_HTTPS"):  # TLS ends at a reverse proxy that sets X-Forward
     # the proxy redirects http to https and sends HSTS (webapp/README.md's nginx snippet)
     SILENCED_SYSTEM_CHECKS = ["security.W004", "security.W008"]
 SESSION_COOKIE_SAMESITE = "Lax"
+#: a shared workstation: a session ends after this many idle minutes (every request renews
+#: it, SESSION_SAVE_EVERY_REQUEST) and when the browser closes (the cookie has no Max-Age)
+SESSION_COOKIE_AGE = max(1, round(float(os.environ.get("ECGWEB_SESSION_IDLE_MINUTES", "30")) * 60))
+SESSION_SAVE_EVERY_REQUEST = _env_flag("ECGWEB_SESSION_SAVE_EVERY_REQUEST", default=True)
+SESSION_EXPIRE_AT_BROWSER_CLOSE = _env_flag("ECGWEB_SESSION_EXPIRE_AT_BROWSER_CLOSE", default=True)
 CSRF_COOKIE_SAMESITE = "Lax"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -158,6 +163,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+    # not a check: Django's hook after a password change, revoking the user's API tokens
+    {"NAME": "classifier.security.RevokeTokensOnPasswordChange"},
 ]
 
 LANGUAGE_CODE = "en-us"
@@ -210,6 +217,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "user": os.environ.get("ECGWEB_THROTTLE_USER", "120/min"),  # per user (anonymous: per IP)
         "login": os.environ.get("ECGWEB_THROTTLE_LOGIN", "5/min"),  # per user name + client IP
+        "login_account": os.environ.get("ECGWEB_THROTTLE_LOGIN_ACCOUNT", "30/hour"),  # any address
+        "login_address": os.environ.get("ECGWEB_THROTTLE_LOGIN_ADDRESS", "20/min"),  # any user name
         "upload": os.environ.get("ECGWEB_THROTTLE_UPLOAD", "30/min"),  # uploads per user
     },
     # proxies in front of the server that append to X-Forwarded-For: 0 (no proxy) makes DRF
@@ -237,7 +246,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
-# --- logging: one audit line per request, to <state>/audit.log and stderr ----------------
+# --- logging: one audit line per request, to <state>/audit.log and stderr; errors to stderr --
 AUDIT_LOG = Path(os.environ.get("ECGWEB_AUDIT_LOG", STATE_DIR / "audit.log"))
 AUDIT_LOG.parent.mkdir(parents=True, exist_ok=True)
 LOGGING = {
@@ -253,5 +262,9 @@ LOGGING = {
     "loggers": {
         "ecgweb.audit": {"handlers": ["audit_file", "stderr"], "level": "INFO", "propagate": False},
         "classifier": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        "ecgpaper": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        # 5xx with their tracebacks: with DEBUG off, Django's default only mails them to
+        # ADMINS (none here). (Its 4xx warnings are left out: the audit log has those.)
+        "django.request": {"handlers": ["stderr"], "level": "ERROR", "propagate": False},
     },
 }
