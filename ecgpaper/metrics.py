@@ -27,6 +27,12 @@ from sklearn.metrics import (
 from ecgpaper.config import CLASS_CODES, PAPER_METRICS
 
 
+#: the bootstrap every single-run interval uses (a run's metrics.json, Table 1 and the
+#: baseline rows of REPORT.md, the lightweight and ablation tables): one number, one interval
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
 def labels_and_predictions(y_true, proba, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Integer true labels (one-hot rows accepted) and argmax predictions."""
     y = np.asarray(y_true)
@@ -47,16 +53,16 @@ def labels_and_predictions(y_true, proba, n_classes: int) -> tuple[np.ndarray, n
 
 def _bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, n_bootstrap: int, seed: int,
                   groups=None) -> dict:
-    """Percentile 95 % intervals of accuracy and macro F1, resampling test images
+    """Percentile 95 % intervals of each metric of the paper, resampling test images
     with replacement (or whole groups, e.g. duplicate groups, when given)."""
-    groups = np.arange(len(y_true)) if groups is None else groups
+    groups = np.arange(len(y_true)) if groups is None else np.asarray(groups)
     draws = bootstrap_sets([(y_true, y_pred, groups)], n_bootstrap=n_bootstrap, seed=seed)
-    return {name: percentile_ci(draws[:, PAPER_METRICS.index(name)]) for name in ("accuracy", "f1")}
+    return {name: percentile_ci(draws[:, k]) for k, name in enumerate(PAPER_METRICS)}
 
 
 def evaluate_predictions(y_true: np.ndarray, proba: np.ndarray, *,
-                         class_codes: Sequence[str] = CLASS_CODES, n_bootstrap: int = 1000,
-                         seed: int = 0, groups=None) -> dict:
+                         class_codes: Sequence[str] = CLASS_CODES, n_bootstrap: int = BOOTSTRAP_RESAMPLES,
+                         seed: int = BOOTSTRAP_SEED, groups=None) -> dict:
     """The paper's test metrics for one run (sections 3.1, 4), with 95 % intervals.
 
     y_true: integer labels in ``class_codes`` order (or one-hot rows); proba:
@@ -65,11 +71,13 @@ def evaluate_predictions(y_true: np.ndarray, proba: np.ndarray, *,
     averaged over the classes present in y_true or the predictions),
     ``n_test``, ``confusion`` (rows = true, columns = predicted, every class in
     ``class_codes`` order even when absent), ``per_class`` ({code: precision,
-    recall, f1, support}), ``ci95`` ({"accuracy": [lo, hi], "f1": [lo, hi]}:
-    percentile bootstrap, ``n_bootstrap`` resamples seeded by ``seed``; None when
-    n_bootstrap is 0) and ``n_bootstrap``. ``groups`` (one id per image, e.g.
-    the duplicate group) makes the bootstrap resample whole groups, so copies
-    of one ECG do not count as independent evidence.
+    recall, f1, support}), ``ci95`` ({metric: [lo, hi]} for accuracy and macro
+    precision, recall and F1: percentile bootstrap, ``n_bootstrap`` resamples
+    seeded by ``seed``; None when n_bootstrap is 0), ``n_bootstrap`` and
+    ``ci95_resamples`` ("duplicate groups" or "images"). ``groups`` (one id per
+    image, e.g. the duplicate group) makes the bootstrap resample whole groups,
+    so copies of one ECG do not count as independent evidence; every run passes
+    them (training.train_run).
     """
     codes = list(class_codes)
     labels = list(range(len(codes)))
@@ -92,6 +100,7 @@ def evaluate_predictions(y_true: np.ndarray, proba: np.ndarray, *,
         "per_class": per_class,
         "ci95": _bootstrap_ci(y, pred, n_bootstrap, seed, groups) if n_bootstrap else None,
         "n_bootstrap": int(n_bootstrap),
+        "ci95_resamples": "images" if groups is None else "duplicate groups",
     }
 
 

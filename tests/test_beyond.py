@@ -375,7 +375,7 @@ def test_soft_vote_averages_probabilities_and_members_are_chosen_by_validation()
     p2 = np.array([[.45, .55, 0, 0], [0, 1, 0, 0], [0, 0, .4, .6], [0, 0, 0, 1]])
     for name, p in (("r1", p1), ("r2", p2)):
         _fake_run(dataset, profile, name, y, p, paths_)
-    vote = lightweight.soft_vote(Workspace(dataset, profile), ["r1", "r2"], n_bootstrap=50)
+    vote = lightweight.soft_vote(Workspace(dataset, profile), ["r1", "r2"], ["g0", "g0", "g1", "g2"], n_bootstrap=50)
     assert np.allclose(vote["proba"], (p1 + p2) / 2)
     assert list(vote["pred"]) == [0, 1, 2, 3] and vote["accuracy"] == 1.0  # alone: 3 and 2 of 4
     table = pd.DataFrame({"run_id": ["a", "b", "c"], "val_accuracy": [0.5, 0.9, 0.9],

@@ -173,3 +173,45 @@ def test_reference_run_regenerates_its_folder_from_a_run(smoke_run_root, tmp_pat
                            "--out", str(out)], env=env, capture_output=True, timeout=300).returncode == 0
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
         f for f in stamp["figures"] if f != "fig04_webpage.png")
+
+
+def test_one_number_has_one_interval_in_metrics_json_the_tables_and_report(smoke_run_root, monkeypatch):
+    """A run's interval is its metrics.json's (duplicate groups resampled) wherever
+    REPORT.md and its tables print it: the verdict table's single-run rows, the
+    baseline sentences and the lightweight study's lines."""
+    import pandas as pd
+
+    from ecgpaper.outputs import format_ci
+    from ecgpaper.runs.store import experiment_runs
+
+    from conftest import point_paths
+
+    point_paths(monkeypatch, smoke_run_root)
+    ws = Workspace("synthetic-smoke", "smoke")
+    baseline = {r.config["model"]: r for r in experiment_runs("baseline", ws)}
+    grid = {(r.config["batch_size"], r.config["learning_rate"]): r for r in experiment_runs("grid", ws)}
+    for run in [*baseline.values(), *grid.values()]:
+        assert run.metrics["ci95_resamples"] == "duplicate groups", run.run_id
+    stats = pd.read_csv(ws.table("table_statistics"))
+    checked = 0
+    for row in stats[stats["runs"] == 1].to_dict("records"):
+        label = row["number"]
+        if label.startswith("baseline "):
+            run, metric = baseline[label.split()[1]], label.split()[-1]
+        elif label.startswith("Table 1 "):
+            _, _, _, b, _, lr, metric = label.split()
+            run = grid[(int(b), float(lr))]
+        else:
+            continue
+        assert [row["ci95_groups_low"], row["ci95_groups_high"]] == pytest.approx(
+            run.metrics["ci95"][metric], abs=1e-12), label
+        checked += 1
+    assert checked == len(baseline) + 4 * len(grid)
+    report = (smoke_run_root / "results/synthetic-smoke/smoke/REPORT.md").read_text()
+    for model, run in baseline.items():
+        ci = format_ci(run.metrics["ci95"]["accuracy"])
+        lines = [line for line in report.splitlines()
+                 if line.startswith((f"| baseline {model} accuracy |", f"- {model}: accuracy"))]
+        assert lines, model
+        for line in lines:
+            assert ci in line, (model, ci, line)

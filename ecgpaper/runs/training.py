@@ -609,7 +609,10 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print,
     t1 = time.perf_counter()
     proba = model.predict(test_ds, verbose=0)
     predict_seconds = time.perf_counter() - t1
-    metrics = evaluate_predictions(y_te, proba, seed=config.seed)
+    # one interval per number: copies of one ECG resampled together, with the bootstrap
+    # REPORT.md's tables use (metrics.BOOTSTRAP_SEED), so they print the same interval
+    groups = test_rows["group"].astype(str).to_numpy() if "group" in test_rows else None
+    metrics = evaluate_predictions(y_te, proba, groups=groups)
     # a run whose predictions are constant or uniform, or that never fitted its
     # training set, is flagged: no verdict in REPORT.md, never exported (metrics.collapse_check)
     metrics["collapse"] = collapse_check(

@@ -24,13 +24,13 @@ import time
 import numpy as np
 import pandas as pd
 
-from ecgpaper.metrics import acc_f1, bootstrap_sets, percentile_ci
+from ecgpaper.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, acc_f1, bootstrap_sets, percentile_ci
 from ecgpaper.model.pipeline import labels_to_indices, scaling_fn
 from ecgpaper.outputs import format_ci, interval_columns, save_figure, save_table, use_style
 from ecgpaper.paths import Workspace
 from ecgpaper.runs.experiments import experiment_configs, run_configs, scaled_configs
 from ecgpaper.runs.store import Run, load_predictions, load_run, probabilities, record_experiment
-from ecgpaper.studies.common import DataSource, same_test_images
+from ecgpaper.studies.common import DataSource, same_test_images, test_groups
 
 #: the paper's baseline setting (section 4) for the lighter backbones
 LIGHT_SPECS = [dict(model=m, batch_size=16, learning_rate=1e-4, epochs=20)
@@ -124,10 +124,10 @@ def choose_members(table: pd.DataFrame, k: int = ENSEMBLE_SIZE) -> list[str]:
 
 
 def soft_vote(ws: Workspace, run_ids: list[str], groups=None, *,
-              n_bootstrap: int = 1000) -> dict:
+              n_bootstrap: int = BOOTSTRAP_RESAMPLES) -> dict:
     """Average the test-set class probabilities of ``run_ids`` (same test
     images) and evaluate the argmax: accuracy, macro F1, 95 % CI (bootstrap
-    over ``groups`` when given, else over images)."""
+    over duplicate groups: ``groups``, else those of the runs' test manifest)."""
     preds = [load_predictions(ws, i) for i in run_ids]
     if not same_test_images(preds):
         raise ValueError("soft voting needs runs evaluated on the same test images")
@@ -135,8 +135,9 @@ def soft_vote(ws: Workspace, run_ids: list[str], groups=None, *,
     y = labels_to_indices(preds[0]["true"])
     pred = proba.argmax(1)
     acc, f1 = acc_f1(y, pred)
-    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
-    boot = bootstrap_sets([(y, pred, groups)], n_bootstrap=n_bootstrap, seed=0)
+    if groups is None:
+        groups = test_groups(ws.dataset, load_run(ws, run_ids[0]).config, preds[0]["path"])
+    boot = bootstrap_sets([(y, pred, np.asarray(groups))], n_bootstrap=n_bootstrap, seed=BOOTSTRAP_SEED)
     return {"proba": proba, "y": y, "pred": pred, "accuracy": acc, "f1": f1,
             "accuracy_ci95": percentile_ci(boot[:, 0]), "f1_ci95": percentile_ci(boot[:, 3])}
 

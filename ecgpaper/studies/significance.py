@@ -20,6 +20,8 @@ from ecgpaper.config import PAPER_METRICS, PAPER_RESULTS
 from ecgpaper.data.splits import read_manifest
 from ecgpaper.errors import UserError
 from ecgpaper.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
     bootstrap_sets,
     group_members,
     group_sign_test,
@@ -40,7 +42,7 @@ from ecgpaper.studies.verdicts import (
     verdict_text,
 )
 
-N_BOOTSTRAP = 1000
+N_BOOTSTRAP = BOOTSTRAP_RESAMPLES
 
 
 def _runs(name: str, ws: Workspace) -> list[dict]:
@@ -72,8 +74,9 @@ def comparison_row(label: str, ws: Workspace, runs: list[Run], metric: str,
     sets = [_test_set(ws, r) for r in runs]
     k = PAPER_METRICS.index(metric)
     ours = float(np.mean([scores(s["y"], s["pred"])[k] for s in sets]))
+    # for one run, the very bootstrap of its metrics.json (metrics.evaluate_predictions)
     by_group = bootstrap_sets([(s["y"], s["pred"], s["groups"]) for s in sets],
-                              n_bootstrap=n_bootstrap, seed=0, paired=True)[:, k]
+                              n_bootstrap=n_bootstrap, seed=BOOTSTRAP_SEED, paired=True)[:, k]
     differences = runs_differences(runs, ws.dataset)
     comparison = compare_with_paper(by_group, paper, ours=ours, n_test=len(sets[0]["y"]),
                                     n_groups=len(group_members(sets[0]["groups"])),
