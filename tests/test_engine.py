@@ -21,7 +21,7 @@ from ecgpaper import paths
 from ecgpaper.errors import UserError
 from ecgpaper.paths import Workspace
 from ecgpaper.runs import engine
-from ecgpaper.runs.store import append_record, read_registry, registry_path
+from ecgpaper.runs.store import append_record, registry_path
 
 REPO = Path(__file__).resolve().parent.parent
 
