@@ -172,7 +172,7 @@ def test_two_concurrent_grid_commands_train_each_run_exactly_once():
 def test_a_killed_worker_is_a_failed_run_that_a_rerun_retries():
     _prepare()
     proc = _cli("run", "baseline", "--profile", "smoke", "--no-export")
-    logs = _runs_dir() / ".logs"
+    logs = engine.log_dir(Workspace("synthetic-smoke", "smoke"))
     first_log = None
     t0 = time.time()
     while first_log is None and time.time() - t0 < 300:
@@ -189,7 +189,7 @@ def test_a_killed_worker_is_a_failed_run_that_a_rerun_retries():
     finished = [r["run_id"] for r in _records()]
     assert len(finished) == 1 and finished[0] != failed and finished[0].startswith("resnet50-")
     assert not (_runs_dir() / failed).exists() and not list(_runs_dir().glob(".*.partial"))
-    assert not list((_runs_dir() / ".claims").glob("*.json"))
+    assert not list(engine.claims_dir(Workspace("synthetic-smoke", "smoke")).glob("*.json"))
     # a rerun trains only the failed run
     again = _cli("run", "baseline", "--profile", "smoke", "--no-export")
     out = _finish(again)
@@ -216,7 +216,8 @@ def test_a_run_over_its_time_limit_fails_and_a_killed_parent_leaves_no_orphan():
     proc = _cli("run", "baseline", "--profile", "smoke", "--no-export")
     log = None
     while log is None and proc.poll() is None:
-        log = next(iter((_runs_dir() / ".logs").glob("*.log")), None) if (_runs_dir() / ".logs").exists() else None
+        logs = engine.log_dir(Workspace("synthetic-smoke", "smoke"))
+        log = next(iter(logs.glob("*.log")), None) if logs.exists() else None
         time.sleep(0.2)
     pid = _worker_pid(log)
     proc.kill()
@@ -271,6 +272,6 @@ def test_runs_go_to_a_local_ray_cluster(tmp_path):
     assert all(e["kind"] == "ray" and e["ray_node"] for e in executors), executors
     assert len({e["pid"] for e in executors}) == 2 and os.getpid() not in {e["pid"] for e in executors}
     for r in records:  # each Ray task's output is in the run's log
-        log = (_runs_dir() / ".logs" / f"{r['run_id']}.log").read_text()
+        log = (engine.log_dir(Workspace("synthetic-smoke", "smoke")) / f"{r['run_id']}.log").read_text()
         assert "train accuracy" in log and "test accuracy" in log
     assert all(r["metrics"]["accuracy"] > 0.25 for r in records)  # above chance: they learned

@@ -147,7 +147,8 @@ def run_timeout() -> float | None:
 # --------------------------------------------------------------------------
 
 def claims_dir(ws: Workspace) -> Path:
-    return runs_dir(ws) / ".claims"
+    """``results/<dataset>/<profile>/.claims/``: beside ``runs/``, which holds run folders only."""
+    return ws.results / ".claims"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -162,7 +163,7 @@ def _pid_alive(pid: int) -> bool:
 
 @dataclass
 class Claim:
-    """``runs/.claims/<run id>.json``, created with ``O_EXCL``: the owner (host, pid,
+    """``.claims/<run id>.json``, created with ``O_EXCL``: the owner (host, pid,
     token) trains the run; the file's mtime is its heartbeat."""
     path: Path
     token: str
@@ -246,7 +247,8 @@ def _take_over_if_stale(path: Path) -> bool:
 # --------------------------------------------------------------------------
 
 def log_dir(ws: Workspace) -> Path:
-    return runs_dir(ws) / ".logs"
+    """``results/<dataset>/<profile>/logs/<run id>.log``: each run's own output."""
+    return ws.results / "logs"
 
 
 def _child_environment(gpu: str | None) -> dict:
