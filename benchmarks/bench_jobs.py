@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     import pandas as pd
 
-    from ecgpaper import paths
+    from ecgpaper.outputs import append_benchmark
 
     rows = []
     for jobs in args.jobs:
@@ -60,13 +59,7 @@ def main() -> None:
                                                      / len(records), 3)})
     table = pd.DataFrame(rows)
     table["speed_up"] = (table["wall_seconds"].iloc[0] / table["wall_seconds"]).round(2)
-    table["machine"] = f"{platform.node()} ({os.cpu_count()} CPUs)"
-    table["date"] = time.strftime("%Y-%m-%d")
-    out = paths.BENCHMARKS / "jobs.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, mode="a", header=not out.exists(), index=False)
-    print(table.drop(columns=["machine", "date"]).to_markdown(index=False))
-    print(f"\nappended to {out}")
+    append_benchmark(table, "jobs")
 
 
 if __name__ == "__main__":

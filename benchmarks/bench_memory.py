@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -63,7 +62,7 @@ def main() -> None:
         return
     import pandas as pd
 
-    from ecgpaper import paths
+    from ecgpaper.outputs import append_benchmark
 
     rows = []
     for executor in ("inline", "process"):
@@ -80,13 +79,7 @@ def main() -> None:
                     rows.append({"executor": executor, **json.loads(line)})
     table = pd.DataFrame(rows)
     table.insert(0, "profile", args.profile)
-    table["machine"] = f"{platform.node()} ({os.cpu_count()} CPUs)"
-    table["date"] = time.strftime("%Y-%m-%d")
-    out = paths.BENCHMARKS / "memory.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, mode="a", header=not out.exists(), index=False)
-    print(table.drop(columns=["machine", "date"]).to_markdown(index=False))
-    print(f"\nappended to {out}")
+    append_benchmark(table, "memory")
 
 
 if __name__ == "__main__":

@@ -122,3 +122,20 @@ def warn_if_collapsed(runs) -> None:
         from IPython.display import Markdown, display
 
         display(Markdown(text))
+
+
+def append_benchmark(table: pd.DataFrame, name: str, *, hide: tuple[str, ...] = ()) -> Path:
+    """Append a benchmark's rows, stamped with the machine and the date, to
+    ``results/benchmarks/<name>.csv`` (a history: one row per measurement) and
+    print them as Markdown without the stamp and the ``hide`` columns."""
+    import os
+    import platform
+    import time
+
+    table = table.assign(machine=f"{platform.node()} ({os.cpu_count()} CPUs)", date=time.strftime("%Y-%m-%d"))
+    out = paths.BENCHMARKS / f"{name}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, mode="a", header=not out.exists(), index=False)
+    print(table.drop(columns=["machine", "date", *hide]).to_markdown(index=False))
+    print(f"\nappended to {out}")
+    return out

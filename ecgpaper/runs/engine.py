@@ -570,7 +570,7 @@ def train_in_processes(jobs: list[tuple[RunConfig, RunData]], *, name: str = "ru
                 backend.finished(handle)
                 if over:
                     reason = f"over the per-run time limit of {limit:g} s ({TIMEOUT_ENV})"
-                if reason is None and run_id not in finished_run_ids(ws):
+                if reason is None and run_id not in finished_run_ids(ws):  # read after its exit
                     reason = "the worker exited without writing the run"
                 if reason is None:
                     done += 1
@@ -579,8 +579,10 @@ def train_in_processes(jobs: list[tuple[RunConfig, RunData]], *, name: str = "ru
                     failures[run_id] = reason + _log_tail(log_path)
                     log(f"[{name}] {run_id} FAILED: {reason} (log {log_path})")
                 claim.release()
+            if waiting:  # the registry once per poll, not once per waiting run
+                finished = finished_run_ids(ws)
             for run_id in list(waiting):
-                if run_id in finished_run_ids(ws):
+                if run_id in finished:
                     del waiting[run_id]
                     done += 1
                 elif not (claims_dir(ws) / f"{run_id}.json").exists() or \

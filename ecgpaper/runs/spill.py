@@ -24,6 +24,7 @@ from ecgpaper.runs.training import RunData
 # --------------------------------------------------------------------------
 
 SUBSETS = ("train", "val", "test")
+SPILLED_FROM = "_spilled_from"  # the folder a RunData was memory-mapped from (load_spilled)
 
 
 def data_digest(data: RunData) -> str:
@@ -38,7 +39,11 @@ def data_digest(data: RunData) -> str:
 
 
 def spill_data(data: RunData) -> Path:
-    """Write ``data`` to ``data/cache/run-data/<digest>/`` once (atomic rename) and return the folder."""
+    """Write ``data`` to ``data/cache/run-data/<digest>/`` once (atomic rename) and return the folder.
+    Data that :func:`load_spilled` read is not hashed again: its folder is returned."""
+    known = getattr(data, SPILLED_FROM, None)
+    if known is not None and (Path(known) / "meta.pkl").exists():
+        return Path(known)
     folder = paths.CACHE / "run-data" / data_digest(data)
     if (folder / "meta.pkl").exists():
         return folder
@@ -66,4 +71,6 @@ def load_spilled(folder: Path) -> RunData:
         meta = pickle.load(fh)  # noqa: S301 (written by spill_data in this project's cache)
     subsets = {name: (np.load(folder / f"{name}_x.npy", mmap_mode="r"),
                       np.load(folder / f"{name}_y.npy"), meta["rows"][name]) for name in SUBSETS}
-    return RunData(**subsets, manifest_sha=meta["manifest_sha"], extra=meta["extra"])
+    data = RunData(**subsets, manifest_sha=meta["manifest_sha"], extra=meta["extra"])
+    setattr(data, SPILLED_FROM, folder)  # spill_data(data) returns it without hashing the images again
+    return data
