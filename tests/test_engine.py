@@ -275,3 +275,40 @@ def test_runs_go_to_a_local_ray_cluster(tmp_path):
         log = (engine.log_dir(Workspace("synthetic-smoke", "smoke")) / f"{r['run_id']}.log").read_text()
         assert "train accuracy" in log and "test accuracy" in log
     assert all(r["metrics"]["accuracy"] > 0.25 for r in records)  # above chance: they learned
+
+
+def test_spilled_run_data_is_memory_mapped_and_not_hashed_twice(tmp_path, monkeypatch):
+    """A run's data goes to its worker through data/cache/run-data/<digest> (runs.spill):
+    read back memory-mapped, equal to what was spilled; spilling data that was read back
+    returns its folder without hashing the images again; other data gets another folder."""
+    import numpy as np
+
+    from conftest import point_paths
+    from ecgpaper.runs import spill
+    from ecgpaper.runs.training import RunData
+
+    point_paths(monkeypatch, tmp_path)
+    rng = np.random.default_rng(0)
+
+    def subset(n):
+        return rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8), rng.integers(0, 4, n), list(range(n))
+
+    data = RunData(train=subset(6), val=subset(3), test=subset(3), manifest_sha="abc", extra={"crop": False})
+    folder = spill.spill_data(data)
+    assert folder.parent == tmp_path / "data" / "cache" / "run-data"
+    back = spill.load_spilled(folder)
+    assert isinstance(back.train[0], np.memmap)
+    for name in spill.SUBSETS:
+        np.testing.assert_array_equal(getattr(back, name)[0], getattr(data, name)[0])
+        np.testing.assert_array_equal(getattr(back, name)[1], getattr(data, name)[1])
+    assert (back.manifest_sha, back.extra, back.test[2]) == ("abc", {"crop": False}, [0, 1, 2])
+
+    def no_hashing(_):
+        raise AssertionError("the images were hashed again")
+
+    monkeypatch.setattr(spill, "data_digest", no_hashing)
+    assert spill.spill_data(back) == folder
+    monkeypatch.undo()
+    point_paths(monkeypatch, tmp_path)
+    other = RunData(train=subset(6), val=subset(3), test=subset(3), manifest_sha="abc", extra={"crop": False})
+    assert spill.spill_data(other) != folder
