@@ -14,6 +14,9 @@
 # then run them themselves when selected).
 set -euo pipefail
 cd "$(dirname "$0")"
+T0=$(date +%s)
+# the CI budget is 30 minutes on 2 cores: every phase prints when it starts (minutes:seconds)
+phase() { local s=$(( $(date +%s) - T0 )); printf '== [%d:%02d] %s\n' $((s / 60)) $((s % 60)) "$1"; }
 source scripts/bootstrap.sh
 source scripts/build_frontend.sh
 
@@ -32,7 +35,7 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
     || echo "[warn] could not install postgresql: the PostgreSQL tests will be skipped" >&2
 fi
 
-echo "== front end: lint, build, unit tests"
+phase "front end: lint, build, unit tests"
 build_frontend
 (cd webapp/frontend && npm run --silent lint && npm test --silent)
 
@@ -41,18 +44,18 @@ if [ "${ECGPAPER_SKIP_NOTEBOOKS:-0}" != "1" ]; then
   NB_ROOT="$(mktemp -d -t ecgpaper-notebooks-XXXXXX)"
   MINI_ROOT="$(mktemp -d -t ecgpaper-paper-mini-XXXXXX)"
   trap 'if [ -n "$MINI_PID" ]; then kill "$MINI_PID" 2>/dev/null || true; fi; rm -rf "$NB_ROOT" "$MINI_ROOT"' EXIT
-  echo "== the paper profile in miniature, in the background (paper-mini, log in $MINI_ROOT/out.log)"
+  phase "the paper profile in miniature, in the background (paper-mini, log in $MINI_ROOT/out.log)"
   python tests/support/imagenet_mirror.py "$MINI_ROOT" >"$MINI_ROOT/out.log" 2>&1 &
   MINI_PID=$!
-  echo "== notebooks under nbval (smoke profile, outputs in $NB_ROOT)"
+  phase "notebooks under nbval (smoke profile, outputs in $NB_ROOT)"
   ECGPAPER_PROFILE=smoke ECGPAPER_ROOT="$NB_ROOT" python -m pytest --nbval-lax --nbval-current-env \
     --nbval-cell-timeout 1200 -p no:cacheprovider -q notebooks/
   export ECGPAPER_NOTEBOOK_RUN="$NB_ROOT"
 fi
-echo "== test suite"
+phase "test suite"
 if [ -n "$MINI_PID" ]; then
-  python -m pytest --ignore=tests/test_paper_mini.py "$@"
-  echo "== the paper profile in miniature: waiting for it to finish"
+  python -m pytest --durations=25 --ignore=tests/test_paper_mini.py "$@"
+  phase "the paper profile in miniature: waiting for it to finish"
   if ! wait "$MINI_PID"; then
     MINI_PID=""
     tail -n 60 "$MINI_ROOT/out.log" >&2
@@ -64,3 +67,4 @@ if [ -n "$MINI_PID" ]; then
 else
   python -m pytest "$@"
 fi
+phase "all tests passed"
