@@ -378,6 +378,7 @@ def test_every_verdict_row_carries_its_operating_characteristics_and_no_metric_h
     on accuracy; the baseline VGG16 and Table 1's batch 16, lr 1e-4 cell, one run,
     are one row; every row states its simulated operating characteristics, in
     table_statistics and in REPORT.md; the cell the paper chose on its test set is noted."""
+    from ecgpaper import narrative
     from ecgpaper.report import TABLE_HEADER, write_report
 
     dataset, profile = "kaggle", "paper"
@@ -419,6 +420,10 @@ def test_every_verdict_row_carries_its_operating_characteristics_and_no_metric_h
     # no row, in REPORT.md or table_statistics, gives a verdict to precision, recall or F1 alone
     assert not [line for line in table if line.split(" | ")[0].endswith(("accuracy", "precision", "recall", "f1"))]
     assert "| f1 0." not in text and "; f1 " in main[0]  # shown beside accuracy, without a verdict
+    counts = {o: sum(r["outcome"] == o for r in rows) for o in ("consistent", "lower", "higher", "inconclusive")}
+    summary = narrative.report(text, ws)  # notebook 05's summary counts the same verdicts
+    assert "REPORT.md sets 8 results of the paper beside ours, one verdict each: " in summary
+    assert ", ".join(f"{n} {o}" for o, n in counts.items() if n) + "." in summary
 
 
 def test_soft_vote_averages_probabilities_and_members_are_chosen_by_validation():

@@ -134,7 +134,8 @@ def test_the_interpretations_quote_this_runs_numbers(smoke_run_root, monkeypatch
     assert f"accuracy: ours {mean:.4f} +- " in narrative.multirun(multirun, ws)
     report = (smoke_run_root / "results/synthetic-smoke/smoke/REPORT.md").read_text()
     rows = report.split("## Every number of the paper", 1)[1].split("\n## ", 1)[0].count("\n| ") - 1
-    assert f"REPORT.md sets {rows} numbers of the paper beside ours: {rows} n/a." in narrative.report(report, ws)
+    assert f"REPORT.md sets {rows} results of the paper beside ours, one verdict each: {rows} n/a." in (
+        narrative.report(report, ws))
 
 
 def test_reference_run_regenerates_its_folder_from_a_run(smoke_run_root, tmp_path):
