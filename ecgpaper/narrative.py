@@ -149,11 +149,11 @@ def report(text: str, ws: Workspace) -> str:
     """Notebook 05: how REPORT.md's verdicts (``ecgpaper.studies.verdicts``) came out."""
     table = text.split("## Every number of the paper", 1)[-1].split("\n## ", 1)[0]
     rows = [line.strip().strip("|").split("|") for line in table.splitlines() if line.startswith("| ")]
-    header = next((r for r in rows if r[-1].strip() == "verdict"), None)
+    header = next((r for r in rows if r[-1].strip().startswith("verdict")), None)
     verdicts = [r[-1].strip() for r in rows if header and r is not header and len(r) == len(header)
                 and not set(r[-1].strip()) <= set("-: ")]
     counts = {k: sum(v.startswith(k) for v in verdicts) for k in ("n/a",) + OUTCOMES}
-    out = [f"REPORT.md sets {len(verdicts)} numbers of the paper beside ours: "
+    out = [f"REPORT.md sets {len(verdicts)} results of the paper beside ours, one verdict each: "
            + ", ".join(f"{n} {k}" for k, n in counts.items() if n) + "."]
     if counts["n/a"]:
         out.append("'n/a' rows follow another protocol than the paper's (each says what differs: data, "

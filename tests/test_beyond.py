@@ -19,7 +19,9 @@ from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from ecgpaper import metrics, outputs
-from ecgpaper.config import CLASS_CODES, PROFILES
+from ecgpaper.config import CLASS_CODES, PAPER_RESULTS, PROFILES
+
+PAPER_GRID = list(PAPER_RESULTS["grid"])
 from ecgpaper.paths import Workspace
 from ecgpaper.runs import experiments, store
 from ecgpaper.studies import common, leakage, lightweight, probe, robustness, significance
@@ -207,7 +209,10 @@ def test_leakage_conclusions_are_computed_from_the_numbers():
     results = Path(os.environ["ECGPAPER_ROOT"]) / "results/synthetic-fake/smoke"
     copies = pd.read_csv(results / "table_leakage_copies.csv")
     assert list(copies["classifier"]) == [leakage.CNN_LABEL, probe.PROBE_LABEL]
-    assert (results / "leakage_summary.json").exists()
+    # REPORT.md builds its leakage section from the file: it must say what the study said
+    written = json.loads((results / "leakage_summary.json").read_text())
+    assert leakage.sentences(written) == leakage.sentences(summary)
+    assert "do not show that the CNN exploits the copies" in "\n".join(leakage.sentences(written))
 
 
 def test_leakage_runs_reuse_the_grid_run_and_lightweight_reuses_the_baseline():
@@ -305,7 +310,8 @@ def test_paired_row_counts_duplicate_groups_once():
     assert row["distinct_ecgs_in_test"] == 15 and row["test_with_copy_in_train"] == 2  # img00, img01
     lo, hi = row["ci95_groups_low"], row["ci95_groups_high"]
     assert row["verdict"] == significance.paired_outcome(lo, hi, "VGG16", "ResNet50")
-    head = significance.comparison_row("A acc", Workspace(dataset, profile), [runs[0]], "accuracy", 0.5, n_bootstrap=200)
+    head = significance.comparison_row("A acc", Workspace(dataset, profile), [runs[0]], {"accuracy": 0.5},
+                                       n_bootstrap=200)
     assert head["ours"] == pytest.approx(27 / 30) and head["difference"] == pytest.approx(27 / 30 - 0.5)
     assert head["verdict"].startswith("n/a: SYNTHETIC twin") and head["outcome"] == "n/a"
     lo, hi = head["ci95_groups_low"], head["ci95_groups_high"]
@@ -349,15 +355,18 @@ def test_report_gives_one_verdict_per_number_and_na_off_protocol(dataset, profil
     store.record_experiment("baseline", Workspace(dataset, profile), ids)
     text = write_report(Workspace(dataset, profile)).read_text()
     assert TABLE_HEADER[0] in text
-    vgg = next(s for s in text.splitlines() if s.startswith("| baseline VGG16 accuracy |"))
-    res = next(s for s in text.splitlines() if s.startswith("| baseline ResNet50 accuracy |"))
+    vgg = next(s for s in text.splitlines() if s.startswith("| baseline VGG16 = Table 1 batch 16 lr 0.0001 |"))
+    res = next(s for s in text.splitlines() if s.startswith("| baseline ResNet50 |"))
     assert "| 1 | 0.9200 |" in vgg and "| 0.9200 | +0.0000 (" in vgg
     assert "| 0.6000 |" in res and "| 0.8100 | -0.2100 (" in res
+    assert "| 2.09 (" in res  # error rates 0.40 / 0.19, each with half an ECG right and wrong added
     assert "reproduced" not in text
     if protocol_ok:
-        # 200 test images: +-0.04 cannot be shown for 0.92 (inconclusive); 0.60 vs 0.81 is lower
-        assert vgg.endswith("| inconclusive: the difference's 95 % CI holds 0 but reaches beyond +-0.04 |")
-        assert "| lower: " in res
+        # 200 distinct test images: a ratio of 1.00 is shown within 1/2-2; 0.60 vs 0.81 is lower
+        assert vgg.endswith("| consistent: error-rate ratio ours / paper 1.00 (95 % CI 0.58-1.72) lies "
+                            "within 1/2-2 |"), vgg
+        assert "| lower: error-rate ratio ours / paper 2.09 (95 % CI " in res
+        assert "perfect replication: consistent " in vgg and "true 0.05 shortfall: lower " in res
     else:
         for row in (vgg, res):
             assert ("| n/a: SYNTHETIC twin, not the Kaggle images; profile smoke, not paper; random "
@@ -365,6 +374,59 @@ def test_report_gives_one_verdict_per_number_and_na_off_protocol(dataset, profil
     assert "VGG16 vs ResNet50 (baseline)" not in text  # notebook 06 not run: no statistics table
     precision = "- mixed precision (float16 compute, float32 weights; the paper: float32): on in 2 of 2 runs"
     assert (precision in text) == protocol_ok and ("- XLA compilation" in text) == protocol_ok
+
+
+def test_every_verdict_row_carries_its_operating_characteristics_and_no_metric_has_its_own():
+    """Issue 21: one verdict per result of the paper (a run or the five-run mean),
+    on accuracy; the baseline VGG16 and Table 1's batch 16, lr 1e-4 cell, one run,
+    are one row; every row states its simulated operating characteristics, in
+    table_statistics and in REPORT.md; the cell the paper chose on its test set is noted."""
+    from ecgpaper import narrative
+    from ecgpaper.report import TABLE_HEADER, write_report
+
+    dataset, profile = "kaggle", "paper"
+    ws = Workspace(dataset, profile)
+    n = 120
+    y = np.arange(n) % 4
+    paths_ = [f"img{i:03d}.jpg" for i in range(n)]
+    _fake_manifest(dataset, paths_, y, [f"g{i // 2}" for i in range(n)])  # 60 ECGs, two copies each
+    settings = dict(weights="imagenet", image_size=224)
+
+    def run(run_id, right, **config):
+        pred = np.where(np.arange(n) < right, y, (y + 1) % 4)
+        return _finished_run(dataset, profile, run_id, y, pred, paths_, **settings, **config)
+
+    shared = run("vgg-b16-lr1e-4", 110)  # the baseline's VGG16 and the grid's cell: one run id
+    store.record_experiment("baseline", ws, [shared, run("resnet", 96, model="ResNet50")])
+    grid = [shared if cell == significance.BASELINE_CELL else
+            run(f"grid-{cell[0]}-{cell[1]:g}", 100 + k, batch_size=cell[0], learning_rate=cell[1])
+            for k, cell in enumerate(PAPER_GRID)]
+    store.record_experiment("grid", ws, grid)
+    store.record_experiment("multirun", ws, [run(f"multi{i}", 112 + i, batch_size=32) for i in range(5)])
+    rows = significance.paper_comparison_rows(ws, n_bootstrap=100)
+    assert [r["number"] for r in rows] == significance.result_labels()  # 8 results, the shared run once
+    for r in rows:
+        assert r["outcome"] in ("consistent", "lower", "higher", "inconclusive"), r["number"]
+        assert 0 <= r["oc_consistent_if_replicated"] <= 1 and r["oc_false_call_if_replicated"] <= 0.05
+        assert 0 < r["oc_lower_if_5_points_short"] < 1 and r["oc_resolvable_shortfall"] > 0
+        assert r["operating_characteristics"].startswith("perfect replication: consistent ")
+    chosen = significance.cell_label(*significance.PAPER_CHOSEN_CELL)
+    assert [r["number"] for r in rows if "winner's curse" in r["note"]] == [chosen]
+    text = write_report(ws).read_text()
+    lines = text.splitlines()
+    start = lines.index(TABLE_HEADER[1]) + 1
+    main = lines[start:lines.index("", start)]
+    table = [line for line in lines if line.startswith("| ")]
+    assert [line.split(" | ")[0][2:] for line in main] == significance.result_labels()
+    for line, r in zip(main, rows):
+        assert line.endswith(f"| {r['operating_characteristics']} | {r['note']} | {r['verdict']} |")
+    # no row, in REPORT.md or table_statistics, gives a verdict to precision, recall or F1 alone
+    assert not [line for line in table if line.split(" | ")[0].endswith(("accuracy", "precision", "recall", "f1"))]
+    assert "| f1 0." not in text and "; f1 " in main[0]  # shown beside accuracy, without a verdict
+    counts = {o: sum(r["outcome"] == o for r in rows) for o in ("consistent", "lower", "higher", "inconclusive")}
+    summary = narrative.report(text, ws)  # notebook 05's summary counts the same verdicts
+    assert "REPORT.md sets 8 results of the paper beside ours, one verdict each: " in summary
+    assert ", ".join(f"{n} {o}" for o, n in counts.items() if n) + "." in summary
 
 
 def test_soft_vote_averages_probabilities_and_members_are_chosen_by_validation():
@@ -545,20 +607,20 @@ def notebook_run_root(tmp_path_factory):
 def test_notebook_06_leaves_every_figure_table_and_report_section(notebook_run_root):
     figs = notebook_run_root / "figures/synthetic-smoke/smoke"
     results = notebook_run_root / "results/synthetic-smoke/smoke"
-    assert FIGURES == ["fig14_leakage", "fig15_gradcam_grid", "fig16_robustness", "fig17_accuracy_vs_latency"]
-    for name in FIGURES:
-        for ext in ("png", "pdf"):
-            f = figs / f"{name}.{ext}"
-            assert f.exists() and f.stat().st_size > 1000, f
-    for name in TABLES:
-        for ext in ("csv", "md"):
-            f = results / f"{name}.{ext}"
-            assert f.exists() and f.stat().st_size > 0, f
-        assert "synthetic-smoke" in (results / f"{name}.md").read_text()
+    from PIL import Image
+
+    from ecgpaper.report import FIGURE_CAPTIONS
+
     report = (results / "REPORT.md").read_text()
     assert "## Beyond the paper" in report and "Not run yet: notebook `06" not in report
-    for name in FIGURES:
-        assert f"{name}.png" in report
+    for name in FIGURES:  # each figure drawn (not blank), in REPORT.md with its own caption
+        with Image.open(figs / f"{name}.png") as im:
+            assert min(im.size) >= 200 and len(np.unique(np.asarray(im.convert("L")))) > 10, name
+        assert (figs / f"{name}.pdf").read_bytes().startswith(b"%PDF"), name
+        assert f"{name}.png`: {FIGURE_CAPTIONS[name]} (" in report, name  # its caption, not the file stem
+    for name in TABLES:  # each table holds rows, and its Markdown twin says whose they are
+        assert len(pd.read_csv(results / f"{name}.csv")) > 0, name
+        assert "synthetic-smoke" in (results / f"{name}.md").read_text()
     # the Done-when numbers on the twin with planted duplicates
     summary = json.loads((results / "leakage_summary.json").read_text())
     assert all(n == 0 for n in summary["copies"]["grouped"]["test_with_copy_in_train"])
@@ -573,7 +635,7 @@ def test_notebook_06_leaves_every_figure_table_and_report_section(notebook_run_r
     copies = pd.read_csv(results / "table_leakage_copies.csv")
     assert len(copies) == len(effect) and "accuracy_no_copy" in copies
     assert "with a copy in train vs" in report and "upper bound" not in report
-    assert "reproduced" not in report and "| baseline VGG16 accuracy | 1 |" in report
+    assert "reproduced" not in report and "| baseline VGG16 = Table 1 batch 16 lr 0.0001 | 1 |" in report
     assert "n/a: SYNTHETIC twin, not the Kaggle images; profile smoke, not paper" in report
     light = pd.read_csv(results / "table_lightweight.csv", keep_default_na=False)
     assert {"VGG16", "ResNet50", "MobileNetV2", "EfficientNetB0"} <= set(light["model"])
@@ -583,12 +645,19 @@ def test_notebook_06_leaves_every_figure_table_and_report_section(notebook_run_r
     assert set(rob["severity"]) == {0, *robustness.SEVERITIES}
     stats = pd.read_csv(results / "table_statistics.csv", keep_default_na=False)
     paired = stats[stats["test"].str.startswith("paired group bootstrap")]
-    assert len(paired) == 2 and (paired["groups_a_better"].astype(float) >= 0).all()
-    # table_statistics and REPORT.md give the same verdict for each paper number
-    for r in stats[stats["test"] == "group bootstrap"].to_dict("records"):
+    assert len(paired) == 2
+    for r in paired.to_dict("records"):  # McNemar over groups: the counts and the p-value REPORT.md states
+        a, b = int(r["groups_a_better"]), int(r["groups_b_better"])
+        assert a + b <= int(r["distinct_ecgs_in_test"])
+        assert float(r["p_value_groups"]) == pytest.approx(binomtest(a, a + b, 0.5).pvalue if a + b else 1.0)
+        assert f"on {a} groups VGG16 is right more often, on {b} ResNet50" in report
+    # table_statistics and REPORT.md give the same verdict for each result of the paper, one each
+    results_rows = stats[stats["test"].str.startswith("error-rate ratio")]
+    assert list(results_rows["number"]) == significance.result_labels()
+    for r in results_rows.to_dict("records"):
         ci = outputs.format_ci((r["ci95_groups_low"], r["ci95_groups_high"]))
         assert f"| {r['number']} | {r['runs']} | {float(r['ours']):.4f} | {ci} |" in report
-        assert f"| {r['verdict']} |" in report
+        assert f"| {r['operating_characteristics']} | {r['note']} | {r['verdict']} |" in report
 
 
 def test_leakage_study_trains_each_cell_once_and_resumes(tiny_twin, monkeypatch):

@@ -82,12 +82,14 @@ def test_a_smoke_run_of_all_notebooks_leaves_every_figure_table_and_report_row(s
         ids = json.loads((results / "experiments" / f"{experiment}.json").read_text())["run_ids"]
         return [json.loads((results / "runs" / i / "metrics.json").read_text()) for i in ids]
 
+    labels = {"VGG16": "baseline VGG16 = Table 1 batch 16 lr 0.0001", "ResNet50": "baseline ResNet50"}
     for m, model in zip(metrics("baseline"), ("VGG16", "ResNet50")):
-        row = rows[f"baseline {model} accuracy"]
+        row = rows[labels[model]]
         assert row[1:3] == ["1", f"{m['accuracy']:.4f}"] and row[4] == {"VGG16": "0.9200", "ResNet50": "0.8100"}[model]
         assert row[5].startswith(f"{m['accuracy'] - float(row[4]):+.4f} (") and row[3].count("-") == 1
+        assert row[8].startswith("perfect replication: consistent ")  # its operating characteristics
     five = metrics("multirun")
-    row = rows["5.4 accuracy mean +- std"]
+    row = rows["5.4 mean of 5 runs"]
     assert row[1] == "5" and float(row[2]) == pytest.approx(sum(m["accuracy"] for m in five) / 5, abs=5e-5)
     for label in paper_numbers():
         assert rows[label][-1].startswith("n/a: "), rows[label]
@@ -132,7 +134,8 @@ def test_the_interpretations_quote_this_runs_numbers(smoke_run_root, monkeypatch
     assert f"accuracy: ours {mean:.4f} +- " in narrative.multirun(multirun, ws)
     report = (smoke_run_root / "results/synthetic-smoke/smoke/REPORT.md").read_text()
     rows = report.split("## Every number of the paper", 1)[1].split("\n## ", 1)[0].count("\n| ") - 1
-    assert f"REPORT.md sets {rows} numbers of the paper beside ours: {rows} n/a." in narrative.report(report, ws)
+    assert f"REPORT.md sets {rows} results of the paper beside ours, one verdict each: {rows} n/a." in (
+        narrative.report(report, ws))
 
 
 def test_reference_run_regenerates_its_folder_from_a_run(smoke_run_root, tmp_path):
@@ -183,6 +186,7 @@ def test_one_number_has_one_interval_in_metrics_json_the_tables_and_report(smoke
 
     from ecgpaper.outputs import format_ci
     from ecgpaper.runs.store import experiment_runs
+    from ecgpaper.studies.significance import BASELINE_CELL, cell_label
 
     from conftest import point_paths
 
@@ -193,25 +197,29 @@ def test_one_number_has_one_interval_in_metrics_json_the_tables_and_report(smoke
     for run in [*baseline.values(), *grid.values()]:
         assert run.metrics["ci95_resamples"] == "duplicate groups", run.run_id
     stats = pd.read_csv(ws.table("table_statistics"))
+    by_label = {cell_label(*cell): run for cell, run in grid.items()} | {"baseline ResNet50": baseline["ResNet50"]}
     checked = 0
     for row in stats[stats["runs"] == 1].to_dict("records"):
         label = row["number"]
-        if label.startswith("baseline "):
-            run, metric = baseline[label.split()[1]], label.split()[-1]
-        elif label.startswith("Table 1 "):
-            _, _, _, b, _, lr, metric = label.split()
-            run = grid[(int(b), float(lr))]
-        else:
+        if label not in by_label:
             continue
+        run = by_label[label]
         assert [row["ci95_groups_low"], row["ci95_groups_high"]] == pytest.approx(
-            run.metrics["ci95"][metric], abs=1e-12), label
+            run.metrics["ci95"]["accuracy"], abs=1e-12), label
+        for metric in ("precision", "recall", "f1"):
+            if label != "baseline ResNet50":
+                assert [row[f"{metric}_ci95_low"], row[f"{metric}_ci95_high"]] == pytest.approx(
+                    run.metrics["ci95"][metric], abs=1e-12), (label, metric)
         checked += 1
-    assert checked == len(baseline) + 4 * len(grid)
+    # the baseline's VGG16 is the grid's batch 16, lr 1e-4 cell (one run id): one row
+    assert baseline["VGG16"].run_id == grid[BASELINE_CELL].run_id
+    assert checked == 1 + len(grid)
     report = (smoke_run_root / "results/synthetic-smoke/smoke/REPORT.md").read_text()
+    labels = {"VGG16": "baseline VGG16 = Table 1 batch 16 lr 0.0001", "ResNet50": "baseline ResNet50"}
     for model, run in baseline.items():
         ci = format_ci(run.metrics["ci95"]["accuracy"])
         lines = [line for line in report.splitlines()
-                 if line.startswith((f"| baseline {model} accuracy |", f"- {model}: accuracy"))]
+                 if line.startswith((f"| {labels[model]} |", f"- {model}: accuracy"))]
         assert lines, model
         for line in lines:
             assert ci in line, (model, ci, line)

@@ -127,8 +127,16 @@ def test_shuffled_label_control_stays_at_chance_and_is_labelled(smoke_data, monk
     config = experiment_configs("baseline", profile="smoke", dataset=prepared.dataset)[0]
     control = sanity.shuffled_label_control(config, data, log=lambda *_: None)
     assert control["passed"], control
-    lo, hi = control["test_ci95"]
-    assert lo <= control["majority_rate"] <= hi
+    # the control can fail on this test set: a model right on three quarters of its ECGs
+    # (duplicate groups resampled, as every run's interval) is told apart from chance
+    from ecgpaper.metrics import evaluate_predictions
+
+    _, y_test, rows = data.test
+    groups = rows["group"].astype(str).to_numpy()
+    codes = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    learned = np.where([codes[g] % 4 != 3 for g in groups], y_test, (y_test + 1) % 4)
+    ci = evaluate_predictions(y_test, np.eye(4)[learned], groups=groups)["ci95"]["accuracy"]
+    assert sanity.at_chance(ci, y_test) == (control["majority_rate"], False), (ci, control)
     # the control is a run of its own, labelled as such
     from ecgpaper.runs.store import load_run
 

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from ecgpaper.config import PROFILES
+from ecgpaper.metrics import COLLAPSE_TRAIN_MARGIN
 from ecgpaper.errors import UserError
 from ecgpaper.paths import Workspace
 from ecgpaper.runs.experiments import EXPERIMENTS, experiment_configs, run_experiment
@@ -188,7 +189,14 @@ def test_runs_record_steps_recipe_and_the_best_validation_checkpoint(smoke_basel
         # the saved model is that checkpoint: evaluated again, it gives the same validation numbers
         assert m["val_accuracy"] == pytest.approx(float(hist["val_accuracy"][best]), abs=1e-6)
         assert m["val_loss"] == pytest.approx(float(hist["val_loss"][best]), rel=1e-3, abs=1e-4)
-        assert 0 <= m["train_accuracy"] <= 1
+        # the train accuracy is a share of this run's n_train training images (not a validation
+        # or running number), and the very one the collapse detector judged
+        n_train = m["n_train"]
+        assert n_train > 0 and m["train_accuracy"] * n_train == pytest.approx(
+            round(m["train_accuracy"] * n_train), abs=1e-3), (m["train_accuracy"], n_train)
+        assert m["collapse"]["train_accuracy"] == m["train_accuracy"]
+        fitted = m["train_accuracy"] > m["collapse"]["train_majority_rate"] + COLLAPSE_TRAIN_MARGIN
+        assert fitted == (not any(r.startswith("train accuracy") for r in m["collapse"]["reasons"]))
 
 
 def test_profiles_count_optimizer_steps_not_epochs():

@@ -103,12 +103,19 @@ def shuffled_label_control(config: RunConfig, data: RunData, *, verbose: int = 0
     control = replace(config, label_control="shuffled")
     record = run_configs([control], data, name="shuffled-label control", verbose=verbose, log=log)[0]
     m = load_run(config.workspace, record.run_id).metrics
-    y_test = data.test[1]
-    chance = float(np.bincount(y_test, minlength=len(CLASS_CODES)).max() / len(y_test))
-    lo, hi = m["ci95"]["accuracy"]
+    chance, passed = at_chance(m["ci95"]["accuracy"], data.test[1])
     return {"model": config.model, "weights": config.weights, "run_id": record.run_id,
             "train_accuracy": m["train_accuracy"], "test_accuracy": m["accuracy"],
-            "test_ci95": [lo, hi], "majority_rate": chance, "passed": bool(lo <= chance <= hi)}
+            "test_ci95": list(m["ci95"]["accuracy"]), "majority_rate": chance, "passed": passed}
+
+
+def at_chance(ci95, y_test) -> tuple[float, bool]:
+    """The shuffled-label control's criterion: the test labels' majority-class rate
+    and whether the 95 % interval ``ci95`` of a run's test accuracy holds it."""
+    y_test = np.asarray(y_test, int)
+    chance = float(np.bincount(y_test, minlength=len(CLASS_CODES)).max() / len(y_test))
+    lo, hi = ci95
+    return chance, bool(lo <= chance <= hi)
 
 
 def sanity_table(overfit: list[dict], control: list[dict]) -> pd.DataFrame:
