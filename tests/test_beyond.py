@@ -545,7 +545,8 @@ def notebook_run_root(tmp_path_factory):
 def test_notebook_06_leaves_every_figure_table_and_report_section(notebook_run_root):
     figs = notebook_run_root / "figures/synthetic-smoke/smoke"
     results = notebook_run_root / "results/synthetic-smoke/smoke"
-    assert FIGURES == ["fig14_leakage", "fig15_gradcam_grid", "fig16_robustness", "fig17_accuracy_vs_latency"]
+    assert FIGURES == ["fig14_leakage", "fig15_gradcam_grid", "fig16_robustness", "fig17_accuracy_vs_latency",
+                       "fig18_reliability"]
     for name in FIGURES:
         for ext in ("png", "pdf"):
             f = figs / f"{name}.{ext}"
