@@ -120,7 +120,7 @@ def figure(runs: list[Run], ws: Workspace):
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("confidence (top-class probability)")
         ax.set_ylabel("accuracy in the bin")
-        ax.set_title(f"{run.config['model']}, `{run.config['protocol']}` split, {run.metrics['n_test']} test images",
+        ax.set_title(f"{run.config['model']}, {run.config['protocol']} split, {run.metrics['n_test']} test images",
                      fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(f"Fig. 18: reliability before and after temperature scaling (fitted on validation)\n{ws.label}",
