@@ -187,7 +187,7 @@ def group_members(groups) -> list[np.ndarray]:
 
 
 def bootstrap_scores(sets: list[tuple], *, n_bootstrap: int = 1000, seed: int = 0,
-                     paired: bool = False, resample_sets: bool = False) -> np.ndarray:
+                     paired: bool = False, resample_sets: bool = False, statistic=scores) -> np.ndarray:
     """Bootstrap distribution of every metric (:data:`~ecgpaper.config.PAPER_METRICS`)
     of each replicate test set: ``sets`` is a list of ``(y, pred, groups)``;
     each resample draws every set's groups with replacement (duplicate
@@ -197,11 +197,13 @@ def bootstrap_scores(sets: list[tuple], *, n_bootstrap: int = 1000, seed: int = 
     ``resample_sets``: first draw the replicates themselves with replacement
     (a two-stage bootstrap: seeds, then groups within each), so the interval
     carries the seed-to-seed spread too. Returns an array
-    (n_bootstrap, len(sets), 4). Hand-written: scikit-learn has no grouped
+    (n_bootstrap, len(sets), 4). ``statistic(y, pred)``: what each resample
+    computes (default :func:`scores`; ``pred`` may be a probability matrix, e.g.
+    :func:`per_class_statistics`), the last axis its length. Hand-written: scikit-learn has no grouped
     (cluster) bootstrap, and its f1_score is ~1000x slower per resample."""
     rng = np.random.default_rng(seed)
-    prepared = [(np.asarray(y, int), np.asarray(p, int), group_members(g)) for y, p, g in sets]
-    out = np.empty((n_bootstrap, len(prepared), len(PAPER_METRICS)))
+    prepared = [(np.asarray(y, int), np.asarray(p), group_members(g)) for y, p, g in sets]
+    out = None
     for b in range(n_bootstrap):
         draw = None
         chosen = (rng.integers(0, len(prepared), len(prepared)) if resample_sets
@@ -210,8 +212,11 @@ def bootstrap_scores(sets: list[tuple], *, n_bootstrap: int = 1000, seed: int = 
             if draw is None or not paired:
                 draw = rng.integers(0, len(members), len(members))
             idx = np.concatenate([members[k] for k in draw])
-            out[b, j] = scores(y[idx], p[idx])
-    return out
+            value = statistic(y[idx], p[idx])
+            if out is None:
+                out = np.empty((n_bootstrap, len(prepared), len(value)))
+            out[b, j] = value
+    return out if out is not None else np.empty((0, len(prepared), len(PAPER_METRICS)))
 
 
 def bootstrap_sets(sets: list[tuple], *, n_bootstrap: int = 1000, seed: int = 0,
@@ -292,3 +297,197 @@ def collapse_check(train_accuracy: float, y_train, spreads: dict[str, dict]) -> 
         reasons.append(f"train accuracy {train_accuracy:.3f} at the majority rate {train_majority:.3f}")
     return {**spreads, "train_accuracy": float(train_accuracy), "train_majority_rate": train_majority,
             "reasons": reasons, "collapsed": bool(reasons)}
+
+
+# --------------------------------------------------------------------------
+# what a clinician asks next (issue 21, item 4): per-class sensitivity,
+# specificity and AUROC with group intervals, calibration, temperature scaling
+# --------------------------------------------------------------------------
+
+#: equal-width confidence bins of the expected calibration error and the reliability diagram
+CALIBRATION_BINS = 10
+#: the temperature is searched in [1/TEMPERATURE_RANGE, TEMPERATURE_RANGE]
+TEMPERATURE_RANGE = 100.0
+#: the least probability a float32 softmax can answer without 0 (its smallest subnormal,
+#: ~1.4e-45, a logit ~103 below the top one): a 0 is read as that, no further
+PROBABILITY_FLOOR = float(np.finfo(np.float32).smallest_subnormal)
+
+
+def auroc_one_vs_rest(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """Each class's AUROC, one class against the rest, from the ranks of its
+    probability column (the Mann-Whitney form; ties count one half, as
+    scikit-learn's ``roc_auc_score``, which it equals: tests/test_calibration.py).
+    NaN for a class with no positive or no negative image. Rank-based because
+    the bootstrap calls it a thousand times per run: ``roc_auc_score``'s input
+    checks cost ~1 ms a call."""
+    from scipy.stats import rankdata
+
+    y, proba = np.asarray(y, int), np.asarray(proba, float)
+    positive = y[:, None] == np.arange(proba.shape[1])
+    n_pos = positive.sum(axis=0).astype(float)
+    n_neg = len(y) - n_pos
+    rank_sum = (rankdata(proba, axis=0) * positive).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
+def per_class_statistics(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """Per class, one against the rest: sensitivity (TP / (TP + FN), the recall),
+    specificity (TN / (TN + FP)) and AUROC, concatenated: ``[sens_0..sens_{K-1},
+    spec_0.., auroc_0..]``; NaN where undefined (a class absent from ``y``). The
+    predicted class is the argmax of ``proba``, as everywhere else."""
+    y, proba = np.asarray(y, int), np.asarray(proba, float)
+    k = proba.shape[1]
+    pred = proba.argmax(axis=1)
+    cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k).astype(float)
+    tp = np.diag(cm)
+    positives, predicted, n = cm.sum(1), cm.sum(0), cm.sum()
+    negatives = n - positives
+    tn = negatives - (predicted - tp)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sensitivity = np.where(positives > 0, tp / positives, np.nan)
+        specificity = np.where(negatives > 0, tn / negatives, np.nan)
+    return np.concatenate([sensitivity, specificity, auroc_one_vs_rest(y, proba)])
+
+
+def _finite_ci(values) -> list[float] | None:
+    """:func:`percentile_ci` of the finite draws (a resample may hold no image of a
+    rare class); None when fewer than two are finite."""
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    return percentile_ci(values) if len(values) > 1 else None
+
+
+def per_class_report(y_true, proba, *, groups=None, class_codes: Sequence[str] = CLASS_CODES,
+                     n_bootstrap: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
+    """Per class (issue 21, item 4): ``sensitivity``, ``specificity`` and ``auroc``
+    (one against the rest) with 95 % percentile intervals from the bootstrap of
+    every run's metrics.json (:func:`bootstrap_scores`, resampling whole
+    duplicate ``groups`` when given: the real archive holds about 30 distinct
+    MI ECGs, so an interval over its copies would be far too narrow), and the
+    class's ``positives`` (images) and ``positive_groups`` (distinct ECGs).
+    Returns ``{"per_class": {code: {...}}, "n_bootstrap", "ci95_resamples"}``."""
+    codes = list(class_codes)
+    y, _ = labels_and_predictions(y_true, proba, len(codes))
+    p = np.asarray(proba, float)
+    group_ids = np.arange(len(y)) if groups is None else np.asarray(groups)
+    point = per_class_statistics(y, p)
+    draws = (bootstrap_scores([(y, p, group_ids)], n_bootstrap=n_bootstrap, seed=seed,
+                              statistic=per_class_statistics)[:, 0] if n_bootstrap else None)
+    k = len(codes)
+    out = {}
+    for i, code in enumerate(codes):
+        row = {"positives": int((y == i).sum()),
+               "positive_groups": int(len(np.unique(group_ids[y == i])))}
+        for j, name in enumerate(("sensitivity", "specificity", "auroc")):
+            value = point[j * k + i]
+            row[name] = None if np.isnan(value) else float(value)
+            row[f"{name}_ci95"] = _finite_ci(draws[:, j * k + i]) if draws is not None else None
+        out[code] = row
+    return {"per_class": out, "n_bootstrap": int(n_bootstrap),
+            "ci95_resamples": "images" if groups is None else "duplicate groups"}
+
+
+def apply_temperature(proba, temperature: float) -> np.ndarray:
+    """Temperature scaling (Guo et al. 2017, "On calibration of modern neural
+    networks"): ``softmax(logits / T)``. The models end in a softmax, so the
+    logits are the log-probabilities (equal up to a per-image constant, which the
+    softmax ignores). T > 1 softens over-confident answers, T < 1 sharpens; the
+    predicted class never changes. A float32 output of exactly 0 lost its logit;
+    it is read as :data:`PROBABILITY_FLOOR`, so a saturated answer stays nearly
+    saturated at any T < 103 / (its true gap). The one home of the formula: the
+    run's calibration entries and the web service (serve.inference) call it."""
+    p = np.asarray(proba, dtype=np.float64)
+    logits = np.log(np.clip(p, PROBABILITY_FLOOR, None)) / float(temperature)
+    logits -= logits.max(axis=-1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def negative_log_likelihood(y, proba) -> float:
+    """Mean negative log-likelihood (nats) of the true classes: the loss the
+    temperature minimises (scikit-learn's ``log_loss`` without its checks; a 0 is
+    read as :data:`PROBABILITY_FLOOR`, as :func:`apply_temperature` reads it)."""
+    y = np.asarray(y, int)
+    p = np.asarray(proba, dtype=np.float64)[np.arange(len(y)), y]
+    return float(-np.log(np.clip(p, PROBABILITY_FLOOR, None)).mean())
+
+
+def fit_temperature(proba, y) -> float:
+    """The temperature T minimising the validation NLL of ``apply_temperature(proba, T)``.
+
+    Hand-written, one parameter: scikit-learn's ``CalibratedClassifierCV``
+    fits sigmoid or isotonic maps per class one-vs-rest (4 x 2 parameters on
+    ~50 validation images for sigmoid, a step function for isotonic), which can
+    change the predicted class and needs an estimator to wrap, not fixed
+    predictions; temperature scaling keeps the argmax and is the standard
+    post-hoc fix for an over-confident network. Bounded search over log T
+    (``scipy.optimize.minimize_scalar``), so T stays positive."""
+    from scipy.optimize import minimize_scalar
+
+    y = np.asarray(y, int)
+    if y.ndim != 1 or len(y) == 0:
+        raise ValueError("fit_temperature needs integer labels of at least one validation image")
+    bound = float(np.log(TEMPERATURE_RANGE))
+    res = minimize_scalar(lambda log_t: negative_log_likelihood(y, apply_temperature(proba, np.exp(log_t))),
+                          bounds=(-bound, bound), method="bounded", options={"xatol": 1e-5})
+    return float(np.exp(res.x))
+
+
+def reliability_bins(y, proba, n_bins: int = CALIBRATION_BINS) -> list[dict]:
+    """The reliability diagram's points: the images binned by their top-class
+    probability (confidence) in ``n_bins`` equal-width bins, each non-empty
+    bin's ``accuracy`` (share answered right) and mean ``confidence``
+    (``sklearn.calibration.calibration_curve``, uniform strategy, on "was the
+    top class right"), with its ``lower``/``upper`` edges and image ``count``."""
+    from sklearn.calibration import calibration_curve
+
+    y = np.asarray(y, int)
+    p = np.asarray(proba, float)
+    confidence = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(int)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # calibration_curve's own binning (searchsorted on the inner edges), for the counts it omits
+    ids = np.searchsorted(edges[1:-1], confidence)
+    counts = np.bincount(ids, minlength=n_bins)
+    accuracy, mean_conf = calibration_curve(correct, confidence, n_bins=n_bins, strategy="uniform")
+    return [{"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": int(counts[b]),
+             "accuracy": float(a), "confidence": float(c)}
+            for b, a, c in zip(np.flatnonzero(counts), accuracy, mean_conf)]
+
+
+def expected_calibration_error(y, proba, n_bins: int = CALIBRATION_BINS) -> float:
+    """ECE: the image-weighted mean gap between accuracy and mean confidence over
+    the bins of :func:`reliability_bins` (0: perfectly calibrated)."""
+    bins = reliability_bins(y, proba, n_bins)
+    n = sum(b["count"] for b in bins)
+    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins) / n)
+
+
+def calibration_scores(y, proba, n_bins: int = CALIBRATION_BINS) -> dict:
+    """``brier`` (multiclass Brier score: the squared error summed over classes,
+    averaged over images, range 0-2; scikit-learn's ``brier_score_loss``),
+    ``ece``, ``nll`` and the reliability ``bins`` of one set of probabilities."""
+    from sklearn.metrics import brier_score_loss
+
+    y = np.asarray(y, int)
+    p = np.asarray(proba, float)
+    p = p / p.sum(axis=1, keepdims=True)  # float32 softmax rows sum to 1 within ~1e-7 only
+    return {"brier": float(brier_score_loss(y, p, labels=list(range(p.shape[1])))),
+            "ece": expected_calibration_error(y, p, n_bins),
+            "nll": negative_log_likelihood(y, p),
+            "bins": reliability_bins(y, p, n_bins)}
+
+
+def calibration_report(val_y, val_proba, test_y, test_proba, n_bins: int = CALIBRATION_BINS) -> dict:
+    """Temperature scaling fitted on the validation predictions (:func:`fit_temperature`),
+    and the test set's calibration before and after it (:func:`calibration_scores`):
+    what every run's metrics.json records and the export serves (issue 21, item 4)."""
+    val_y = np.asarray(val_y, int)
+    t = fit_temperature(val_proba, val_y)
+    return {"temperature": t, "fitted_on": "validation", "n_val": int(len(val_y)), "bins": int(n_bins),
+            "val_nll_before": negative_log_likelihood(val_y, val_proba),
+            "val_nll_after": negative_log_likelihood(val_y, apply_temperature(val_proba, t)),
+            "before": calibration_scores(test_y, test_proba, n_bins),
+            "after": calibration_scores(test_y, apply_temperature(test_proba, t), n_bins)}

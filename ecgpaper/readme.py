@@ -74,6 +74,7 @@ MODULE_ROLES: dict[str, str] = {
     "studies.input_ablation": "input scaling x BatchNorm mode",
     "studies.significance": "intervals over duplicate groups on every paper number; VGG16 vs ResNet50 paired",
     "studies.verdicts": "the one rule that compares our number with the paper's",
+    "studies.calibration": "per-class sensitivity, specificity, AUROC; calibration and temperature scaling",
     "serve": "stage 5, the web service's side of the library (3.4, Fig. 4)",
     "serve.inference": "decodes an upload safely and classifies it with the exported model, with Grad-CAM",
     "serve.server": "`python -m ecgpaper serve`: Django + gunicorn, deployment checks",
@@ -104,7 +105,7 @@ MODULE_ROLES: dict[str, str] = {
     "data.prepare": "the data stage end to end, in one call",
     "outputs": "how every figure and table is written: style, stable file names, captions naming the data, "
                "intervals as numbers in CSV and as text in Markdown",
-    "metrics": "test metrics and the one (group) bootstrap",
+    "metrics": "test metrics, calibration and the one (group) bootstrap",
     "progress": "training progress for a terminal, JupyterLab and papermill logs",
     "paths": "every folder, from one place (`ECGPAPER_ROOT`)",
     "config": "the paper's constants and the run profiles",

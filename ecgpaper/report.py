@@ -27,7 +27,7 @@ from ecgpaper.errors import UserError
 from ecgpaper.outputs import format_ci, format_intervals
 from ecgpaper.paths import Workspace
 from ecgpaper.runs.store import Run, experiment_runs
-from ecgpaper.studies import interpretability, leakage, lightweight, robustness, significance
+from ecgpaper.studies import calibration, interpretability, leakage, lightweight, robustness, significance
 from ecgpaper.studies.common import FIGURE_CAPTIONS as BEYOND_FIGURE_CAPTIONS
 from ecgpaper.studies.significance import paper_comparison_rows
 
@@ -188,6 +188,12 @@ def beyond_the_paper_lines(ws: Workspace) -> list[str]:
         for heading, name, study in BEYOND_SECTIONS[1:]:
             if tables[name] is not None:
                 lines += _bullets(heading, study.sentences(tables[name]))
+        calib, per_class = read_table(ws, "table_calibration"), read_table(ws, "table_per_class")
+        if calib is not None:
+            found = True
+            # the tables themselves are in the Tables section (table_per_class, table_calibration)
+            lines += _bullets("Per class and calibration: what a clinician asks next",
+                              calibration.sentences(calib, per_class))
         ablation = read_table(ws, "table_input_ablation")
         if ablation is not None:
             found = True
@@ -198,7 +204,7 @@ def beyond_the_paper_lines(ws: Workspace) -> list[str]:
         lines += [f"(the beyond-the-paper section could not be built: {type(exc).__name__}: {exc})", ""]
     if not found:
         lines += ["Not run yet: notebook `06_beyond_the_paper` (leakage, Grad-CAM, robustness, "
-                  "lightweight models, statistics).", ""]
+                  "lightweight models, statistics, per class and calibration).", ""]
     return lines
 
 

@@ -594,6 +594,37 @@ def test_report_builds_without_notebook_06_and_says_so():
     assert "## Beyond the paper" in text and "Not run yet: notebook `06_beyond_the_paper`" in text
 
 
+def test_report_says_what_the_per_class_and_calibration_tables_show(tmp_path):
+    """REPORT.md's "Per class and calibration" bullets come from the two tables, read
+    back from CSV (two runs' metrics.json entries built by the metrics functions)."""
+    from ecgpaper.report import write_report
+    from ecgpaper.studies import calibration
+
+    def toy_run(model, seed, n_groups):
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, 4, 120)
+        pred = np.where(rng.random(120) < 0.7, y, (y + 1) % 4)
+        logits = rng.normal(0, 1, (120, 4))
+        logits[np.arange(120), pred] += 5  # over-confident: T > 1
+        p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        groups = np.arange(120) % n_groups
+        m = {"n_test": 60, "clinical": metrics.per_class_report(y[60:], p[60:], groups=groups[60:]),
+             "calibration": metrics.calibration_report(y[:60], p[:60], y[60:], p[60:])}
+        return store.Run(f"{model.lower()}-toy", {"model": model, "protocol": "grouped"}, m, tmp_path)
+
+    ws = Workspace("synthetic-calib", "smoke")
+    runs = [toy_run("VGG16", 0, 60), toy_run("ResNet50", 1, 12)]
+    calibration.table(runs, ws)
+    calibration.figure(runs, ws)
+    report = write_report(ws).read_text()
+    section = report.split("### Per class and calibration", 1)[1].split("\n## ", 1)[0]
+    t = runs[0].metrics["calibration"]["temperature"]
+    assert t > 1 and f"- VGG16 (`grouped`): temperature {t:.2f} fitted on 60 validation images" in section
+    # 12 duplicate groups over 4 classes: every class has fewer than 30 distinct ECGs, and it is said
+    assert "ResNet50: lowest sensitivity" in section and "fewer than 30 distinct ECGs behind" in section
+    assert "fig18_reliability.png" in report and "**Per class, one against the rest" in report
+
+
 FIGURES, TABLES = common.output_names()
 
 
@@ -611,6 +642,8 @@ def test_notebook_06_leaves_every_figure_table_and_report_section(notebook_run_r
 
     from ecgpaper.report import FIGURE_CAPTIONS
 
+    assert FIGURES == ["fig14_leakage", "fig15_gradcam_grid", "fig16_robustness", "fig17_accuracy_vs_latency",
+                       "fig18_reliability"]
     report = (results / "REPORT.md").read_text()
     assert "## Beyond the paper" in report and "Not run yet: notebook `06" not in report
     for name in FIGURES:  # each figure drawn (not blank), in REPORT.md with its own caption

@@ -223,3 +223,38 @@ def test_one_number_has_one_interval_in_metrics_json_the_tables_and_report(smoke
         assert lines, model
         for line in lines:
             assert ci in line, (model, ci, line)
+
+
+def test_per_class_and_calibration_outputs_are_the_grouped_runs_own(smoke_run_root, monkeypatch):
+    """Issue 21, item 4: notebook 06 writes table_per_class, table_calibration and
+    fig18_reliability from the leakage study's grouped runs' metrics.json, REPORT.md
+    says what they show, and the exported model carries its run's temperature."""
+    import pandas as pd
+
+    from ecgpaper.runs.store import load_run
+
+    from conftest import point_paths
+
+    point_paths(monkeypatch, smoke_run_root)
+    ws = Workspace("synthetic-smoke", "smoke")
+    for ext in ("png", "pdf"):
+        assert (ws.figures / f"fig18_reliability.{ext}").stat().st_size > 1000
+    per_class = pd.read_csv(ws.table("table_per_class"))
+    calib = pd.read_csv(ws.table("table_calibration"))
+    assert set(per_class["protocol"]) == set(calib["protocol"]) == {"grouped"}
+    assert set(calib["model"]) == {"VGG16", "ResNet50"} and len(per_class) == 4 * len(calib)
+    for row in calib.to_dict("records"):
+        cal = load_run(ws, row["run_id"]).metrics["calibration"]
+        assert row["temperature"] == pytest.approx(cal["temperature"])
+        assert row["test_ece_after"] == pytest.approx(cal["after"]["ece"])
+    for row in per_class.to_dict("records"):
+        c = load_run(ws, row["run_id"]).metrics["clinical"]["per_class"][row["class"]]
+        assert row["positive_groups"] == c["positive_groups"]
+        assert [row["sensitivity_ci95_low"], row["sensitivity_ci95_high"]] == pytest.approx(c["sensitivity_ci95"])
+    report = (ws.results / "REPORT.md").read_text()
+    assert "### Per class and calibration" in report and "fig18_reliability.png" in report
+    for row in calib.to_dict("records"):
+        assert f"{row['model']} (`grouped`): temperature {row['temperature']:.2f} fitted on" in report
+    meta = json.loads((smoke_run_root / "models/ecg_classifier.json").read_text())
+    served = load_run(ws, meta["run_id"]).metrics
+    assert meta["temperature"] == served["calibration"]["temperature"]

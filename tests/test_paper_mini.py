@@ -79,6 +79,9 @@ def test_every_run_follows_the_paper_recipe_and_says_how_it_departs(mini_run):
         assert {"val", "test", "train_accuracy", "reasons", "collapsed"} <= set(collapse)
         assert 0 < collapse["test"]["top_class_share"] <= 1
         assert metrics["compute_dtype"] == "float32"  # no GPU: no mixed precision, and it says so
+        # per class and calibration (issue 21, item 4), in every run
+        assert set(metrics["clinical"]["per_class"]) == {"MI", "HMI", "HB", "NORM"}
+        assert metrics["calibration"]["fitted_on"] == "validation" and metrics["calibration"]["temperature"] > 0
     assert models == {"VGG16", "ResNet50", "MobileNetV2", "EfficientNetB0"}
 
 
@@ -101,6 +104,16 @@ def test_the_report_gives_collapsed_runs_no_verdict_and_the_notebooks_warn(mini_
     meta = mini_run["root"] / "models" / "ecg_classifier.json"
     if meta.exists():
         assert json.loads(meta.read_text())["run_id"] not in flagged
+
+
+def test_the_per_class_and_calibration_tables_and_the_reliability_figure_are_written(mini_run):
+    results = _results(mini_run)
+    figures = mini_run["root"] / "figures/synthetic-paper-mini/paper-mini"
+    for name in ("table_per_class", "table_calibration"):
+        assert "paper-mini" in (results / f"{name}.md").read_text()
+        assert (results / f"{name}.csv").stat().st_size > 0
+    assert (figures / "fig18_reliability.png").stat().st_size > 1000
+    assert "### Per class and calibration" in mini_run["report"].read_text()
 
 
 def test_the_notebook_run_took_its_time_limit_from_the_profile(mini_run):

@@ -136,6 +136,78 @@ def test_export_round_trips_and_loads_in_a_fresh_process(smoke_baseline):
         export_best(Workspace("synthetic-smoke", "quick"))
 
 
+def test_runs_record_per_class_and_calibration_and_the_export_serves_the_temperature(smoke_baseline, tmp_path):
+    """Issue 21, item 4: metrics.json's per-class and calibration entries are those of the
+    recorded predictions, the temperature comes from the validation set, the exported
+    classifier's probabilities are the model's at that temperature, and the study writes
+    its tables and reliability figure."""
+    import shutil
+
+    import keras
+
+    from ecgpaper.config import CLASS_CODES
+    from ecgpaper.metrics import apply_temperature, calibration_scores, per_class_report
+    from ecgpaper.model.pipeline import scaling_fn
+    from ecgpaper.runs.store import load_run
+    from ecgpaper.serve.inference import Classifier
+    from ecgpaper.studies import calibration
+    from ecgpaper.studies.common import test_groups
+
+    root, records, _ = smoke_baseline
+    ws = Workspace("synthetic-smoke", "smoke")
+    runs = [load_run(ws, r.run_id) for r in records]
+    for run in runs:
+        m = run.metrics
+        pred = pd.read_csv(run.folder / "predictions.csv")
+        y = pred["true"].map(CLASS_CODES.index).to_numpy()
+        proba = pred[[f"p_{c}" for c in CLASS_CODES]].to_numpy()
+        again = per_class_report(y, proba, groups=test_groups(ws.dataset, run.config, pred["path"]))
+        assert m["clinical"] == json.loads(json.dumps(again)) and again["ci95_resamples"] == "duplicate groups"
+        assert set(m["clinical"]["per_class"]) == set(CLASS_CODES)
+        for code, c in m["clinical"]["per_class"].items():  # sensitivity is the recall of metrics.json
+            assert c["sensitivity"] == pytest.approx(m["per_class"][code]["recall"]) or c["positives"] == 0
+        cal = m["calibration"]
+        assert cal["fitted_on"] == "validation" and cal["n_val"] == m["n_val"] and cal["temperature"] > 0
+        assert cal["val_nll_after"] <= cal["val_nll_before"] + 1e-9
+        before = calibration_scores(y, proba)
+        assert {k: cal["before"][k] for k in ("brier", "ece", "nll")} == pytest.approx(
+            {k: before[k] for k in ("brier", "ece", "nll")})
+        assert cal["after"]["nll"] == pytest.approx(
+            calibration_scores(y, apply_temperature(proba, cal["temperature"]))["nll"])
+
+    meta = read_export()
+    served = next(r for r in runs if r.run_id == meta["run_id"])
+    assert meta["temperature"] == served.metrics["calibration"]["temperature"]
+    assert meta["metrics"]["calibration"]["temperature"] == meta["temperature"]
+    # the classifier applies the export's temperature: at the run's own and at a planted T = 100
+    # (the fit's upper bound: the 1-epoch smoke model answers pure noise with a float32 one-hot)
+    doctored = tmp_path / "models"
+    shutil.copytree(root / "models", doctored)
+    (doctored / "ecg_classifier.json").write_text(json.dumps({**meta, "temperature": 100.0}))
+    batch = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    model = keras.models.load_model(root / "models/ecg_classifier.keras", compile=False)
+    raw = np.asarray(model(scaling_fn("rescale", meta["model"])(batch), training=False), float)
+    served_clf, planted = Classifier(root / "models"), Classifier(doctored)
+    assert served_clf.forward(batch) == pytest.approx(apply_temperature(raw, meta["temperature"]), abs=1e-5)
+    assert planted.forward(batch) == pytest.approx(apply_temperature(raw, 100.0), abs=1e-5)
+    assert np.abs(planted.forward(batch) - raw).max() > 0.1
+    probabilities = planted.forward(batch, explain=True)[0]
+    assert probabilities == pytest.approx(apply_temperature(raw, 100.0), abs=1e-5)
+    assert (probabilities.argmax(1) == raw.argmax(1)).all()
+
+    per_class, calib = calibration.table(runs, ws)
+    png = calibration.figure(runs, ws)
+    assert png == ws.figures / "fig18_reliability.png" and png.stat().st_size > 1000
+    assert (ws.figures / "fig18_reliability.pdf").exists()
+    for name in ("table_per_class", "table_calibration"):
+        assert "synthetic-smoke" in (ws.results / f"{name}.md").read_text()
+    assert len(per_class) == 4 * len(runs) and list(calib["model"]) == ["VGG16", "ResNet50"]
+    text = calibration.sentences(pd.read_csv(ws.results / "table_calibration.csv", keep_default_na=False),
+                                 pd.read_csv(ws.results / "table_per_class.csv", keep_default_na=False))
+    t = runs[0].metrics["calibration"]["temperature"]
+    assert text[0].startswith(f"VGG16 (`paper`): temperature {t:.2f} fitted on {runs[0].metrics['n_val']} ")
+
+
 def test_a_killed_grid_resumes_where_it_stopped(tmp_path):
     """Kill the grid right after its first run is registered, then rerun it."""
     env = {**os.environ, "ECGPAPER_ROOT": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"}

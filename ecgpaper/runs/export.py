@@ -34,7 +34,7 @@ EXPORT_PROTOCOLS = ("grouped", "paper", "kaggle")
 #: metadata keys the classifier and the web service read
 METADATA_KEYS = ("model_file", "model_sha256", "model", "run_id", "class_codes", "class_names",
                  "input_size", "preprocessing", "dataset", "synthetic", "profile", "protocol",
-                 "metrics", "ecgpaper_version")
+                 "metrics", "ecgpaper_version", "temperature")
 
 NO_MODEL_MESSAGE = ("No model has been exported yet: run `python -m ecgpaper export` "
                     "(after `python -m ecgpaper run baseline`) or `./run_all.sh`.")
@@ -56,11 +56,14 @@ def selection_key(metrics: dict, run_id: str = "?", metric: str = "val_accuracy"
 
 
 def write_export(model_src: Path, config: dict, ws: Workspace, *, run_id: str, metrics: dict,
-                 selected_by: str, synthetic: bool | None = None, dest: Path | None = None) -> Path:
+                 selected_by: str, synthetic: bool | None = None, dest: Path | None = None,
+                 temperature: float = 1.0) -> Path:
     """Copy ``model_src`` to ``<dest>/ecg_classifier.keras`` (atomically) and write
     its metadata; ``config`` is a run's config.json (model, image_size,
     scaling, fit, crop, protocol), ``ws`` the data it learnt from. ``synthetic``
-    (the web page's warning) defaults to whether that is the twin. Returns the model file."""
+    (the web page's warning) defaults to whether that is the twin. ``temperature``:
+    the run's temperature scaling, which the service applies to every answer
+    (issue 21, item 4; 1.0: the model's own probabilities). Returns the model file."""
     dest = Path(dest) if dest else paths.MODELS
     dest.mkdir(parents=True, exist_ok=True)
     model_file = dest / f"{EXPORT_NAME}.keras"
@@ -78,9 +81,17 @@ def write_export(model_src: Path, config: dict, ws: Workspace, *, run_id: str, m
         "dataset": ws.dataset, "synthetic": ws.synthetic if synthetic is None else synthetic, "profile": ws.profile,
         "protocol": config["protocol"], "metrics": metrics, "selected_by": selected_by,
         "ecgpaper_version": __version__, "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "temperature": float(temperature),
     }
     paths.atomic_write_text(dest / f"{EXPORT_NAME}.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return model_file
+
+
+def calibration_summary(calibration: dict) -> dict:
+    """What the export's metadata keeps of a run's ``calibration`` entry (metrics.calibration_report):
+    the temperature, where it was fitted, and the test ECE and Brier score before and after it."""
+    return ({k: calibration[k] for k in ("temperature", "fitted_on", "n_val")}
+            | {f"test_{s}_{when}": calibration[when][s] for s in ("ece", "brier") for when in ("before", "after")})
 
 
 def export_best(ws: Workspace, *, run_id: str | None = None, metric: str = "val_accuracy",
@@ -129,12 +140,20 @@ def export_best(ws: Workspace, *, run_id: str | None = None, metric: str = "val_
                         "docs/training_recipe.md, 'The paper recipe', and retrain with another setting.")
     best = max(records, key=lambda r: selection_key(read(r, "metrics.json"), r.run_id, metric))
     metrics, config = read(best, "metrics.json"), configs[best.run_id]
+    calibration = metrics.get("calibration")
+    if calibration is None:  # a run of an older version, reused: said, and recorded as None
+        log(f"WARNING: run {best.run_id} has no temperature scaling in its metrics.json (trained by "
+            "an older version): the service shows its uncalibrated probabilities; retrain it to "
+            "calibrate them")
     model_file = write_export(
         run_folder(ws, best.run_id) / "model.keras", config, ws, run_id=best.run_id,
-        metrics={k: metrics[k] for k in (*PAPER_METRICS, "ci95", "n_test")},
+        metrics={k: metrics[k] for k in (*PAPER_METRICS, "ci95", "n_test")}
+        | {"calibration": calibration and calibration_summary(calibration)},
         selected_by=f"{metric}, ties by val_loss, among {config['protocol']} runs of split seed "
-                    f"{config['split_seed']}", dest=dest)
-    log(f"exported {best.run_id} ({config['model']}, test accuracy {metrics['accuracy']:.3f}"
+                    f"{config['split_seed']}", dest=dest,
+        temperature=calibration["temperature"] if calibration else 1.0)
+    calibrated = f", temperature {calibration['temperature']:.3f}" if calibration else ""
+    log(f"exported {best.run_id} ({config['model']}, test accuracy {metrics['accuracy']:.3f}{calibrated}"
         f"{', SYNTHETIC twin' if ws.synthetic else ''}) -> {model_file}")
     return model_file
 

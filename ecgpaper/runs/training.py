@@ -32,7 +32,13 @@ import pandas as pd
 from ecgpaper import __version__, paths
 from ecgpaper.config import CLASS_CODES, EARLY_STOPPING_PATIENCE, HEADS, PAPER_IMAGE_SIZE, PAPER_TRAIN_IMAGES, RECIPES
 from ecgpaper.errors import UserError
-from ecgpaper.metrics import collapse_check, evaluate_predictions, prediction_spread
+from ecgpaper.metrics import (
+    calibration_report,
+    collapse_check,
+    evaluate_predictions,
+    per_class_report,
+    prediction_spread,
+)
 from ecgpaper.model.pipeline import make_dataset, scaling_fn
 from ecgpaper.model.weights import STANDINS
 from ecgpaper.paths import Workspace
@@ -613,6 +619,12 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print,
     # REPORT.md's tables use (metrics.BOOTSTRAP_SEED), so they print the same interval
     groups = test_rows["group"].astype(str).to_numpy() if "group" in test_rows else None
     metrics = evaluate_predictions(y_te, proba, groups=groups)
+    # what a clinician asks next (issue 21, item 4): per-class sensitivity, specificity and
+    # AUROC with the same group bootstrap, and a temperature fitted on the validation
+    # predictions of the selected checkpoint, the test set's calibration before and after it
+    # (the export serves it: runs.export, serve.inference)
+    metrics["clinical"] = per_class_report(y_te, proba, groups=groups)
+    metrics["calibration"] = calibration_report(y_va, val_proba, y_te, proba)
     # a run whose predictions are constant or uniform, or that never fitted its
     # training set, is flagged: no verdict in REPORT.md, never exported (metrics.collapse_check)
     metrics["collapse"] = collapse_check(

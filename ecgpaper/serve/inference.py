@@ -29,6 +29,7 @@ from PIL import Image
 from ecgpaper.config import HEADER_CROP_FRACTIONS
 from ecgpaper.data.preprocess import PreprocessSettings, decode_reduced, finish_image
 from ecgpaper.errors import UserError
+from ecgpaper.metrics import apply_temperature
 from ecgpaper.model.pipeline import scaling_fn
 from ecgpaper.runs.export import ModelUnavailable, verified_export
 
@@ -141,6 +142,8 @@ class Classifier:
         meta, model_file = verified_export(models_dir)
         prep = meta["preprocessing"]
         self.metadata = meta
+        #: the run's temperature scaling (fitted on its validation set): every answer is calibrated
+        self.temperature = float(meta["temperature"])
         self.class_codes: list[str] = list(meta["class_codes"])
         self.class_names: list[str] = list(meta["class_names"])
         self.settings = PreprocessSettings(size=int(meta["input_size"]), fit=prep["fit"],
@@ -182,12 +185,13 @@ class Classifier:
         self._predict_and_explain(warm)
 
     def forward(self, batch_uint8: np.ndarray, *, explain: bool = False):
-        """The bare compiled forward pass on a uint8 ``(n, size, size, 3)`` batch:
-        probabilities, and the heat maps too when ``explain``."""
+        """The compiled forward pass on a uint8 ``(n, size, size, 3)`` batch:
+        calibrated probabilities (the export's ``temperature``,
+        ``metrics.apply_temperature``), and the heat maps too when ``explain``."""
         if explain:
             probabilities, heatmaps = self._predict_and_explain(batch_uint8)
-            return probabilities.numpy(), heatmaps.numpy()
-        return self._predict(batch_uint8).numpy()
+            return apply_temperature(probabilities.numpy(), self.temperature), heatmaps.numpy()
+        return apply_temperature(self._predict(batch_uint8).numpy(), self.temperature)
 
     def classify(self, image: Image.Image | bytes, *, explain: bool = True) -> dict:
         """One image (checked ``PIL.Image`` from :func:`decode_upload`, or raw

@@ -18,7 +18,10 @@ assembled by :mod:`ecgpaper.report`, reads the tables and the sentences):
   beside the paper's models, latency, size, and a soft-voting ensemble;
 - :mod:`ecgpaper.studies.significance` (item 5): every headline number with an
   interval over duplicate groups and the verdict of :mod:`ecgpaper.studies.verdicts`,
-  and VGG16 vs ResNet50 paired over duplicate groups.
+  and VGG16 vs ResNet50 paired over duplicate groups;
+- :mod:`ecgpaper.studies.calibration` (issue 21, item 4): per-class sensitivity,
+  specificity and AUROC with group intervals, calibration before and after
+  temperature scaling, on the ``grouped`` runs.
 
 This module holds what they share: data prepared once per split seed and crop
 (:class:`DataSource`; runs are trained with the registry's resume logic and
@@ -48,6 +51,7 @@ OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "lightweight": (("fig17_accuracy_vs_latency",), ("table_lightweight",)),
     "statistics": ((), ("table_statistics",)),
     "input_ablation": ((), ("table_input_ablation",)),
+    "calibration": (("fig18_reliability",), ("table_per_class", "table_calibration")),
 }
 
 FIGURE_CAPTIONS = {
@@ -55,6 +59,8 @@ FIGURE_CAPTIONS = {
     "fig15_gradcam_grid": "Beyond the paper, 5.2: Grad-CAM overlays, correct and wrong test images per class",
     "fig16_robustness": "Beyond the paper, 5.2: accuracy vs corruption severity per model",
     "fig17_accuracy_vs_latency": "Beyond the paper, 5.5: accuracy vs CPU latency per image",
+    "fig18_reliability": ("Beyond the paper: reliability diagram of the `grouped` runs, before and after "
+                          "temperature scaling fitted on validation"),
 }
 
 
