@@ -40,7 +40,7 @@ THRESHOLD_QUANTILE = 0.99
 THRESHOLD_MARGIN = 1.5
 #: what the model card says the gate turns away
 REJECTS = ("blank or near-blank pages, photos, letters and other text documents, noise and other "
-           "medical images (e.g. a chest X-ray): anything without an ECG page's light paper, "
+           "medical images (e.g. an MRI slice): anything without an ECG page's light paper, "
            "millimetre grid and thin dark traces")
 _LUMA = np.array((0.299, 0.587, 0.114), np.float32) / 255
 _STRIPS = 32
