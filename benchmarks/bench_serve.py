@@ -84,9 +84,12 @@ def build_vgg16(folder: Path) -> None:
         build_model("VGG16", image_size=PAPER_IMAGE_SIZE, weights="none").save(model_file)
         config = {"model": "VGG16", "image_size": PAPER_IMAGE_SIZE, "scaling": "rescale", "fit": "resize",
                   "crop": False, "protocol": "none"}
+        from ecgpaper.data.pagegate import twin_gate
+
         write_export(model_file, config, Workspace("none (untrained, speed benchmark only)", "bench"),
                      run_id="bench-vgg16-untrained", synthetic=True, metrics={},
-                     selected_by="benchmarks/bench_serve.py --build-vgg16", dest=folder)
+                     selected_by="benchmarks/bench_serve.py --build-vgg16", page_gate=twin_gate(),
+                     dest=folder)
 
 
 def sample_upload() -> bytes:

@@ -103,6 +103,7 @@ MODULE_ROLES: dict[str, str] = {
     "data.splits": "split manifests: the paper's 70/15/15, leakage-free `grouped`, `kaggle`",
     "data.preprocess": "decode, crop and resize once into a uint8 cache; the page geometry",
     "data.prepare": "the data stage end to end, in one call",
+    "data.pagegate": "is an upload an ECG report page at all? The gate before classification, calibrated at export",
     "outputs": "how every figure and table is written: style, stable file names, captions naming the data, "
                "intervals as numbers in CSV and as text in Markdown",
     "metrics": "test metrics, calibration and the one (group) bootstrap",

@@ -135,3 +135,11 @@ def copy_tree():
         shutil.copytree(src, dst)
         return dst
     return _copy
+
+
+@pytest.fixture
+def gate_without_data(monkeypatch):
+    """For registered runs without images (export tests): their export gets the tiny model's page gate."""
+    from support.model import tiny_gate
+
+    monkeypatch.setattr("ecgpaper.runs.export.calibrate_page_gate", lambda ws, config: tiny_gate())

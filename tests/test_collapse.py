@@ -68,7 +68,7 @@ def _run(run_id, *, collapsed, protocol="grouped", val_accuracy=0.8, label_contr
     return Run(run_id, config, metrics, folder)
 
 
-def test_a_collapsed_run_is_never_exported_even_with_the_best_validation_accuracy(tmp_path):
+def test_a_collapsed_run_is_never_exported_even_with_the_best_validation_accuracy(tmp_path, gate_without_data):
     _run("collapsed-best-val", collapsed=True, val_accuracy=0.99)
     _run("control", collapsed=False, val_accuracy=0.98, label_control="shuffled")
     _run("healthy", collapsed=False, val_accuracy=0.70)

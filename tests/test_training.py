@@ -296,7 +296,7 @@ def _registered_run(run_id, protocol, split_seed, **metrics):
     append_record(Workspace("synthetic-sel", "smoke"), {"run_id": run_id, "config": config})
 
 
-def test_export_ranks_by_validation_within_one_protocol_and_never_by_test(tmp_path):
+def test_export_ranks_by_validation_within_one_protocol_and_never_by_test(tmp_path, gate_without_data):
     from ecgpaper.runs.export import selection_key
 
     quiet = dict(log=lambda *_: None, dest=tmp_path)

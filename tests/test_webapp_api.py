@@ -39,6 +39,7 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+from support.images import not_ecg_uploads
 from support.model import train_and_export_smoke_model
 from support.server import API, MANAGE, REPO, LiveServer, auth, running_instances, temp_postgres
 
@@ -294,6 +295,10 @@ def test_model_card(server, users, exported_model):
     assert card["class_codes"] == list(CLASS_CODES)
     assert card["class_names"] == [CLASS_NAMES[c] for c in CLASS_CODES]
     assert card["metrics"] == meta["metrics"] and card["preprocessing"] == meta["preprocessing"]
+    gate = card["page_gate"]  # what the gate before classification turns away, and its calibration
+    assert "blank" in gate["rejects"] and "photos" in gate["rejects"] and gate["threshold"] == meta["page_gate"]["threshold"]
+    assert f"synthetic-smoke, {meta['protocol']} split seed 0" in gate["source"] and gate["n_val"] > 0
+    assert "precision" not in gate  # the card is for people: no covariance matrix
 
 
 def test_happy_path_classification_with_heat_map(server, users, exported_model):
@@ -416,6 +421,19 @@ def test_bad_inputs_get_clear_4xx_and_the_server_keeps_answering(server, users):
     assert ok.status_code == 201
     assert server.get(f"{API}/classifications/", token=token).json()["count"] == before + 1
     assert "Traceback" not in server.log_tail(200_000)
+
+
+def test_an_upload_that_is_not_an_ecg_page_gets_422_and_no_class(server, users):
+    """Issue 22, item 9: a blank page, noise, a photo or a letter is not classified,
+    and nothing is stored for it; an ECG page still is."""
+    token = users["bob"]
+    before, files = server.get(f"{API}/classifications/", token=token).json()["count"], stored_files(server)
+    for name, data in not_ecg_uploads().items():
+        body = assert_error(server.upload(data, token, name=name), 422, "not_an_ecg")
+        assert "12-lead ECG report page" in body["detail"] and set(body) == {"error", "detail"}, name
+    assert server.get(f"{API}/classifications/", token=token).json()["count"] == before
+    assert stored_files(server) == files
+    assert server.upload(encode(ecg_page(6), "JPEG"), token).status_code == 201
 
 
 @pytest.mark.parametrize("name", list(odd_valid_images()))

@@ -4,7 +4,8 @@ Django + gunicorn) serving a tiny model trained on the synthetic twin.
 
 Sign in, upload a twin ECG image, see its class, four probability bars and the
 Grad-CAM overlay, find it in the history, upload a text file and get a sentence
-a clinician understands, delete the ECG, sign out; all under the server's
+a clinician understands, upload a photo and be told it is not an ECG page (the
+page gate, issue 22 item 9), delete the ECG, sign out; all under the server's
 Content-Security-Policy (no violation reported). Leaves a screenshot in
 results/webapp/screenshot.png, which REPORT.md then shows as Fig. 4
 (report.webpage_screenshot).
@@ -16,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.images import not_ecg_uploads
 from support.model import train_and_export_smoke_model
 from support.server import REPO, LiveServer, password_for
 
@@ -98,6 +100,8 @@ def test_a_clinician_classifies_an_ecg_in_the_browser(web_server, trained_root):
             expect(page.get_by_text(f"Signed in as {USER}")).to_be_visible()
             expect(page.get_by_role("note")).to_contain_text("trained on SYNTHETIC ECG images")
             expect(page.get_by_text(re.compile(r"test accuracy \d+\.\d %"))).to_be_visible()
+            expect(page.get_by_text("Only 12-lead ECG report pages are classified.", exact=False)).to_contain_text(
+                "Refused without a class: blank or near-blank pages, photos")
 
             # upload a twin ECG through the labelled file input
             page.get_by_label(re.compile("Choose ECG image")).set_input_files(ecg)
@@ -144,6 +148,15 @@ def test_a_clinician_classifies_an_ecg_in_the_browser(web_server, trained_root):
             expect(alert).to_contain_text("This file is not an ECG image we can read "
                                           "(use JPEG, PNG, WebP or TIFF).")
             expect(alert).to_contain_text("Details: ")
+
+            # a picture that is not an ECG page (a photo) is refused by the page gate, with no result
+            page.get_by_label(re.compile("Choose ECG image")).set_input_files(
+                {"name": "photo.jpg", "mimeType": "image/jpeg", "buffer": not_ecg_uploads()["photo.jpg"]})
+            page.get_by_role("button", name="Analyse ECG").click()
+            expect(alert).to_contain_text("This image is not a 12-lead ECG report page, so it was not analysed.")
+            expect(alert).to_contain_text("no ECG grid with traces was found")
+            expect(history.get_by_role("button", name=re.compile("photo"))).to_have_count(0)  # nothing stored
+            expect(entry).to_have_count(1)
 
             # delete the ECG (after the browser's confirmation): gone from the history
             entry.click()

@@ -3,8 +3,10 @@ and the web service (paper section 3.6, Fig. 4).
 
 ``models/ecg_classifier.keras`` beside ``models/ecg_classifier.json``: the class
 names in order, the input size, the preprocessing (scaling, fit, crop and its
-version), the dataset and profile, the run, its test metrics and the sha256 of
-the model file. :func:`export_best` writes them from the best finished run,
+version), the dataset and profile, the run, its test metrics, the sha256 of
+the model file and the page gate (``ecgpaper.data.pagegate``, issue 22 item 9:
+what tells an ECG page from any other upload), calibrated on the run's own
+training and validation pages, so the served model and its gate always match. :func:`export_best` writes them from the best finished run,
 :func:`write_export` from any model file (the serving benchmark's untrained
 VGG16), and :func:`verified_export` is what the service calls before loading:
 every key present, the file there and matching its sha256, and the
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from ecgpaper import __version__, paths
 from ecgpaper.config import CLASS_CODES, CLASS_NAMES, PAPER_METRICS
+from ecgpaper.data.pagegate import PageGate, gate_for_split
 from ecgpaper.data.preprocess import PREPROCESS_VERSION
 from ecgpaper.errors import UserError
 from ecgpaper.paths import Workspace
@@ -34,7 +37,7 @@ EXPORT_PROTOCOLS = ("grouped", "paper", "kaggle")
 #: metadata keys the classifier and the web service read
 METADATA_KEYS = ("model_file", "model_sha256", "model", "run_id", "class_codes", "class_names",
                  "input_size", "preprocessing", "dataset", "synthetic", "profile", "protocol",
-                 "metrics", "ecgpaper_version", "temperature")
+                 "metrics", "ecgpaper_version", "temperature", "page_gate")
 
 NO_MODEL_MESSAGE = ("No model has been exported yet: run `python -m ecgpaper export` "
                     "(after `python -m ecgpaper run baseline`) or `./run_all.sh`.")
@@ -56,14 +59,16 @@ def selection_key(metrics: dict, run_id: str = "?", metric: str = "val_accuracy"
 
 
 def write_export(model_src: Path, config: dict, ws: Workspace, *, run_id: str, metrics: dict,
-                 selected_by: str, synthetic: bool | None = None, dest: Path | None = None,
-                 temperature: float = 1.0) -> Path:
+                 selected_by: str, page_gate: dict, synthetic: bool | None = None,
+                 dest: Path | None = None, temperature: float = 1.0) -> Path:
     """Copy ``model_src`` to ``<dest>/ecg_classifier.keras`` (atomically) and write
     its metadata; ``config`` is a run's config.json (model, image_size,
-    scaling, fit, crop, protocol), ``ws`` the data it learnt from. ``synthetic``
+    scaling, fit, crop, protocol), ``ws`` the data it learnt from, ``page_gate``
+    the gate's parameters (``ecgpaper.data.pagegate.fit_gate``). ``synthetic``
     (the web page's warning) defaults to whether that is the twin. ``temperature``:
     the run's temperature scaling, which the service applies to every answer
     (issue 21, item 4; 1.0: the model's own probabilities). Returns the model file."""
+    PageGate(page_gate)  # a gate the service could not load is refused here
     dest = Path(dest) if dest else paths.MODELS
     dest.mkdir(parents=True, exist_ok=True)
     model_file = dest / f"{EXPORT_NAME}.keras"
@@ -82,6 +87,7 @@ def write_export(model_src: Path, config: dict, ws: Workspace, *, run_id: str, m
         "protocol": config["protocol"], "metrics": metrics, "selected_by": selected_by,
         "ecgpaper_version": __version__, "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "temperature": float(temperature),
+        "page_gate": page_gate,
     }
     paths.atomic_write_text(dest / f"{EXPORT_NAME}.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return model_file
@@ -92,6 +98,17 @@ def calibration_summary(calibration: dict) -> dict:
     the temperature, where it was fitted, and the test ECE and Brier score before and after it."""
     return ({k: calibration[k] for k in ("temperature", "fitted_on", "n_val")}
             | {f"test_{s}_{when}": calibration[when][s] for s in ("ece", "brier") for when in ("before", "after")})
+
+
+def calibrate_page_gate(ws: Workspace, config: dict) -> dict:
+    """The page gate of a run (``config``: its config.json), fitted on its split's
+    training pages and thresholded on its validation pages (``gate_for_split``)."""
+    root = config.get("data_root")
+    if not root or not Path(root).is_dir():
+        raise UserError(f"the run's images ({root or 'no data_root in its config.json'}) are not there, "
+                        "so the page gate cannot be calibrated on its training and validation pages; "
+                        "put the data back, or retrain the run with this version.")
+    return gate_for_split(root, ws.dataset, config["protocol"], config["split_seed"])
 
 
 def export_best(ws: Workspace, *, run_id: str | None = None, metric: str = "val_accuracy",
@@ -145,16 +162,18 @@ def export_best(ws: Workspace, *, run_id: str | None = None, metric: str = "val_
         log(f"WARNING: run {best.run_id} has no temperature scaling in its metrics.json (trained by "
             "an older version): the service shows its uncalibrated probabilities; retrain it to "
             "calibrate them")
+    gate = calibrate_page_gate(ws, config)
     model_file = write_export(
         run_folder(ws, best.run_id) / "model.keras", config, ws, run_id=best.run_id,
         metrics={k: metrics[k] for k in (*PAPER_METRICS, "ci95", "n_test")}
         | {"calibration": calibration and calibration_summary(calibration)},
         selected_by=f"{metric}, ties by val_loss, among {config['protocol']} runs of split seed "
-                    f"{config['split_seed']}", dest=dest,
+                    f"{config['split_seed']}", page_gate=gate, dest=dest,
         temperature=calibration["temperature"] if calibration else 1.0)
     calibrated = f", temperature {calibration['temperature']:.3f}" if calibration else ""
     log(f"exported {best.run_id} ({config['model']}, test accuracy {metrics['accuracy']:.3f}{calibrated}"
-        f"{', SYNTHETIC twin' if ws.synthetic else ''}) -> {model_file}")
+        f"{', SYNTHETIC twin' if ws.synthetic else ''}; page gate: {gate['val_accepted']:.0%} of "
+        f"{gate['n_val']} validation pages pass) -> {model_file}")
     return model_file
 
 

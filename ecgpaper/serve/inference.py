@@ -12,7 +12,10 @@ cannot disagree.
 
 :func:`decode_upload` turns untrusted bytes into an image or a clinician-
 readable :class:`InvalidImage` (empty, too large, too many pixels, not an
-image, SVG/HTML, damaged, animated).
+image, SVG/HTML, damaged, animated). Before the model sees an upload, the page
+gate exported with it (``ecgpaper.data.pagegate``, issue 22 item 9) checks that
+it is a 12-lead ECG report page at all: anything else is ``InvalidImage("not_an_ecg")``
+and gets no class.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ecgpaper.config import HEADER_CROP_FRACTIONS
+from ecgpaper.data.pagegate import PageGate, page_pixels
 from ecgpaper.data.preprocess import PreprocessSettings, decode_reduced, finish_image
 from ecgpaper.errors import UserError
 from ecgpaper.metrics import apply_temperature
@@ -148,6 +152,10 @@ class Classifier:
         self.class_names: list[str] = list(meta["class_names"])
         self.settings = PreprocessSettings(size=int(meta["input_size"]), fit=prep["fit"],
                                            crop=bool(prep["crop"]))
+        try:
+            self.gate = PageGate(meta["page_gate"])
+        except UserError as exc:
+            raise ModelUnavailable(str(exc)) from None
 
         import keras  # TensorFlow only once there is a model to load
         import tensorflow as tf
@@ -193,17 +201,37 @@ class Classifier:
             return apply_temperature(probabilities.numpy(), self.temperature), heatmaps.numpy()
         return apply_temperature(self._predict(batch_uint8).numpy(), self.temperature)
 
-    def classify(self, image: Image.Image | bytes, *, explain: bool = True) -> dict:
-        """One image (checked ``PIL.Image`` from :func:`decode_upload`, or raw
-        bytes, checked here with the default limits) -> class, probabilities,
-        Grad-CAM overlay PNG (None unless ``explain``) and timings in ms."""
+    def check_page(self, data: bytes, *, max_bytes: int = MAX_UPLOAD_BYTES,
+                   max_pixels: int = MAX_PIXELS) -> float:
+        """The page gate on upload bytes: its distance from the training pages, or
+        ``InvalidImage("not_an_ecg")`` when the upload is not a 12-lead ECG report page
+        (or :func:`decode_upload`'s refusals). Decodes the upload at the gate's own
+        resolution, apart from the model's decoding, which stays the training cache's."""
+        image = decode_upload(data, max_bytes=max_bytes, max_pixels=max_pixels, load=False)
+        with decoding_errors():
+            pixels = page_pixels(image)
+        accepted, distance = self.gate.check(pixels)
+        if not accepted:
+            log.info("not an ECG page: gate distance %.2f > threshold %.2f", distance, self.gate.threshold)
+            raise InvalidImage("not_an_ecg",
+                               "This image does not look like a 12-lead ECG report page (no ECG grid "
+                               "with traces was found), so it was not classified. Upload a scan or "
+                               "photo of the whole ECG page.")
+        return distance
+
+    def classify(self, data: bytes, *, explain: bool = True, max_bytes: int = MAX_UPLOAD_BYTES,
+                 max_pixels: int = MAX_PIXELS) -> dict:
+        """Upload bytes -> class, probabilities, Grad-CAM overlay PNG (None unless
+        ``explain``), the page gate's distance and timings in ms. Checked first by
+        :func:`decode_upload` (with ``max_bytes`` and ``max_pixels``) and the page
+        gate (:meth:`check_page`): :class:`InvalidImage` for anything else."""
         t0 = time.perf_counter()
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            image = decode_upload(bytes(image), load=False)
+        gate_distance = self.check_page(data, max_bytes=max_bytes, max_pixels=max_pixels)
+        image = decode_upload(data, max_bytes=max_bytes, max_pixels=max_pixels, load=False)
         with decoding_errors():
             decoded = decode_reduced(image, self.settings)
         pixels = finish_image(decoded, self.settings)
-        del decoded
+        del decoded, image
         t1 = time.perf_counter()
         batch = pixels[np.newaxis]
         if explain:
@@ -223,7 +251,7 @@ class Classifier:
             "class_code": self.class_codes[best],
             "class_name": self.class_names[best],
             "probabilities": {code: float(v) for code, v in zip(self.class_codes, p)},
-            "heatmap_png": heatmap_png,
+            "heatmap_png": heatmap_png, "page_gate_distance": gate_distance,
             "timings": {"preprocess_ms": (t1 - t0) * 1e3, "inference_ms": (t2 - t1) * 1e3,
                         "heatmap_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3},
         }

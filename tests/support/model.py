@@ -4,6 +4,7 @@ cores), or :func:`tiny_export`'s untrained one (seconds). Uses pytest (conftest'
 ``point_paths``): for the tests only."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 
@@ -23,6 +24,14 @@ def train_and_export_smoke_model(root: Path) -> Path:
     finally:
         mp.undo()
     return root
+
+
+@functools.cache
+def tiny_gate() -> dict:
+    """A page gate calibrated on 16 + 8 freshly drawn twin pages (seconds)."""
+    from ecgpaper.data.pagegate import twin_gate
+
+    return twin_gate(n_train=16, n_val=8, sizes=((1106, 786), (800, 568)))
 
 
 def tiny_export(dest: Path, *, output: str = "probabilities", size: int = 64) -> Path:
@@ -51,5 +60,5 @@ def tiny_export(dest: Path, *, output: str = "probabilities", size: int = 64) ->
               "crop": False, "protocol": "grouped"}
     data = types.SimpleNamespace(dataset="synthetic-smoke", synthetic=True, profile="smoke")
     write_export(dest / "source.keras", config, data, run_id=f"tiny-{output}", metrics={},
-                 selected_by="test", dest=dest)
+                 selected_by="test", page_gate=tiny_gate(), dest=dest)
     return dest

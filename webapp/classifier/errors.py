@@ -46,8 +46,9 @@ _DRF_ERRORS = {
 def _from_service(exc: Exception) -> Exception:
     """The typed refusals of services.py as API errors with their status codes."""
     if isinstance(exc, InvalidImage):
-        code = (status.HTTP_413_REQUEST_ENTITY_TOO_LARGE if exc.code == "too_large"
-                else status.HTTP_400_BAD_REQUEST)
+        code = {"too_large": status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,  # a readable image, but
+                "not_an_ecg": status.HTTP_422_UNPROCESSABLE_ENTITY}.get(  # not an ECG page
+                    exc.code, status.HTTP_400_BAD_REQUEST)
         return ApiError(code, exc.code, exc.detail)
     if isinstance(exc, ModelUnavailable):
         return ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "model_unavailable", str(exc))

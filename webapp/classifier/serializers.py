@@ -118,3 +118,5 @@ class ModelInfoSerializer(serializers.Serializer):
     class_names = serializers.ListField(child=serializers.CharField())
     input_size = serializers.IntegerField()
     preprocessing = serializers.DictField(help_text="scaling, fit, crop, version")
+    page_gate = serializers.DictField(help_text="the check before classification: what it rejects "
+                                                "(HTTP 422 not_an_ecg), its threshold and calibration")

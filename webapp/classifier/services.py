@@ -26,7 +26,7 @@ from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import UploadedFile
 from django.db import DatabaseError
 
-from ecgpaper.serve.inference import InvalidImage, decode_upload, stored_copy
+from ecgpaper.serve.inference import InvalidImage, stored_copy
 
 from .models import Classification
 
@@ -114,16 +114,15 @@ def classify_upload(user, upload: ReceivedUpload, *, explain: bool,
     without metadata and save the record of ``user``.
 
     Raises ``ModelUnavailable`` without a usable model and ``InvalidImage`` for a file
-    that cannot be classified; if storing or saving fails, the files already written
+    that cannot be classified (``not_an_ecg``: the page gate found no ECG page; nothing
+    is stored then); if storing or saving fails, the files already written
     are deleted before the error goes on. ``started`` (``time.perf_counter()`` when
     the request arrived) is where the record's ``total_ms`` counts from.
     """
     started = time.perf_counter() if started is None else started
     classifier = current_classifier()
-    image = decode_upload(upload.data, max_bytes=settings.ECGWEB_MAX_UPLOAD_BYTES,
-                          max_pixels=settings.ECGWEB_MAX_PIXELS, load=False)
-    result = classifier.classify(image, explain=explain)
-    del image  # the decoded upload: stored_copy decodes it again, one copy at a time
+    result = classifier.classify(upload.data, explain=explain, max_bytes=settings.ECGWEB_MAX_UPLOAD_BYTES,
+                                 max_pixels=settings.ECGWEB_MAX_PIXELS)  # not an ECG page: InvalidImage
     stored, extension = stored_copy(upload.data, blank_header=settings.ECGWEB_BLANK_HEADER)
     meta = classifier.metadata
     filename = upload.name if settings.ECGWEB_KEEP_FILENAMES else f"upload.{extension}"

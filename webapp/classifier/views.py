@@ -159,8 +159,13 @@ class MeView(APIView):
         return Response(_user_data(request.user))
 
 
+#: what the model card says of the page gate (issue 22, item 9)
+PAGE_GATE_CARD = ("rejects", "threshold", "threshold_rule", "source", "n_train", "n_val", "val_accepted")
+
+
 class ModelInfoView(APIView):
-    """The served model's card: backbone, run, data it was trained on, test metrics."""
+    """The served model's card: backbone, run, data it was trained on, test metrics,
+    and what its page gate turns away (HTTP 422 ``not_an_ecg``)."""
 
     @extend_schema(responses={200: ModelInfoSerializer, **_errors(401, 503)})
     def get(self, request):
@@ -172,6 +177,7 @@ class ModelInfoView(APIView):
             "protocol": meta["protocol"], "metrics": meta["metrics"],
             "class_codes": meta["class_codes"], "class_names": meta["class_names"],
             "input_size": meta["input_size"], "preprocessing": meta["preprocessing"],
+            "page_gate": {key: meta["page_gate"].get(key) for key in PAGE_GATE_CARD},
         }).data)
 
 
@@ -224,7 +230,7 @@ class ClassificationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         request={"multipart/form-data": UploadSerializer},
         parameters=[OpenApiParameter("explain", OpenApiTypes.BOOL, default=True,
                                      description="0: skip the Grad-CAM heat map (faster)")],
-        responses={201: ClassificationCreatedSerializer, **_errors(400, 401, 403, 413, 429, 503)})
+        responses={201: ClassificationCreatedSerializer, **_errors(400, 401, 403, 413, 422, 429, 503)})
     def create(self, request):
         # (no docstring: the view set's stands for this operation in the OpenAPI schema)
         started = time.perf_counter()

@@ -11,12 +11,20 @@ function ModelSummary({ model }) {
   if (model.error) return <ErrorNotice error={model.error} />;
   const { metrics } = model.info;
   const ci = metrics.ci95?.accuracy;
+  const gate = model.info.page_gate;
   return (
-    <p className="model-summary">
-      Model <strong>{model.info.model}</strong> · dataset <strong>{model.info.dataset}</strong> · test accuracy{" "}
-      <strong>{percent(metrics.accuracy)}</strong>
-      {ci && ` (95 % CI ${percent(ci[0])} – ${percent(ci[1])}, n = ${metrics.n_test})`}
-    </p>
+    <>
+      <p className="model-summary">
+        Model <strong>{model.info.model}</strong> · dataset <strong>{model.info.dataset}</strong> · test accuracy{" "}
+        <strong>{percent(metrics.accuracy)}</strong>
+        {ci && ` (95 % CI ${percent(ci[0])} – ${percent(ci[1])}, n = ${metrics.n_test})`}
+      </p>
+      {gate && (
+        <p className="model-summary gate-note">
+          Only 12-lead ECG report pages are classified. Refused without a class: {gate.rejects}.
+        </p>
+      )}
+    </>
   );
 }
 

@@ -24,6 +24,7 @@ const model = (synthetic) => ({
   class_names: CLASSES.map(([, name]) => name),
   input_size: 64,
   preprocessing: {},
+  page_gate: { rejects: "blank pages, photos, letters", threshold: 6.9, n_val: 13 },
 });
 
 const classification = (id, extra = {}) => ({
@@ -153,6 +154,24 @@ it("explains a rejected upload in plain words and keeps the server's detail", as
   const alert = await screen.findByRole("alert");
   expect(alert).toHaveTextContent("This file is not an ECG image we can read (use JPEG, PNG, WebP or TIFF).");
   expect(alert).toHaveTextContent("Details: cannot identify image file");
+  expect(screen.queryByRole("region", { name: "Result" })).not.toBeInTheDocument();
+});
+
+it("says so when the upload is not an ECG page, and the model card says what is refused", async () => {
+  fakeServer({
+    "POST /api/v1/classifications/": [422, { error: "not_an_ecg", detail: "no ECG grid with traces was found" }],
+  });
+  const user = userEvent.setup();
+  render(<App />);
+  expect(await screen.findByText(/Only 12-lead ECG report pages are classified/)).toHaveTextContent(
+    "Refused without a class: blank pages, photos, letters.",
+  );
+  await user.upload(screen.getByLabelText(/Choose ECG image/), new File(["cat"], "cat.jpg", { type: "image/jpeg" }));
+  await user.click(screen.getByRole("button", { name: "Analyse ECG" }));
+
+  const alert = await screen.findByRole("alert");
+  expect(alert).toHaveTextContent("This image is not a 12-lead ECG report page, so it was not analysed.");
+  expect(alert).toHaveTextContent("Details: no ECG grid with traces was found");
   expect(screen.queryByRole("region", { name: "Result" })).not.toBeInTheDocument();
 });
 

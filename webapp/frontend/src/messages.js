@@ -8,6 +8,8 @@ const BY_CODE = {
   missing_file: "No image was received. Please choose an ECG image first.",
   too_large: "The file is too large. Please upload a smaller scan or photo of the ECG.",
   too_many_pixels: "The image has too many pixels. Please upload a lower-resolution scan of the ECG.",
+  not_an_ecg:
+    "This image is not a 12-lead ECG report page, so it was not analysed. Please upload a scan or photo of the whole ECG page.",
   animated_image: "Animated images cannot be analysed. Please upload a single still image of the ECG.",
   invalid_credentials: "The username or password is not correct.",
   model_unavailable: "No trained model is installed on the server yet. Ask the administrator to run ./run_all.sh.",
@@ -20,6 +22,7 @@ const BY_STATUS = {
   401: "Your session has ended. Please sign in again.",
   403: "Your session has ended or you are not allowed to do this. Please sign in again.",
   413: BY_CODE.too_large,
+  422: BY_CODE.not_an_ecg,
   429: BY_CODE.throttled,
   503: BY_CODE.model_unavailable,
 };

@@ -10,6 +10,7 @@ describe("friendlyMessage", () => {
     ["too_large", 400, "The file is too large. Please upload a smaller scan or photo of the ECG."],
     ["too_many_pixels", 400, "The image has too many pixels. Please upload a lower-resolution scan of the ECG."],
     ["animated_image", 400, "Animated images cannot be analysed. Please upload a single still image of the ECG."],
+    ["not_an_ecg", 422, "This image is not a 12-lead ECG report page, so it was not analysed. Please upload a scan or photo of the whole ECG page."],
     ["empty_file", 400, "The file is empty. Please choose the ECG image again."],
     ["model_unavailable", 503, "No trained model is installed on the server yet. Ask the administrator to run ./run_all.sh."],
     ["invalid_credentials", 400, "The username or password is not correct."],
