@@ -723,18 +723,3 @@ def test_a_failed_login_does_not_log_what_was_typed(ops_server):
     audit = (srv.state / "audit.log").read_text()
     assert "Tr0ub4dor" not in audit and "Tr0ub4dor" not in srv.log_tail(10**6)
     assert 'attempted="(no such account)"' in audit
-
-
-def test_a_deleted_record_is_overwritten_in_the_sqlite_file(ops_server):
-    srv = ops_server
-    token = srv.create_users("lena")["lena"]
-    made = srv.upload(white_png(), token, query="?explain=0").json()
-    assert requests.delete(f"{srv.url}{API}/classifications/{made['id']}/",
-                           headers={"Authorization": f"Token {token}"}, timeout=10).status_code == 204
-    srv.manage("shell", "-c", "from django.db import connection; "
-                              "connection.cursor().execute('PRAGMA wal_checkpoint(TRUNCATE)')")
-    # the record's own text: its creation time to the microsecond (the white PNG's sha256 is
-    # in other records too)
-    created = made["created"].replace("T", " ").rstrip("Z")
-    assert re.fullmatch(r"[\d-]+ [\d:]+\.\d{6}", created), created
-    assert created.encode() not in (srv.state / "db.sqlite3").read_bytes()
