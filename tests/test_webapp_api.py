@@ -170,7 +170,10 @@ def postgres():
 def server(request, exported_model, frontend_dist, tmp_path_factory):
     env = {"ECGWEB_MODELS_DIR": str(exported_model), "ECGWEB_FRONTEND_DIST": str(frontend_dist),
            # these tests upload dozens of images a minute; guarded_server tests the limit
-           "ECGWEB_THROTTLE_UPLOAD": "1000/min"}
+           "ECGWEB_THROTTLE_UPLOAD": "1000/min",
+           # the opt-ins: file names kept (for display), the stored copy the whole page; the
+           # privacy-first defaults are tested in test_webapp_security.py
+           "ECGWEB_KEEP_FILENAMES": "1", "ECGWEB_HEADER_BAND": "keep"}
     pg = request.getfixturevalue("postgres") if request.param == "postgres" else None
     with LiveServer(tmp_path_factory.mktemp(f"main-server-{request.param}"), env, postgres=pg) as srv:
         yield srv
@@ -554,7 +557,8 @@ def guarded_server(exported_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("guarded-server")
     models = broken_model_dir(exported_model, root / "broken-models")
     with LiveServer(root, {"ECGWEB_MODELS_DIR": str(models), "ECGWEB_THROTTLE_LOGIN": "3/min",
-                           "ECGWEB_THROTTLE_UPLOAD": "2/min", "ECGWEB_TOKEN_TTL_HOURS": "1"},
+                           "ECGWEB_THROTTLE_UPLOAD": "2/min", "ECGWEB_TOKEN_TTL_HOURS": "1",
+                           "ECGWEB_PROXY": "direct"},  # clients reach it directly: X-F-F ignored
                     workers=2) as srv:
         srv.tokens = srv.create_users("erin", "frank", "gina")
         srv.models = models
@@ -875,7 +879,8 @@ def test_serve_prints_the_deployment_checks_beyond_loopback(tmp_path, host, chec
             f"from ecgpaper.serve.server import serve; serve({host!r}, 8000, 1)")
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, env={**env, "ECGPAPER_ROOT": str(tmp_path), "ECGWEB_SECRET_KEY": ""})
+                         timeout=300, env={**env, "ECGPAPER_ROOT": str(tmp_path), "ECGWEB_SECRET_KEY": "",
+                                           "ECGWEB_PROXY": "direct"})
     assert res.returncode == 0, res.stderr
     assert "would exec gunicorn" in res.stderr
     if checked:

@@ -1,26 +1,34 @@
-"""Security review of the web service (issue 22, findings 1, 4 and 7), through real
-HTTP against gunicorn (tests/support/server.py): login throttles that padding and
-Unicode variants of a user name do not sidestep, with per-account and per-address
-limits on the API's and the admin's login; sessions that end when idle or when the
-browser closes, tokens revoked by a password change; server errors in the server's
-log, and a readiness check that looks at the database, the upload folder and the
-model's output.
+"""Security review of the web service (issue 22), through real HTTP against gunicorn
+(tests/support/server.py): login throttles that padding and Unicode variants of a user
+name do not sidestep, with per-account and per-address limits on the API's and the
+admin's login (1); sessions that end when idle or when the browser closes, tokens
+revoked by a password change (4); server errors in the server's log, and a readiness
+check that looks at the database, the upload folder and the model's output (7);
+throttle counters that fail closed, are not culled and are not flooded (2, on SQLite
+and PostgreSQL); the client's address only from trusted proxies, IPv6 per /64 (3);
+no stored file without its record, a sweep of orphans (6); bounded cost per upload and
+separate boot and request timeouts (8).
 
-The login server trusts one proxy (``ECGWEB_NUM_PROXIES=1``), so that each test
-can speak from addresses of its own through ``X-Forwarded-For``.
+The login and throttle servers trust nginx on this host (``ECGWEB_PROXY=127.0.0.1``),
+so that each test can speak from addresses of its own through ``X-Forwarded-For``.
 """
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import struct
+import subprocess
+import sys
 import time
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image
 from support.model import tiny_export
-from support.server import API, LiveServer, password_for
+from support.server import API, REPO, LiveServer, password_for, temp_postgres
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +52,7 @@ def login_server(tmp_path_factory):
     """No model; 3 login attempts a minute per (name, address), 8 per account, 10 per
     address; sessions idle for IDLE_S seconds end; one proxy trusted."""
     root = tmp_path_factory.mktemp("login-server")
-    env = {"ECGWEB_MODELS_DIR": str(root / "no-models"), "ECGWEB_NUM_PROXIES": "1",
+    env = {"ECGWEB_MODELS_DIR": str(root / "no-models"), "ECGWEB_PROXY": "127.0.0.1",
            "ECGWEB_THROTTLE_LOGIN": "3/min", "ECGWEB_THROTTLE_LOGIN_ACCOUNT": "8/min",
            "ECGWEB_THROTTLE_LOGIN_ADDRESS": "10/min",
            "ECGWEB_SESSION_IDLE_MINUTES": str(IDLE_S / 60)}
@@ -277,3 +285,441 @@ def test_a_model_with_the_wrong_output_rank_is_refused_at_load(tmp_path):
         # uploads get the same 503, not a 500 from the model's answer
         assert_error(srv.upload(white_png(), token), 503, "model_unavailable")
         assert "Traceback" not in srv.log_tail(10**6)
+
+
+# --------------------------------------------------------------------------
+# finding 2: throttle counters that cannot be wiped, flooded or switched off
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def postgres():
+    from ecgpaper.serve.devdb import INSTALL_HINT, find_pg_bin
+
+    if find_pg_bin() is None:
+        pytest.skip(f"PostgreSQL is not installed: {INSTALL_HINT}")
+    with temp_postgres() as pg:
+        yield pg
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def throttle_server(request, tmp_path_factory):
+    """No model; nginx on this host (127.0.0.1, the test) trusted as the proxy, so each
+    test speaks from addresses of its own; 3 attempts per (name, address) an hour (longer
+    than the flood of test_many_other_clients takes), 8 per account and 5 per address a
+    minute."""
+    root = tmp_path_factory.mktemp(f"throttle-server-{request.param}")
+    pg = request.getfixturevalue("postgres") if request.param == "postgres" else None
+    env = {"ECGWEB_MODELS_DIR": str(root / "no-models"), "ECGWEB_PROXY": "127.0.0.1",
+           "ECGWEB_THROTTLE_LOGIN": "3/hour", "ECGWEB_THROTTLE_LOGIN_ACCOUNT": "8/min",
+           "ECGWEB_THROTTLE_LOGIN_ADDRESS": "5/min"}
+    with LiveServer(root, env, postgres=pg) as srv:
+        srv.tokens = srv.create_users("carol", "dave", "erin", "fred")
+        yield srv
+
+
+#: in a manage.py shell: the tables that hold the throttle counters (whatever they are
+#: called: the database cache before issue 22, the counter rows after), and their database
+THROTTLE_TABLES = """
+import json
+from django.conf import settings
+from django.db import connections
+connection = connections["throttle" if "throttle" in settings.DATABASES else "default"]
+tables = [t for t in connection.introspection.table_names() if "cache" in t or "throttle" in t]
+assert tables, connection.introspection.table_names()
+"""
+
+
+def throttle_rows(srv: LiveServer) -> int:
+    return manage_json(srv, THROTTLE_TABLES + """
+total = 0
+with connection.cursor() as cursor:
+    for table in tables:
+        cursor.execute(f"SELECT COUNT(*) FROM {table}")
+        total += cursor.fetchone()[0]
+print(json.dumps(total))
+""")
+
+
+def refuse_throttle_writes(srv: LiveServer, refuse: bool) -> None:
+    """Make every write to the counters fail (a full disk, a locked file), or undo it."""
+    if srv.database == "sqlite":
+        make = ("for t in tables:\n    for op in ('INSERT', 'UPDATE'):\n        cursor.execute("
+                "f\"CREATE TRIGGER refuse_{t}_{op} BEFORE {op} ON {t} BEGIN "
+                "SELECT RAISE(ABORT, 'disk full (test)'); END\")")
+        undo = ("for t in tables:\n    for op in ('INSERT', 'UPDATE'):\n"
+                "        cursor.execute(f'DROP TRIGGER refuse_{t}_{op}')")
+    else:
+        make = ("cursor.execute(\"CREATE FUNCTION refuse_writes() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'disk full (test)'; END $$\")\nfor t in tables:\n"
+                "    cursor.execute(f'CREATE TRIGGER refuse_{t} BEFORE INSERT OR UPDATE ON {t} "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_writes()')")
+        undo = ("for t in tables:\n    cursor.execute(f'DROP TRIGGER refuse_{t} ON {t}')\n"
+                "cursor.execute('DROP FUNCTION refuse_writes()')")
+    srv.manage("shell", "-c", THROTTLE_TABLES + "cursor = connection.cursor()\n" + (make if refuse else undo))
+
+
+def test_a_refused_request_writes_no_further_counters(throttle_server):
+    login = Login(throttle_server, "api")
+    address = "198.51.100.77"
+    assert [login.attempt(f"ghost-{i}", "guess", address) for i in range(5)] == [400] * 5
+    before = throttle_rows(throttle_server)
+    # the address has spent its budget: trying 30 more user names creates no counters
+    assert [login.attempt(f"ghost-{i}", "guess", address) for i in range(5, 35)] == [429] * 30
+    assert throttle_rows(throttle_server) == before
+
+
+def test_throttling_fails_closed_when_the_counters_cannot_be_written(throttle_server):
+    srv = throttle_server
+    token = srv.tokens["dave"]
+    assert srv.get(f"{API}/classifications/", token=token).status_code == 200
+    login = Login(srv, "api")
+    refuse_throttle_writes(srv, True)
+    try:
+        for _ in range(4):
+            body = assert_error(srv.get(f"{API}/classifications/", token=token), 503,
+                                "throttle_unavailable")
+        assert_error(login.post("dave", password_for("dave"), "198.51.100.78"), 503, "throttle_unavailable")
+        assert srv.get(f"{API}/health/").status_code == 200  # never throttled: the process is up
+    finally:
+        refuse_throttle_writes(srv, False)
+    assert "Try again" in body["detail"] and "disk full" not in body["detail"]
+    assert "throttle counters unavailable, request refused" in srv.log_tail(10**6)
+    assert srv.get(f"{API}/classifications/", token=token).status_code == 200
+
+
+def test_many_other_clients_do_not_wipe_the_login_counters(throttle_server):
+    srv = throttle_server
+    if srv.database != "sqlite":
+        pytest.skip("one database is enough: the counters' code is the same on PostgreSQL")
+    login = Login(srv, "api")
+    address = "198.51.100.79"
+    assert [login.attempt("erin", f"guess-{i}", address) for i in range(3)] == [400] * 3
+    assert login.attempt("erin", password_for("erin"), address) == 429
+    # 21000 other anonymous clients, each counted once (the database cache culled a
+    # quarter of its keys, the lowest-sorting, throttle_login_*, beyond 20000)
+    srv.manage("shell", "-c", """
+from django.contrib.auth.models import AnonymousUser
+from django.test import RequestFactory
+from classifier.security import UserRateThrottle
+factory = RequestFactory()
+for i in range(21000):
+    request = factory.get("/api/v1/health/", REMOTE_ADDR=f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
+    request.user = AnonymousUser()
+    assert UserRateThrottle().allow_request(request, None)
+""", timeout=600)
+    assert login.attempt("erin", password_for("erin"), address) == 429
+
+
+# --------------------------------------------------------------------------
+# finding 3: the client's address behind a proxy
+# --------------------------------------------------------------------------
+
+def post_from(srv: LiveServer, source: str, path: str, body: dict, headers: dict) -> int:
+    """POST JSON from the local address ``source`` (any of 127.0.0.0/8): a client that is
+    not the trusted proxy 127.0.0.1. Returns the status."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10, source_address=(source, 0))
+    try:
+        conn.request("POST", path, body=json.dumps(body),
+                     headers={"Content-Type": "application/json", **headers})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_x_forwarded_for_counts_only_from_the_trusted_proxy(throttle_server):
+    srv = throttle_server
+    login = Login(srv, "api")
+    headers = {"X-CSRFToken": login.csrf, "Referer": login.url,
+               "Cookie": f"csrftoken={login.session.cookies['csrftoken']}"}
+    # a client reaching gunicorn directly from 127.0.0.2 picks a new X-Forwarded-For each time:
+    # its own address counts, so the per-address limit (5) holds
+    answers = [post_from(srv, "127.0.0.2", f"{API}/auth/login/", {"username": f"nobody-{i}", "password": "x"},
+                         {**headers, "X-Forwarded-For": f"203.0.113.{100 + i}"}) for i in range(7)]
+    assert answers == [400] * 5 + [429] * 2
+    # through the proxy (127.0.0.1) the address it forwarded counts: a fresh budget
+    assert login.attempt("nobody-7", "x", "203.0.113.120") == 400
+
+
+def test_ipv6_clients_are_counted_per_64(throttle_server):
+    login = Login(throttle_server, "api")
+    answers = [login.attempt(f"v6-ghost-{i}", "guess", f"2001:db8:5:6:{i:x}::1") for i in range(7)]
+    assert answers == [400] * 5 + [429] * 2  # one /64, one budget of 5
+    assert login.attempt("v6-ghost-9", "guess", "2001:db8:5:7::1") == 400  # the next /64 is another
+
+
+def test_the_audit_log_records_a_parsed_address_never_the_header(throttle_server):
+    srv = throttle_server
+    forged = '203.0.113.9 user="root" status=200 x'
+    r = requests.get(f"{srv.url}{API}/auth/me/", headers={"X-Forwarded-For": forged}, timeout=10)
+    assert r.status_code == 403
+    lines = [line for line in (srv.state / "audit.log").read_text().splitlines()
+             if f'path="{API}/auth/me/"' in line]
+    assert lines and 'user="root"' not in lines[-1], lines[-1]
+    assert re.search(r' user="-" ip=127\.0\.0\.1 method=GET ', lines[-1]), lines[-1]  # the proxy's
+
+
+def test_forwarded_requests_are_refused_while_the_proxy_is_not_configured(ops_server):
+    srv = ops_server  # ECGWEB_PROXY unset
+    assert srv.get(f"{API}/ready/").status_code == 200
+    for header in ("X-Forwarded-For", "X-Real-IP", "Forwarded"):
+        r = requests.get(f"{srv.url}{API}/ready/", headers={header: "203.0.113.5"}, timeout=10)
+        assert "ECGWEB_PROXY" in assert_error(r, 503, "proxy_not_configured")["detail"]
+    assert "ECGWEB_PROXY is unset" in srv.log_tail(10**6)
+
+
+def run_serve(tmp_path, host: str, env: dict) -> subprocess.CompletedProcess:
+    """``serve(host)`` up to the point where it would exec gunicorn (nothing is bound)."""
+    code = ("import os, sys; os.execve = lambda *a: print('would exec', a[1], file=sys.stderr); "
+            f"from ecgpaper.serve.server import serve; serve({host!r}, 8000, 1)")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ECGWEB_")
+            and k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**base, "ECGPAPER_ROOT": str(tmp_path),
+                                            "ECGWEB_SECRET_KEY": "", **env})
+
+
+def test_serve_beyond_loopback_needs_the_proxy_setting(tmp_path):
+    res = run_serve(tmp_path, "0.0.0.0", {})
+    assert res.returncode != 0 and "would exec" not in res.stderr
+    assert "set ECGWEB_PROXY=direct" in res.stderr, res.stderr[-2000:]
+    old = run_serve(tmp_path, "127.0.0.1", {"ECGWEB_NUM_PROXIES": "1"})
+    assert old.returncode != 0 and "ECGWEB_NUM_PROXIES is replaced by ECGWEB_PROXY" in old.stderr
+    ok = run_serve(tmp_path, "0.0.0.0", {"ECGWEB_PROXY": "10.0.0.2"})
+    assert ok.returncode == 0 and "would exec" in ok.stderr, ok.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------
+# findings 6 and 8: no orphaned files; bounded time per request, boot and upload
+# --------------------------------------------------------------------------
+
+#: gunicorn kills a request after this many seconds on the timeout server
+REQUEST_TIMEOUT_S = 5
+
+
+@pytest.fixture(scope="module")
+def timeout_server(tmp_path_factory):
+    """A tiny model on SQLite; requests killed after REQUEST_TIMEOUT_S (the boot, loading
+    TensorFlow and the model, takes longer and must survive it); workers replaced after
+    60 to 66 requests; one TensorFlow thread."""
+    root = tmp_path_factory.mktemp("timeout-server")
+    env = {"ECGWEB_MODELS_DIR": str(tiny_export(root / "models")),
+           "ECGWEB_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S), "ECGWEB_MAX_REQUESTS": "60",
+           "ECGWEB_TF_THREADS": "1"}
+    with LiveServer(root, env, require_model=True, start_timeout=400) as srv:
+        srv.tokens = srv.create_users("gus")
+        yield srv
+
+
+def wait_ready(srv: LiveServer, timeout: float = 400) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if srv.get(f"{API}/ready/").status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"not ready again within {timeout} s:\n{srv.log_tail()}")
+
+
+def stored_files(srv: LiveServer) -> set:
+    return {p for p in srv.media.rglob("*") if p.is_file()}
+
+
+def record_files(srv: LiveServer) -> set:
+    names = manage_json(srv, "import json; from classifier.models import Classification; "
+                             "print(json.dumps([n for pair in Classification.objects.values_list("
+                             "'image', 'heatmap') for n in pair if n]))")
+    return {srv.media / name for name in names}
+
+
+def test_the_boot_has_its_own_time_limit(timeout_server):
+    log = timeout_server.log_tail(10**6)
+    booted = re.search(r"\[[\d-]+ (\d\d:\d\d:\d\d) [^]]*\] \[\d+\] \[INFO\] Booting worker", log).group(1)
+    loaded = re.search(r"(\d\d:\d\d:\d\d),\d+ classifier INFO loaded model", log).group(1)
+    seconds = lambda hms: sum(int(x) * f for x, f in zip(hms.split(":"), (3600, 60, 1)))  # noqa: E731
+    assert seconds(loaded) - seconds(booted) > REQUEST_TIMEOUT_S  # longer than a request may take
+    assert "WORKER TIMEOUT" not in log and "Worker failed to boot" not in log
+    assert "TensorFlow: 1 intra-op and 1 inter-op threads per worker" in log
+
+
+def test_a_worker_killed_mid_upload_leaves_no_stored_file_and_the_sweep_cleans_up(timeout_server):
+    import sqlite3
+
+    srv = timeout_server
+    token = srv.tokens["gus"]
+    assert srv.upload(white_png(), token).status_code == 201
+    # the database takes no record (another process holds its write lock): the upload waits
+    # past the request timeout and gunicorn kills the worker after it wrote the files
+    lock = sqlite3.connect(srv.state / "db.sqlite3", isolation_level=None, timeout=30)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(requests.ConnectionError):
+            srv.upload(white_png(), token)
+        killed_after = time.monotonic() - started
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert "WORKER TIMEOUT" in srv.log_tail(10**6)
+    assert REQUEST_TIMEOUT_S <= killed_after < 30
+    referenced = record_files(srv)
+    stray = stored_files(srv) - referenced
+    assert stray, "the killed upload wrote nothing: the test did not test anything"
+    assert all(p.name.endswith(".part") for p in stray), stray  # no stored name without a record
+    # a file a failed deletion left (old), and one of an upload in flight (new)
+    old, young = srv.media / "images" / "2020" / "01" / ("a" * 32 + ".jpg"), srv.media / "images" / "young.part"
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_bytes(b"left behind")
+    os.utime(old, (time.time() - 7200,) * 2)
+    young.write_bytes(b"in flight")
+    for p in stray:
+        os.utime(p, (time.time() - 7200,) * 2)
+    dry = srv.manage("purge_classifications", "--orphans-only", "--dry-run")
+    assert dry.startswith(f"would remove {len(stray) + 1} stored file(s)") and old.exists()
+    out = srv.manage("purge_classifications", "--orphans-only")
+    assert out.startswith(f"removed {len(stray) + 1} stored file(s)"), out
+    assert stored_files(srv) == referenced | {young}  # younger than the grace period: kept
+    wait_ready(srv)
+    assert srv.upload(white_png(), token).status_code == 201
+    assert stored_files(srv) - {young} == record_files(srv)
+
+
+def test_workers_are_replaced_after_max_requests(timeout_server):
+    srv = timeout_server
+    wait_ready(srv)
+    for _ in range(70):  # the request that reaches the limit is answered, then the worker goes
+        if "Autorestarting worker after current request" in srv.log_tail(10**6):
+            break
+        srv.get(f"{API}/health/")
+    assert "Autorestarting worker after current request" in srv.log_tail(10**6)
+    wait_ready(srv)
+
+
+def jpeg_scan_bomb(width: int, height: int, scans: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated ``scans`` times: each repeat costs
+    the decoder a pass over every coefficient, for a few bytes."""
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buf, "JPEG", progressive=True, quality=90)
+    data = buf.getvalue()
+    last = data[data.rfind(b"\xff\xda"):-2]
+    return data[:-2] + last * scans + b"\xff\xd9"
+
+
+def tiff_page_chain(pages: int) -> bytes:
+    """A TIFF of ``pages`` 1 x 1 grey pages (0.5 MB for 5000), each page's directory
+    pointing to the next: Pillow's ``n_frames`` reads every one of them."""
+    entries = [(256, 3, 1), (257, 3, 1), (258, 3, 8), (259, 3, 1), (262, 3, 1),
+               (273, 4, 8), (278, 3, 1), (279, 4, 1)]  # strip offset 8: the pixel below
+    size = 2 + 12 * len(entries) + 4
+    out = [b"II*\x00", struct.pack("<I", 12), b"\x80\x00\x00\x00"]  # header, then the pixel
+    for i in range(pages):
+        ifd = [struct.pack("<H", len(entries))]
+        for tag, kind, value in entries:
+            ifd.append(struct.pack("<HHIHH", tag, kind, 1, value, 0) if kind == 3
+                       else struct.pack("<HHII", tag, kind, 1, value))
+        following = 12 + (i + 1) * size if i + 1 < pages else 0
+        out.append(b"".join(ifd) + struct.pack("<I", following))
+    return b"".join(out)
+
+
+def test_hostile_uploads_cost_little(ops_server):
+    srv = ops_server
+    token = srv.create_users("hank")["hank"]
+    cases = {"scan-bomb.jpg": (jpeg_scan_bomb(4000, 4000, 2000), "too_complex"),
+             "pages.tif": (tiff_page_chain(5000), "animated_image")}
+    for name, (data, code) in cases.items():
+        started = time.monotonic()
+        body = assert_error(srv.upload(data, token, name=name), 400, code)
+        elapsed = time.monotonic() - started
+        assert elapsed < 1.5, (name, elapsed)
+    assert "baseline" in body["detail"] or "single still image" in body["detail"]
+    # the most an accepted upload can cost: 25 megapixels of noise, JPEG (18 MB)
+    noise = np.random.default_rng(0).integers(0, 256, (5000, 5000), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, "JPEG", quality=90)
+    started = time.monotonic()
+    r = srv.upload(buf.getvalue(), token, name="noise.jpg")
+    elapsed = time.monotonic() - started
+    assert r.status_code == 201, r.text[:300]
+    print(f"25-megapixel noise JPEG ({len(buf.getvalue()) / 2**20:.1f} MB): {elapsed:.2f} s end to end")
+    assert elapsed < 15
+
+
+# --------------------------------------------------------------------------
+# finding 5: privacy-first defaults for patient data
+# --------------------------------------------------------------------------
+
+def admin_login(srv: LiveServer, username: str) -> requests.Session:
+    s = requests.Session()
+    url = f"{srv.url}/admin/login/"
+    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', s.get(url, timeout=10).text).group(1)
+    r = s.post(url, data={"csrfmiddlewaretoken": csrf, "username": username,
+                          "password": password_for(username), "next": "/admin/"},
+               headers={"Referer": url}, timeout=10, allow_redirects=False)
+    assert r.status_code == 302, r.text[:500]
+    return s
+
+
+def test_stored_copies_keep_neither_the_file_name_nor_the_header_band(ops_server):
+    from ecgpaper.config import HEADER_CROP_FRACTIONS
+    from ecgpaper.data.synthetic import render_page
+
+    srv = ops_server
+    token = srv.create_users("ines")["ines"]
+    page = render_page("MI", np.random.default_rng(3), (1106, 786), patient_id="P1234567",
+                       date="2024-01-01 10:00")
+    buf = io.BytesIO()
+    page.save(buf, "PNG")
+    made = srv.upload(buf.getvalue(), token, name="Doe, John 1950-02-03.png").json()
+    assert made["filename"] == "upload.png"
+    kept = Image.open(io.BytesIO(srv.get(made["image_url"], token=token).content))
+    top = round(HEADER_CROP_FRACTIONS[1] * page.height)
+    assert kept.size == (page.width, page.height - top)  # the band with the name and id is gone
+    below = np.asarray(page.convert("L"), float)[top:]
+    assert np.abs(np.asarray(kept.convert("L"), float) - below).mean() < 1
+    listing = srv.get(f"{API}/classifications/", token=token).text
+    assert "Doe" not in listing and "Doe" not in (srv.state / "audit.log").read_text()
+
+
+def test_the_admin_lists_no_token_and_no_record_without_the_auditor_role(ops_server):
+    srv = ops_server
+    tokens = srv.create_users("jack", "kim")
+    made = srv.upload(white_png(), tokens["kim"]).json()
+    manage_json(srv, "import json; from django.contrib.auth import get_user_model; "
+                     "from django.contrib.auth.models import Group, Permission; U = get_user_model(); "
+                     "U.objects.create_superuser('root', password='root-pw-1234'); "
+                     "s = U.objects.create_user('stan', password='stan-pw-1234', is_staff=True); "
+                     "s.user_permissions.add(Permission.objects.get(codename='view_classification')); "
+                     "a = U.objects.create_user('aud', password='aud-pw-1234', is_staff=True); "
+                     "a.groups.add(Group.objects.get(name='auditor')); print(json.dumps(1))")
+    root = admin_login(srv, "root")
+    page = root.get(f"{srv.url}/admin/authtoken/tokenproxy/", timeout=10)
+    assert page.status_code == 200 and "jack" in page.text
+    assert not any(key in page.text for key in tokens.values())
+    assert tokens["jack"][:4] in page.text
+    # Django's stock view permission alone shows no record
+    stan = admin_login(srv, "stan")
+    listing = f"{srv.url}/admin/classifier/classification/"
+    assert stan.get(listing, timeout=10).status_code == 403
+    assert stan.get(f"{listing}{made['id']}/change/", timeout=10).status_code in (403, 302)
+    # the auditor reads it, and the audit log says whose record was read
+    aud = admin_login(srv, "aud")
+    assert aud.get(f"{listing}{made['id']}/change/", timeout=10).status_code == 200
+    audit = (srv.state / "audit.log").read_text()
+    assert re.search(rf'user="aud" .*path="/admin/classifier/classification/{made["id"]}/change/" '
+                     r'status=200 .*owner="kim" other_user=1$', audit, re.M)
+
+
+def test_a_failed_login_does_not_log_what_was_typed(ops_server):
+    srv = ops_server
+    s = requests.Session()
+    csrf = s.get(f"{srv.url}{API}/auth/csrf/", timeout=10).json()["csrfToken"]
+    r = s.post(f"{srv.url}{API}/auth/login/", json={"username": "Tr0ub4dor&3-secret", "password": "x"},
+               headers={"X-CSRFToken": csrf, "Referer": srv.url + "/"}, timeout=10)
+    assert_error(r, 400, "invalid_credentials")
+    audit = (srv.state / "audit.log").read_text()
+    assert "Tr0ub4dor" not in audit and "Tr0ub4dor" not in srv.log_tail(10**6)
+    assert 'attempted="(no such account)"' in audit

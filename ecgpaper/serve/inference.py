@@ -43,6 +43,11 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 #: a 24-megapixel phone photo passes; decoding stays well inside a worker's memory
 MAX_PIXELS = 25_000_000
 
+#: a progressive JPEG decodes each of its scans over the whole image: a "scan bomb" of
+#: thousands of empty scans costs minutes of CPU. Encoders write about 10 (libjpeg's
+#: default progression) and at most a few dozen (issue 22, finding 8)
+MAX_JPEG_SCANS = 32
+
 #: what Pillow may open: raster formats a scanner, phone or ECG cart writes.
 #: (Pillow's EPS plugin would run Ghostscript; formats outside this list are refused.)
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")  # JPEG includes MPO
@@ -122,11 +127,19 @@ def decode_upload(data: bytes, *, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels:
                            f"The image is {width} x {height} pixels ({width * height / 1e6:.0f} "
                            f"megapixels); the limit is {max_pixels / 1e6:.0f} megapixels. Upload a "
                            "smaller scan or photo of the ECG.")
-    frames = getattr(img, "n_frames", 1)
-    if frames > 1 and img.format != "MPO":
+    # is_animated reads one frame header past the first: n_frames would walk a TIFF's whole
+    # chain of pages (thousands of them cost seconds) before refusing it
+    if getattr(img, "is_animated", False) and img.format != "MPO":
         raise InvalidImage("animated_image",
-                           f"The file holds {frames} frames or pages (an animation or a multi-page "
+                           "The file holds several frames or pages (an animation or a multi-page "
                            "document). Upload a single still image of the ECG.")
+    if img.format in ("JPEG", "MPO"):
+        scans = data.count(b"\xff\xda")  # SOS markers (entropy-coded data never holds FF DA)
+        if scans > MAX_JPEG_SCANS:
+            raise InvalidImage("too_complex",
+                               f"The JPEG is stored in {scans} scans; this service decodes at most "
+                               f"{MAX_JPEG_SCANS}. Save the ECG again as an ordinary (baseline) "
+                               "JPEG or as PNG and re-upload it.")
     if load:
         with decoding_errors():
             img.load()
@@ -263,11 +276,13 @@ _PNG_MODES = ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA")
 _JPEG_MODES = ("L", "RGB", "CMYK")
 
 
-def stored_copy(data: bytes, *, blank_header: bool = False) -> tuple[bytes, str]:
+def stored_copy(data: bytes, *, blank_header: bool = False,
+                crop_header: bool = False) -> tuple[bytes, str]:
     """Upload bytes (already checked by :func:`decode_upload`) -> the copy to keep
     and its file extension: the picture only, upright, without any metadata (EXIF with
     GPS, camera and date, XMP, ICC, PNG text chunks, comments) that may name the
-    patient. With ``blank_header`` the header band (the box of docs/design_notes.md, where ECG carts
+    patient. With ``crop_header`` the header band is cut off; with ``blank_header``
+    the header band (the box of docs/design_notes.md, where ECG carts
     print the patient's name and id) is painted white too (paper section 5.3).
 
     Re-encoding is the only way to drop every metadata kind and to blank pixels:
@@ -286,7 +301,9 @@ def stored_copy(data: bytes, *, blank_header: bool = False) -> tuple[bytes, str]
         from PIL import ImageOps
 
         img = ImageOps.exif_transpose(img)
-    if blank_header:
+    if crop_header:  # the band is cut off (the web service's default, issue 22)
+        img = img.crop((0, round(HEADER_CROP_FRACTIONS[1] * img.height), img.width, img.height))
+    elif blank_header:
         if img.mode == "P":  # a palette may hold no white: paint in colour
             img = img.convert("RGBA" if "transparency" in img.info else "RGB")
         top = round(HEADER_CROP_FRACTIONS[1] * img.height)
@@ -299,6 +316,6 @@ def stored_copy(data: bytes, *, blank_header: bool = False) -> tuple[bytes, str]
     buf = io.BytesIO()
     if fmt == "JPEG":
         img.save(buf, "JPEG", quality=95)
-    else:
-        img.save(buf, "PNG", compress_level=6)
+    else:  # level 1: a tenth of level 6's CPU on a full page, for a somewhat larger file
+        img.save(buf, "PNG", compress_level=1)
     return buf.getvalue(), FORMAT_EXTENSIONS[fmt]

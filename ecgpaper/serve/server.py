@@ -46,8 +46,9 @@ def deploy_check_report() -> str:
 
 
 def _prepare_django(env: dict, host: str) -> None:
-    """migrate, createcachetable, collectstatic (and the deployment checks when bound
-    beyond loopback): in this process, before the exec."""
+    """migrate (every database: the throttle counters may have one of their own),
+    collectstatic (and the deployment checks when bound beyond loopback): in this
+    process, before the exec. Bound beyond loopback, ``ECGWEB_PROXY`` must be set."""
     os.environ.update(env)
     sys.path[:0] = [str(WEBAPP), str(WEBAPP.parent)]
     import django
@@ -55,9 +56,12 @@ def _prepare_django(env: dict, host: str) -> None:
     from django.core.management import call_command
 
     django.setup()
-    call_command("migrate", interactive=False, verbosity=0)
-    for database in settings.DATABASES:  # the throttle counters may have a database of their own
-        call_command("createcachetable", database=database, verbosity=0)
+    if settings.ECGWEB_PROXY_MODE is None and not is_loopback(host):
+        raise UserError(f"bound to {host}, beyond loopback, the server must know whether clients "
+                        "reach it directly or through a reverse proxy: set ECGWEB_PROXY=direct, or "
+                        "ECGWEB_PROXY to the proxies' addresses (webapp/README.md, Deployment)")
+    for database in settings.DATABASES:
+        call_command("migrate", interactive=False, verbosity=0, database=database)
     call_command("collectstatic", interactive=False, verbosity=0)
     if not is_loopback(host):
         report = deploy_check_report()
@@ -67,6 +71,31 @@ def _prepare_django(env: dict, host: str) -> None:
     from django.db import connections
 
     connections.close_all()
+
+
+def _env_number(name: str, default: float, minimum: float) -> float:
+    text = os.environ.get(name, "").strip()
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        raise UserError(f"{name}={text!r} is not a number") from None
+    if value < minimum:
+        raise UserError(f"{name} must be at least {minimum:g}, not {value:g}")
+    return value
+
+
+def worker_limits(workers: int) -> dict:
+    """What bounds a worker (issue 22, finding 8), from the environment: the seconds a
+    request may take before gunicorn kills the worker (``ECGWEB_REQUEST_TIMEOUT_S``, 30:
+    below the proxy's read timeout, 60 s in webapp/README.md), the requests after which
+    a worker is replaced (``ECGWEB_MAX_REQUESTS``, 500, with 10% jitter: memory that a
+    long-lived TensorFlow process accumulates is given back) and TensorFlow's threads
+    per worker (``ECGWEB_TF_THREADS``, the CPU cores divided among the workers)."""
+    return {
+        "request_timeout": int(_env_number("ECGWEB_REQUEST_TIMEOUT_S", 30, 1)),
+        "max_requests": int(_env_number("ECGWEB_MAX_REQUESTS", 500, 0)),
+        "tf_threads": int(_env_number("ECGWEB_TF_THREADS", max(1, (os.cpu_count() or 1) // workers), 1)),
+    }
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 2) -> None:
@@ -87,10 +116,16 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 2) -> None:
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
     }
     _prepare_django(env, host)
+    limits = worker_limits(workers)
+    env["ECGWEB_TF_THREADS"] = str(limits["tf_threads"])  # read by the app as it loads the model
+    os.environ.update(env)
     argv = [sys.executable, "-m", "gunicorn", "ecgweb.wsgi:application",
             "--chdir", str(WEBAPP), "--bind", f"{host}:{port}", "--workers", str(workers),
-            # loading the model and tracing its graph happens at worker start
-            "--timeout", "120", "--graceful-timeout", "30"]
+            # the hooks give the boot (TensorFlow, the model) its own ECGWEB_BOOT_TIMEOUT_S
+            "--config", "python:ecgweb.gunicorn_conf",
+            "--timeout", str(limits["request_timeout"]), "--graceful-timeout", "30",
+            "--max-requests", str(limits["max_requests"]),
+            "--max-requests-jitter", str(limits["max_requests"] // 10)]
     from gunicorn.config import KNOWN_SETTINGS
 
     if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):

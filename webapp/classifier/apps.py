@@ -2,12 +2,33 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from django.apps import AppConfig
 from django.conf import settings
 
 log = logging.getLogger("classifier")
+
+
+def _cap_tensorflow_threads() -> None:
+    """``ECGWEB_TF_THREADS`` (set by ``ecgpaper serve``: the cores divided among the
+    workers) as TensorFlow's intra- and inter-op thread pools, before TensorFlow starts
+    (issue 22, finding 8: workers do not oversubscribe the CPU)."""
+    threads = int(os.environ.get("ECGWEB_TF_THREADS", "0") or 0)
+    if threads <= 0:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already started in this process: keep its pools
+        log.warning("TensorFlow had started already; ECGWEB_TF_THREADS=%d not applied", threads)
+        return
+    log.info("TensorFlow: %d intra-op and %d inter-op threads per worker",
+             tf.config.threading.get_intra_op_parallelism_threads(),
+             tf.config.threading.get_inter_op_parallelism_threads())
 
 
 class ClassifierConfig(AppConfig):
@@ -58,6 +79,7 @@ class ClassifierConfig(AppConfig):
                 stamp = self._export_stamp()
                 if self._failure is not None and self._failure[0] == stamp:
                     raise ModelUnavailable(self._failure[1])
+                _cap_tensorflow_threads()
                 try:
                     self._classifier = Classifier(settings.ECGWEB_MODELS_DIR)
                 except ModelUnavailable as exc:

@@ -10,6 +10,7 @@ from rest_framework.views import exception_handler
 
 from ecgpaper.serve.inference import InvalidImage, ModelUnavailable
 
+from .security import ThrottleUnavailable
 from .services import DeletionRefused, NotReady
 
 
@@ -54,6 +55,8 @@ def _from_service(exc: Exception) -> Exception:
         return ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "model_unavailable", str(exc))
     if isinstance(exc, NotReady):
         return ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, exc.code, str(exc))
+    if isinstance(exc, ThrottleUnavailable):
+        return ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "throttle_unavailable", str(exc.detail))
     if isinstance(exc, DeletionRefused):
         return ApiError(status.HTTP_403_FORBIDDEN, "permission_denied", str(exc))
     return exc

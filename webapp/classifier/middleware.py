@@ -10,9 +10,10 @@ from django.conf import settings
 from django.http import JsonResponse
 from rest_framework.exceptions import AuthenticationFailed
 
-from .security import ExpiringTokenAuthentication, client_ip
+from .security import FORWARDING_HEADERS, ExpiringTokenAuthentication, client_ip
 
 audit_log = logging.getLogger("ecgweb.audit")
+log = logging.getLogger("classifier")
 
 #: multipart framing and the form's other fields on top of the image itself
 _MULTIPART_OVERHEAD = 64 * 1024
@@ -50,6 +51,32 @@ class AuditLogMiddleware:
             fields.append(f"attempted={json.dumps(request.audit_attempted_username)}")
         audit_log.info(" ".join(fields))
         return response
+
+
+class ProxyConfiguredMiddleware:
+    """Behind a reverse proxy the server must know it (issue 22, finding 3): while
+    ``ECGWEB_PROXY`` is unset, a request carrying X-Forwarded-For, Forwarded or
+    X-Real-IP is answered 503 ``proxy_not_configured`` (health and readiness too, so a
+    load balancer never sends traffic), instead of every client sharing the proxy's
+    limits. ``ECGWEB_PROXY=direct`` says there is none (the headers are then ignored)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.logged = False
+
+    def __call__(self, request):
+        if settings.ECGWEB_PROXY_MODE is None and any(h in request.META for h in FORWARDING_HEADERS):
+            if not self.logged:
+                log.error("a request came through a reverse proxy (it carries X-Forwarded-For or "
+                          "similar) but ECGWEB_PROXY is unset: refusing requests until it is set")
+                self.logged = True
+            return JsonResponse(
+                {"error": "proxy_not_configured",
+                 "detail": "This server is reached through a reverse proxy that it does not know "
+                           "of. The administrator must set ECGWEB_PROXY (the proxies' addresses, "
+                           "or 'direct') and restart it (webapp/README.md, Deployment)."},
+                status=503)
+        return self.get_response(request)
 
 
 class UploadSizeLimitMiddleware:

@@ -32,3 +32,19 @@ class Classification(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.class_code} ({self.filename}, {self.user})"
+
+
+class ThrottleHit(models.Model):
+    """One request counted by a throttle (issue 22, finding 2): ``key`` names the throttle
+    and the client, ``expires`` is when the hit stops counting. A throttle inserts its hit,
+    then counts the live hits of its key (each statement committed on its own, so the last
+    of two simultaneous requests sees both: a limit is never exceeded) and deletes its hit
+    again when it refuses. Rows go only when they expire: there is no cull that could wipe
+    the login counters. On SQLite they live in a file of their own (``routers.py``)."""
+
+    key = models.CharField(max_length=200)
+    expires = models.FloatField()
+
+    class Meta:
+        indexes = [models.Index(fields=["key", "expires"], name="throttle_key_expires"),
+                   models.Index(fields=["expires"], name="throttle_expires")]

@@ -1,20 +1,25 @@
-"""Database router: on SQLite, the throttling cache lives in a file of its own."""
+"""Database router: on SQLite, the throttle counters live in a file of their own."""
 from __future__ import annotations
 
-CACHE_APP = "django_cache"  # the app label of Django's DatabaseCache entries
+#: the models kept in the ``throttle`` database: (app label, model name)
+THROTTLE_MODELS = {("classifier", "throttlehit")}
+
+
+def _is_throttle(app_label: str, model_name: str | None) -> bool:
+    return (app_label, (model_name or "").lower()) in THROTTLE_MODELS
 
 
 class ThrottleCacheRouter:
-    """Send the database cache (DRF's throttle counters, written on every request)
-    to the ``throttle`` database, so that counting never waits for, nor holds, the
-    write lock of the SQLite file that keeps records and sessions."""
+    """Send the throttle counters (``classifier.models.ThrottleHit``, written on every
+    request) to the ``throttle`` database, so that counting never waits for, nor holds,
+    the write lock of the SQLite file that keeps records and sessions."""
 
     def db_for_read(self, model, **hints):
-        return "throttle" if model._meta.app_label == CACHE_APP else None
+        return "throttle" if _is_throttle(model._meta.app_label, model._meta.model_name) else None
 
     db_for_write = db_for_read
 
     def allow_migrate(self, db, app_label, model_name=None, **hints):
-        if app_label == CACHE_APP:
+        if _is_throttle(app_label, model_name):
             return db == "throttle"
         return db != "throttle"

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 from django.apps import apps
 from django.conf import settings
-from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import UploadedFile
 from django.db import DatabaseError
 
 from ecgpaper.serve.inference import InvalidImage, stored_copy
 
+from . import files
 from .models import Classification
 
 log = logging.getLogger("classifier")
@@ -123,7 +123,8 @@ def classify_upload(user, upload: ReceivedUpload, *, explain: bool,
     classifier = current_classifier()
     result = classifier.classify(upload.data, explain=explain, max_bytes=settings.ECGWEB_MAX_UPLOAD_BYTES,
                                  max_pixels=settings.ECGWEB_MAX_PIXELS)  # not an ECG page: InvalidImage
-    stored, extension = stored_copy(upload.data, blank_header=settings.ECGWEB_BLANK_HEADER)
+    band = settings.ECGWEB_HEADER_BAND
+    stored, extension = stored_copy(upload.data, blank_header=band == "blank", crop_header=band == "crop")
     meta = classifier.metadata
     filename = upload.name if settings.ECGWEB_KEEP_FILENAMES else f"upload.{extension}"
     record = Classification(
@@ -140,17 +141,17 @@ def classify_upload(user, upload: ReceivedUpload, *, explain: bool,
             "timings": result["timings"],
         })
     stem = uuid.uuid4().hex
-    try:  # nothing is left behind if any step fails
-        record.image.save(f"{stem}.{extension}", ContentFile(stored), save=False)
+    parts: list[str] = []  # written under temporary names, renamed once the record is committed
+    try:  # nothing is left behind if any step fails (a dead worker's files: files.sweep_orphans)
+        parts.append(files.write_part(record.image, f"{stem}.{extension}", stored))
         if result["heatmap_png"] is not None:
-            record.heatmap.save(f"{stem}.png", ContentFile(result["heatmap_png"]), save=False)
+            parts.append(files.write_part(record.heatmap, f"{stem}.png", result["heatmap_png"]))
         record.total_ms = (time.perf_counter() - started) * 1e3
         record.save()
     except Exception:
-        for field in (record.image, record.heatmap):
-            if field:
-                field.delete(save=False)
+        files.discard(record.image.storage, parts)
         raise
+    files.publish(record, record.image.storage, parts)
     return ClassifiedUpload(record, result["heatmap_png"])
 
 

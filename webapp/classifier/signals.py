@@ -3,11 +3,15 @@ in the admin (one record, a bulk action, or a user with all their records),
 or by the retention command (paper section 5.3: patient data can be removed)."""
 from __future__ import annotations
 
+import logging
+
 from django.db import transaction
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 
 from .models import Classification
+
+log = logging.getLogger("classifier")
 
 
 @receiver(post_delete, sender=Classification)
@@ -19,6 +23,9 @@ def delete_stored_files(sender, instance: Classification, using, **kwargs) -> No
 
     def remove() -> None:
         for storage, name in stored:
-            storage.delete(name)
+            try:
+                storage.delete(name)
+            except OSError:  # the record is gone already; the retention command's sweep removes it
+                log.exception("could not delete %s of a deleted record", name)
 
     transaction.on_commit(remove, using=using)

@@ -17,7 +17,7 @@ import time
 
 from django.apps import apps
 from django.conf import settings
-from django.contrib.auth import authenticate, login, logout
+from django.contrib.auth import authenticate, get_user_model, login, logout
 from django.http import FileResponse, HttpResponse
 from django.middleware.csrf import get_token
 from django.utils.decorators import method_decorator
@@ -124,8 +124,10 @@ class LoginView(APIView):
         form.is_valid(raise_exception=True)
         user = authenticate(request, username=form.validated_data["username"],
                             password=form.validated_data["password"])
-        if user is None:
-            request._request.audit_attempted_username = form.validated_data["username"]
+        if user is None:  # the audit log names an existing account, never what else was typed
+            name = form.validated_data["username"]
+            exists = get_user_model().objects.filter(**{get_user_model().USERNAME_FIELD: name}).exists()
+            request._request.audit_attempted_username = name if exists else "(no such account)"
             raise ApiError(status.HTTP_400_BAD_REQUEST, "invalid_credentials",
                            "The user name or password is wrong. Check them and try again.")
         login(request, user)

@@ -11,11 +11,13 @@ audit log. The variables are listed in webapp/README.md.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from ecgpaper import __version__, paths
 
@@ -106,6 +108,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "classifier.middleware.AuditLogMiddleware",
+    "classifier.middleware.ProxyConfiguredMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "classifier.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -142,21 +145,50 @@ else:
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("ECGWEB_SQLITE_PATH", str(STATE_DIR / "db.sqlite3")),
         # several gunicorn workers write to one file: WAL, and wait for the lock
-        "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
+                                    "PRAGMA secure_delete=ON;",  # deleted records: overwritten
                     "transaction_mode": "IMMEDIATE", "timeout": 20},
     }}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# throttling counters must be shared by every worker and instance: keep them in a database.
+# throttling counters must be shared by every worker and instance: rows of the database
+# (classifier.models.ThrottleHit, issue 22), never a cache that culls or ignores errors.
 # On SQLite they get a file of their own (classifier.routers.ThrottleCacheRouter), so that
 # counting requests never takes the write lock of the database that holds the records.
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache",
-                      "LOCATION": "ecgweb_cache",
-                      "OPTIONS": {"MAX_ENTRIES": 20000, "CULL_FREQUENCY": 4}}}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["throttle"] = {**DATABASES["default"],
                              "NAME": str(Path(DATABASES["default"]["NAME"]).with_name("throttle.sqlite3"))}
     DATABASE_ROUTERS = ["classifier.routers.ThrottleCacheRouter"]
+
+
+def _proxy_setting() -> tuple[str | None, tuple]:
+    """``ECGWEB_PROXY``: unset (None: requests carrying forwarding headers are refused),
+    ``direct`` (clients reach gunicorn themselves; X-Forwarded-For is ignored) or the
+    comma-separated addresses/networks of the reverse proxies in front (their
+    X-Forwarded-For entries are read; nobody else's). Issue 22, finding 3."""
+    if os.environ.get("ECGWEB_NUM_PROXIES"):
+        raise ImproperlyConfigured(
+            "ECGWEB_NUM_PROXIES is replaced by ECGWEB_PROXY: set ECGWEB_PROXY=direct, or to the "
+            "addresses of the reverse proxies in front (e.g. ECGWEB_PROXY=127.0.0.1 for nginx on "
+            "this host), and unset ECGWEB_NUM_PROXIES (webapp/README.md, Deployment).")
+    value = os.environ.get("ECGWEB_PROXY", "").strip()
+    if not value:
+        return None, ()
+    if value.lower() == "direct":
+        return "direct", ()
+    networks = []
+    for item in value.split(","):
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"ECGWEB_PROXY: {item.strip()!r} is not an address or network; set it to 'direct' "
+                "or to the reverse proxies' addresses, comma-separated (e.g. 127.0.0.1,10.0.0.0/24)."
+            ) from None
+    return "proxy", tuple(networks)
+
+
+ECGWEB_PROXY_MODE, ECGWEB_TRUSTED_PROXIES = _proxy_setting()
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -188,10 +220,23 @@ MEDIA_ROOT = Path(os.environ.get("ECGWEB_MEDIA_ROOT", STATE_DIR / "uploads"))
 MEDIA_URL = None  # uploads are served only through the API, with its permission checks
 FILE_UPLOAD_PERMISSIONS = 0o600  # patient data: this user only
 FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
-#: 1: paint the header band (patient name, id) white in the stored copy of each upload
-ECGWEB_BLANK_HEADER = _env_flag("ECGWEB_BLANK_HEADER")
-#: 0: store "upload.<ext>" instead of the uploaded file name (which may name the patient)
-ECGWEB_KEEP_FILENAMES = _env_flag("ECGWEB_KEEP_FILENAMES", default=True)
+def _header_band() -> str:
+    """``ECGWEB_HEADER_BAND``: what the stored copy keeps of the header band, where ECG
+    carts print the patient's name and id: ``crop`` (default: cut off), ``blank`` (painted
+    white, the page keeps its size) or ``keep``. The older ``ECGWEB_BLANK_HEADER=1`` means
+    ``blank``."""
+    value = os.environ.get("ECGWEB_HEADER_BAND", "").strip().lower()
+    if not value:
+        return "blank" if _env_flag("ECGWEB_BLANK_HEADER") else "crop"
+    if value not in ("crop", "blank", "keep"):
+        raise ImproperlyConfigured(f"ECGWEB_HEADER_BAND={value!r}: use crop, blank or keep")
+    return value
+
+
+#: patient data, privacy first (issue 22, finding 5): the header band is not stored ...
+ECGWEB_HEADER_BAND = _header_band()
+#: ... nor the uploaded file's name (it may name the patient) unless 1: "upload.<ext>"
+ECGWEB_KEEP_FILENAMES = _env_flag("ECGWEB_KEEP_FILENAMES", default=False)
 #: records older than this many days are removed by `manage.py purge_classifications` (0: keep)
 ECGWEB_RETENTION_DAYS = float(os.environ.get("ECGWEB_RETENTION_DAYS", "0"))
 #: API tokens stop working this many hours after they were made (drf_create_token -r renews)
@@ -221,9 +266,7 @@ REST_FRAMEWORK = {
         "login_address": os.environ.get("ECGWEB_THROTTLE_LOGIN_ADDRESS", "20/min"),  # any user name
         "upload": os.environ.get("ECGWEB_THROTTLE_UPLOAD", "30/min"),  # uploads per user
     },
-    # proxies in front of the server that append to X-Forwarded-For: 0 (no proxy) makes DRF
-    # use the socket's address and ignore the header; 1 behind one nginx (webapp/README.md)
-    "NUM_PROXIES": int(os.environ.get("ECGWEB_NUM_PROXIES", "0")),
+    # (the client's address: classifier.security.client_address, from ECGWEB_PROXY)
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",

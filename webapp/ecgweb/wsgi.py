@@ -15,8 +15,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ecgweb.settings")
 
 from django.apps import apps  # noqa: E402
 from django.core.wsgi import get_wsgi_application  # noqa: E402
+from django.urls import get_resolver  # noqa: E402
+
+from ecgweb import gunicorn_conf  # noqa: E402
 
 application = get_wsgi_application()
 
 if os.environ.get("ECGWEB_PRELOAD_MODEL", "1") != "0":
     apps.get_app_config("classifier").preload()
+get_resolver().url_patterns  # import the views now (DRF, drf-spectacular), not in a first request
+gunicorn_conf.booted()  # the boot's own time limit ends; requests get --timeout
