@@ -11,8 +11,9 @@ checkpoint rule), with the HED VGG16 weights standing in for ImageNet (no model
 hub here), on the quick twin at ``--image-size`` px, one run per learning rate,
 trained by ``run_configs`` like every experiment (a finished run is reused).
 ``--variant literal`` trains the paper's head exactly as written (GAP -> Dense
--> Dropout -> Dense, no BatchNorm statistics recomputed); ``fixed`` is what the
-paper profile runs (the batchnorm head with PreciseBN). ``--twin-seed`` other
+-> Dropout -> Dense, no BatchNorm statistics recomputed); ``headbn`` the
+batchnorm head with PreciseBN; ``fixed`` is what the paper profile runs (that,
+and BatchNorm between VGG16's convolutions and their ReLUs). ``--twin-seed`` other
 than 0 draws another twin (data the recipe was not tuned on).
 
 Per run: train accuracy (the selected checkpoint, inference mode), test accuracy,
@@ -35,7 +36,10 @@ import pandas as pd  # noqa: E402
 
 from ecgpaper import paths  # noqa: E402
 
-LITERAL = {"head": "paper", "bn_stats": ""}
+LITERAL = {"head": "paper", "bn_stats": "", "conv_batchnorm": False}
+#: issue 19's first fix: the batchnorm head and PreciseBN, VGG16 without BatchNorm of its own
+HEAD_BN_ONLY = {"conv_batchnorm": False}
+VARIANTS = {"fixed": {}, "headbn": HEAD_BN_ONLY, "literal": LITERAL}
 
 
 def diagnose(config, images: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
@@ -46,10 +50,13 @@ def diagnose(config, images: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
     import tensorflow as tf
 
     from ecgpaper.model.pipeline import scaling_fn
-    from ecgpaper.runs.training import build_run_model, precise_batchnorm, start_session
+    from ecgpaper.model.backbones import conv_batchnorm_as_identity
+    from ecgpaper.runs.training import statistics_sample, build_run_model, precise_batchnorm, start_session
 
     start_session(config)
     model = build_run_model(config, "all")
+    if config.conv_batchnorm:
+        conv_batchnorm_as_identity(model, statistics_sample(config, images))
     precise_batchnorm(model, config, images)
     x = scaling_fn(config.scaling, config.model)(images[:32]).numpy()
     y = keras.utils.to_categorical(labels[:32], 4)
@@ -89,7 +96,7 @@ def diagnose(config, images: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
 
 def main(argv=None) -> pd.DataFrame:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variant", choices=("fixed", "literal"), default="fixed")
+    ap.add_argument("--variant", choices=tuple(VARIANTS), default="fixed")
     ap.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 1e-4, 1e-5])
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--image-size", type=int, default=128)
@@ -113,7 +120,7 @@ def main(argv=None) -> pd.DataFrame:
     prepared = prepare_data(root, profile="quick", image_size=args.image_size)
     specs = [dict(model="VGG16", batch_size=args.batch_size, learning_rate=lr, epochs=args.epochs)
              for lr in args.lrs]
-    overrides = LITERAL if args.variant == "literal" else {}
+    overrides = VARIANTS[args.variant]
     configs = scaled_configs(specs, profile="paper", dataset=prepared.dataset, protocol=args.protocol,
                              weights=args.weights, mixed_precision=False, xla=False, **overrides)
     # the paper profile's settings at a smaller size and with the twin's epochs (only sizes shrink)

@@ -33,7 +33,7 @@ def profile_table() -> str:
         else:
             scale = {"rescale": "/255", "preprocess_input": "preprocess_input"}.get(p.scaling, p.scaling)
             recipe = (f"the paper's: whole network, {_finetune_epochs(p)} epochs, {scale}; "
-                      "BatchNorm after the pooling, PreciseBN statistics")
+                      "BatchNorm after the pooling and after each VGG16 convolution, PreciseBN statistics")
         if p.gpu:
             recipe += "; needs a GPU (`--allow-cpu` to override)"
         twin = f"{p.synth_distinct_per_class} distinct pages per class, {p.synth_page_size[0]} x {p.synth_page_size[1]} px"

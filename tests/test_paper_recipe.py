@@ -144,3 +144,40 @@ def test_resolving_weights_once_per_process_keeps_run_ids_stable(monkeypatch):
     a = scaled_configs(SPEC, profile="paper", dataset="d", **QUIET)[0]
     b = scaled_configs(SPEC, profile="paper", dataset="d", **QUIET)[0]
     assert a.weights == "imagenet" and a.run_id("m") == b.run_id("m")
+
+
+def test_paper_vgg16_has_batchnorm_after_every_convolution_and_starts_as_the_pretrained_network():
+    """docs/training_recipe.md: whole-network Adam at 1e-3 collapsed VGG16 (no BatchNorm of its
+    own); the paper recipe adds BatchNorm between each convolution and its ReLU (3.2), set to
+    the identity on the training images, so training starts from the pretrained function."""
+    from ecgpaper.model.backbones import build_model, conv_batchnorm_as_identity, conv_batchnorm_layers
+    from ecgpaper.model.gradcam import _last_conv_layer_name, gradcam_model
+
+    [vgg] = scaled_configs([dict(SPEC[0], model="VGG16")], profile="paper", dataset="d", weights="none", **QUIET)
+    [resnet] = scaled_configs(SPEC, profile="paper", dataset="d", weights="none", **QUIET)
+    assert vgg.conv_batchnorm and not resnet.conv_batchnorm  # ResNet50 has its own BatchNorm
+    assert "additional training stability" in " ".join(deviations(vgg))
+
+    keras.utils.set_random_seed(0)
+    plain = build_model("VGG16", image_size=32, weights="none")
+    model = build_run_model(replace(vgg, image_size=32), "all")
+    assert len(conv_batchnorm_layers(model)) == 13  # VGG16's 13 convolutions
+    for layer in plain.layers:  # the same pretrained weights (here: one random draw) in both
+        if layer.weights and not layer.name.startswith(("head_", "predictions")):
+            model.get_layer(layer.name).set_weights(layer.get_weights())
+    x = np.random.default_rng(0).uniform(0, 1, (24, 32, 32, 3)).astype("float32")
+    assert conv_batchnorm_as_identity(model, x, batch_size=8) == 13
+    for name in ("block1_conv1", "block3_conv2", "block5_conv3"):
+        want = np.asarray(keras.Model(plain.input, plain.get_layer(name).output)(x, training=False))
+        got = np.asarray(keras.Model(model.input, model.get_layer(name + "_relu").output)(x, training=False))
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-6 * np.abs(want).max())
+    pooled = keras.Model(model.input, model.get_layer("block5_pool").output)
+    np.testing.assert_allclose(np.asarray(pooled(x, training=True)), np.asarray(pooled(x, training=False)),
+                               rtol=1e-2, atol=1e-4 * float(np.abs(np.asarray(pooled(x))).max()))
+    # Grad-CAM reads the last block's activation, not the linear convolution before its BatchNorm
+    assert _last_conv_layer_name(model) == "block5_conv3_relu"
+    assert _last_conv_layer_name(plain) == "block5_conv3"
+    heat_input = gradcam_model(model).outputs[0]
+    assert float(np.asarray(keras.Model(model.input, heat_input)(x)).min()) >= 0  # after the ReLU
+    with pytest.raises(Exception, match="VGG16"):
+        build_model("ResNet50", image_size=32, weights="none", conv_batchnorm=True)

@@ -116,7 +116,8 @@ def is_pretrained(weights) -> bool:
 def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
                 weights: str | os.PathLike | None = "imagenet", dropout: float = 0.5,
                 dense_units: int = 256, head: str = "paper", finetune: str = "all",
-                bn_mode: str | None = None, train_base: bool | None = None) -> keras.Model:
+                bn_mode: str | None = None, train_base: bool | None = None,
+                conv_batchnorm: bool = False) -> keras.Model:
     """A ``keras.applications`` backbone with a new classification head (paper 3.2, 3.5).
 
     Model: ``<Backbone>(include_top=False, input_shape=(image_size, image_size, 3))``
@@ -153,6 +154,11 @@ def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
     Grad-CAM, and a frozen Keras 3 BatchNormalization layer behaves the same);
     ``"trainable"`` lets them train. Default: frozen for pretrained weights,
     trainable for random ones.
+
+    conv_batchnorm: VGG16 only: a BatchNormalization layer between every
+    convolution and its ReLU (:func:`insert_conv_batchnorm`; paper 3.2 "batch
+    normalization may be incorporated if faster convergence or additional training
+    stability is needed"), the paper recipe's VGG16 (docs/training_recipe.md).
     """
     _check_name(name)
 
@@ -192,7 +198,17 @@ def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
             input_shape=(image_size, image_size, 3))
     if standin:
         load_standin(base, standin)
-    x = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)(base.output)
+    model_input, backbone_output = base.input, base.output
+    if conv_batchnorm:
+        if name != "VGG16":
+            raise UserError(f"conv_batchnorm adds BatchNormalization to VGG16, which has none; "
+                            f"{name} has its own")
+        if isinstance(source, Path) and not source.name.endswith(".weights.h5"):
+            raise UserError("conv_batchnorm starts from ImageNet, a stand-in or a .weights.h5 file "
+                            f"saved from a model with conv_batchnorm, not from {source.name}")
+        model_input, backbone_output = insert_conv_batchnorm(base)
+        base = keras.Model(model_input, backbone_output, name=base.name)
+    x = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)(backbone_output)
     if head == "multiscale":
         mid = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL_MID)(top_block_input(base, name))
         x = keras.layers.Concatenate(name=HEAD_FEATURES)([mid, x])
@@ -205,7 +221,7 @@ def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
     ]
     for layer in layers:
         x = layer(x)
-    model = keras.Model(base.input, x, name=f"{name.lower()}_ecg")
+    model = keras.Model(model_input, x, name=f"{name.lower()}_ecg")
     if head in ("standardized", "multiscale"):  # identity until adapted (mean 0, variance 1)
         width = int(model.get_layer(head_features_layer(model)).output.shape[-1])
         model.get_layer(HEAD_NORM).adapt(keras.ops.zeros((2, width)) +
@@ -215,6 +231,92 @@ def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
         _load_weights_file(model, base, layers, source)
     set_trainable_backbone(model, name, finetune, bn_mode)
     return model
+
+
+#: suffixes of the layers :func:`insert_conv_batchnorm` adds after a convolution
+CONV_BN_SUFFIX, CONV_RELU_SUFFIX = "_bn", "_relu"
+
+
+def insert_conv_batchnorm(base: keras.Model):
+    """A copy of VGG16's graph (its weights copied from ``base``: ImageNet, a
+    stand-in) with a BatchNormalization layer between every convolution and its
+    ReLU: ``<conv>`` (now linear), ``<conv>_bn``, ``<conv>_relu``; returns the output
+    tensor on a new input. Layer names stay, ``TOP_BLOCK_START`` included; the
+    ReLU of ``LAST_CONV_LAYER`` is what Grad-CAM reads (``gradcam``). Until
+    :func:`conv_batchnorm_as_identity` sets them from the training images the
+    new layers are not the identity.
+
+    Why: with whole-network Adam at the grid's highest rate (1e-3) every VGG16
+    weight moves by about the rate per step, the ReLUs die and the network
+    answers every image alike (docs/training_recipe.md); normalised
+    pre-activations keep the units alive. Hand-written: keras.applications has
+    no VGG16 with BatchNorm."""
+    inputs = keras.Input(shape=base.input.shape[1:], name=base.layers[0].name)
+    x = inputs
+    for layer in base.layers[1:]:
+        config = layer.get_config()
+        is_conv = isinstance(layer, keras.layers.Conv2D) and config.get("activation") == "relu"
+        if is_conv:
+            config["activation"] = "linear"
+        clone = layer.__class__.from_config(config)
+        x = clone(x)
+        if layer.weights:
+            clone.set_weights(layer.get_weights())
+        if is_conv:
+            x = keras.layers.BatchNormalization(name=layer.name + CONV_BN_SUFFIX)(x)
+            x = keras.layers.ReLU(name=layer.name + CONV_RELU_SUFFIX)(x)
+    return inputs, x
+
+
+def conv_batchnorm_layers(model: keras.Model) -> list:
+    """The BatchNormalization layers :func:`insert_conv_batchnorm` added."""
+    names = {layer.name for layer in model.layers}
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
+            and layer.name.endswith(CONV_BN_SUFFIX) and layer.name[:-len(CONV_BN_SUFFIX)] in names]
+
+
+def conv_batchnorm_as_identity(model: keras.Model, images, *, batch_size: int | None = None) -> int:
+    """Make every ``<conv>_bn`` layer pass the pretrained network's activations
+    through unchanged: moving mean and variance, offset and scale set to the mean
+    and spread of its convolution's output over ``images`` (float model inputs),
+    so the network starts as the pretrained one (in inference mode exactly; in
+    training mode up to batch-to-batch spread) and BatchNorm then keeps the
+    pre-activations in range. One inference pass with every such layer first set
+    to the exact identity (mean 0, variance 1 - epsilon, scale 1, offset 0), so
+    each convolution sees the pretrained network's input. Returns the layers set."""
+    import numpy as np
+
+    bn = conv_batchnorm_layers(model)
+    if not bn:
+        return 0
+    batch_size = batch_size or CALIBRATION_BATCH
+    for layer in bn:
+        width = layer.gamma.shape[0]
+        layer.moving_mean.assign(np.zeros(width, "float32"))
+        layer.moving_variance.assign(np.full(width, 1 - layer.epsilon, "float32"))
+        layer.gamma.assign(np.ones(width, "float32"))
+        layer.beta.assign(np.zeros(width, "float32"))
+    probe = keras.Model(model.input, [layer.input for layer in bn])
+    images = np.asarray(images)
+    sums = [np.zeros(layer.gamma.shape[0]) for layer in bn]
+    squares = [np.zeros(layer.gamma.shape[0]) for layer in bn]
+    count = 0
+    for start in range(0, len(images), batch_size):
+        outs = probe(images[start:start + batch_size], training=False)
+        for i, out in enumerate(outs):
+            a = np.asarray(out, dtype="float64").reshape(-1, sums[i].shape[0])
+            sums[i] += a.sum(axis=0)
+            squares[i] += (a ** 2).sum(axis=0)
+        count += len(images[start:start + batch_size])
+    for layer, total, sq, out in zip(bn, sums, squares, probe.outputs):
+        positions = count * int(np.prod(out.shape[1:-1]))
+        mean = total / positions
+        var = np.maximum(sq / positions - mean ** 2, 0.0)
+        layer.moving_mean.assign(mean.astype("float32"))
+        layer.moving_variance.assign(var.astype("float32"))
+        layer.gamma.assign(np.sqrt(var + layer.epsilon).astype("float32"))
+        layer.beta.assign(mean.astype("float32"))
+    return len(bn)
 
 
 #: the head's Normalization: no feature's variance below this share of the mean

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ecgpaper.errors import UserError
-from ecgpaper.model.backbones import LAST_CONV_LAYER
+from ecgpaper.model.backbones import CONV_RELU_SUFFIX, LAST_CONV_LAYER
 
 
 def _last_conv_layer_name(model: keras.Model) -> str:
@@ -36,12 +36,14 @@ def _last_conv_layer_name(model: keras.Model) -> str:
             "the functional API on the backbone's own input and output, as "
             "ecgpaper.model.backbones.build_model does.")
     names = {layer.name for layer in model.layers}
+    # with conv_batchnorm (backbones.insert_conv_batchnorm) the block's activation is its own layer
+    names_after_activation = {n for n in names if n + CONV_RELU_SUFFIX not in names}
     for backbone, layer_name in LAST_CONV_LAYER.items():
         if model.name == f"{backbone.lower()}_ecg" and layer_name in names:
-            return layer_name
+            return layer_name if layer_name in names_after_activation else layer_name + CONV_RELU_SUFFIX
     for layer_name in LAST_CONV_LAYER.values():
         if layer_name in names:
-            return layer_name
+            return layer_name if layer_name in names_after_activation else layer_name + CONV_RELU_SUFFIX
     for layer in reversed(model.layers):
         if not isinstance(layer, keras.layers.InputLayer) and len(layer.output.shape) == 4:
             return layer.name

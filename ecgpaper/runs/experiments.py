@@ -165,6 +165,9 @@ def scaled_configs(specs: list[dict], *, profile: str, dataset: str, protocol: s
         # under another (the paper's /255 on ImageNet ResNet50) they must train (3.1.1)
         settings.setdefault("bn_mode", "frozen" if is_pretrained(resolved) and
                             settings["scaling"] == "preprocess_input" else "trainable")
+        if recipe == "paper":
+            # VGG16 has no BatchNorm of its own: without it whole-network Adam at 1e-3 collapses
+            settings.setdefault("conv_batchnorm", spec["model"] == "VGG16")
         if recipe == "transfer" and not is_pretrained(resolved):
             # a frozen random backbone needs real BatchNorm statistics (models.calibrate_batchnorm)
             settings.setdefault("bn_stats", "train_images")

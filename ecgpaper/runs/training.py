@@ -76,6 +76,7 @@ class RunConfig:
     head_learning_rate: float = 1e-3  # transfer: Adam, head phase (profiles: 10 x learning_rate)
     finetune: str = "all"  # backbone layers that train: "all" | "top" | "none"
     bn_mode: str = ""  # "frozen" | "trainable"; "": frozen for pretrained weights, else trainable
+    conv_batchnorm: bool = False  # VGG16: BatchNorm between every convolution and its ReLU (paper 3.2)
     bn_stats: str = ""  # "train_images": a random backbone's BatchNorm statistics set from them;
     # "precise": the statistics of every BatchNorm layer that trains recomputed from the training
     # images before training and before each scoring (PreciseBN; the paper recipe)
@@ -227,8 +228,13 @@ def precise_batchnorm(model, config: RunConfig, images: np.ndarray) -> int:
     if config.bn_stats != "precise":
         return 0
     layers = batchnorm_layers(model, trainable_only=True)
+    return calibrate_batchnorm(model, statistics_sample(config, images), layers=layers)
+
+
+def statistics_sample(config: RunConfig, images: np.ndarray) -> np.ndarray:
+    """Up to ``PRECISE_BN_IMAGES`` training images, evenly spaced, as model inputs."""
     sample = images[np.linspace(0, len(images) - 1, min(len(images), PRECISE_BN_IMAGES)).astype(int)]
-    return calibrate_batchnorm(model, scaling_fn(config.scaling, config.model)(sample).numpy(), layers=layers)
+    return scaling_fn(config.scaling, config.model)(sample).numpy()
 
 
 def _precise_bn_callback(model, config: RunConfig, images: np.ndarray):
@@ -424,7 +430,8 @@ def build_run_model(config: RunConfig, finetune: str):
 
     return build_model(config.model, image_size=config.image_size, num_classes=len(CLASS_CODES),
                        weights=config.weights, dropout=config.dropout, head=config.head,
-                       finetune=finetune, bn_mode=config.bn_mode or None)
+                       finetune=finetune, bn_mode=config.bn_mode or None,
+                       conv_batchnorm=config.conv_batchnorm)
 
 
 def prepare_frozen_backbone(model, config: RunConfig, images: np.ndarray, *, log=print) -> None:
@@ -549,6 +556,11 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print,
     frames: list[pd.DataFrame] = []
     t0 = time.perf_counter()
     best_so_far, best_weights = None, None
+    if config.conv_batchnorm:
+        from ecgpaper.model.backbones import conv_batchnorm_as_identity
+
+        n = conv_batchnorm_as_identity(model, statistics_sample(config, x_tr))
+        log(f"  {n} BatchNorm layers after VGG16's convolutions start as the identity on the training images")
     if (n := precise_batchnorm(model, config, x_tr)):
         log(f"  {n} BatchNorm layers that train start from the training images' statistics (PreciseBN)")
     if config.head in ("standardized", "multiscale") or config.recipe == "transfer":
@@ -727,6 +739,10 @@ def deviations(config: RunConfig) -> list[str]:
     if config.head == "batchnorm":
         out.append("head: BatchNormalization after the pooling (paper 3.2: \"batch normalization may "
                    "be incorporated\"), otherwise the paper's head")
+    if config.conv_batchnorm:
+        out.append("VGG16 with BatchNormalization between every convolution and its ReLU, started as the "
+                   "identity on the training images (paper 3.2: \"batch normalization may be incorporated if "
+                   "... additional training stability is needed\"; docs/training_recipe.md)")
     if config.bn_stats == "precise":
         out.append(f"BatchNorm statistics of the layers that train recomputed from {PRECISE_BN_IMAGES} "
                    "training images before training and before every validation and test scoring "
