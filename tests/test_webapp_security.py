@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+from support.images import ecg_page_png
 from support.model import tiny_export
 from support.server import API, REPO, LiveServer, password_for, temp_postgres
 
@@ -550,7 +551,7 @@ def test_a_worker_killed_mid_upload_leaves_no_stored_file_and_the_sweep_cleans_u
 
     srv = timeout_server
     token = srv.tokens["gus"]
-    assert srv.upload(white_png(), token).status_code == 201
+    assert srv.upload(ecg_page_png(), token).status_code == 201
     # the database takes no record (another process holds its write lock): the upload waits
     # past the request timeout and gunicorn kills the worker after it wrote the files
     lock = sqlite3.connect(srv.state / "db.sqlite3", isolation_level=None, timeout=30)
@@ -558,7 +559,7 @@ def test_a_worker_killed_mid_upload_leaves_no_stored_file_and_the_sweep_cleans_u
     try:
         started = time.monotonic()
         with pytest.raises(requests.ConnectionError):
-            srv.upload(white_png(), token)
+            srv.upload(ecg_page_png(), token)
         killed_after = time.monotonic() - started
     finally:
         lock.execute("ROLLBACK")
@@ -583,7 +584,7 @@ def test_a_worker_killed_mid_upload_leaves_no_stored_file_and_the_sweep_cleans_u
     assert out.startswith(f"removed {len(stray) + 1} stored file(s)"), out
     assert stored_files(srv) == referenced | {young}  # younger than the grace period: kept
     wait_ready(srv)
-    assert srv.upload(white_png(), token).status_code == 201
+    assert srv.upload(ecg_page_png(), token).status_code == 201
     assert stored_files(srv) - {young} == record_files(srv)
 
 
@@ -636,16 +637,19 @@ def test_hostile_uploads_cost_little(ops_server):
         elapsed = time.monotonic() - started
         assert elapsed < 1.5, (name, elapsed)
     assert "baseline" in body["detail"] or "single still image" in body["detail"]
-    # the most an accepted upload can cost: 25 megapixels of noise, JPEG (18 MB)
+    # the most an upload can cost: 25 megapixels of noise, JPEG (18 MB), the costliest to
+    # decode, which the page gate decodes and refuses; and a 25-megapixel ECG page, classified
     noise = np.random.default_rng(0).integers(0, 256, (5000, 5000), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(noise).save(buf, "JPEG", quality=90)
-    started = time.monotonic()
-    r = srv.upload(buf.getvalue(), token, name="noise.jpg")
-    elapsed = time.monotonic() - started
-    assert r.status_code == 201, r.text[:300]
-    print(f"25-megapixel noise JPEG ({len(buf.getvalue()) / 2**20:.1f} MB): {elapsed:.2f} s end to end")
-    assert elapsed < 15
+    page = ecg_page_png(1, size=(5900, 4200), fmt="JPEG")
+    for name, data, status in (("noise.jpg", buf.getvalue(), 422), ("page.jpg", page, 201)):
+        started = time.monotonic()
+        r = srv.upload(data, token, name=name)
+        elapsed = time.monotonic() - started
+        assert r.status_code == status, (name, r.text[:300])
+        print(f"25-megapixel {name} ({len(data) / 2**20:.1f} MB): {elapsed:.2f} s end to end, {status}")
+        assert elapsed < 15, (name, elapsed)
 
 
 # --------------------------------------------------------------------------
@@ -687,7 +691,7 @@ def test_stored_copies_keep_neither_the_file_name_nor_the_header_band(ops_server
 def test_the_admin_lists_no_token_and_no_record_without_the_auditor_role(ops_server):
     srv = ops_server
     tokens = srv.create_users("jack", "kim")
-    made = srv.upload(white_png(), tokens["kim"]).json()
+    made = srv.upload(ecg_page_png(), tokens["kim"]).json()
     manage_json(srv, "import json; from django.contrib.auth import get_user_model; "
                      "from django.contrib.auth.models import Group, Permission; U = get_user_model(); "
                      "U.objects.create_superuser('root', password='root-pw-1234'); "

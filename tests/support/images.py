@@ -1,6 +1,6 @@
 """Uploads that are not 12-lead ECG report pages, for the page gate's tests
 (issue 22, item 9): a blank page, noise, a photo (the one matplotlib ships) and a
-letter. Test equipment, like the rest of tests/support."""
+letter; and one that is (a twin page). Test equipment, like the rest of tests/support."""
 from __future__ import annotations
 
 import io
@@ -14,6 +14,15 @@ def encode(img: Image.Image, fmt: str = "JPEG") -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt)
     return buf.getvalue()
+
+
+def ecg_page_png(seed: int = 0, size=(1106, 786), fmt: str = "PNG") -> bytes:
+    """A page of the synthetic twin (what the page gate accepts), as PNG (or ``fmt``) bytes."""
+    from ecgpaper.config import CLASS_CODES
+    from ecgpaper.data.synthetic import render_page
+
+    return encode(render_page(CLASS_CODES[seed % 4], np.random.default_rng(seed), size,
+                              patient_id=f"T{seed:04d}", date="2024-01-01 10:00"), fmt)
 
 
 def letter() -> Image.Image:
