@@ -214,6 +214,9 @@ def table(ws: Workspace, *, baseline_runs: list[Run] | None = None,
         raise UserError(f"no finished baseline, grid, multirun or curves runs for {ws.dataset}/{ws.profile}; "
                         "run notebooks 02-04 (or `python -m ecgpaper run baseline`) first")
     table = pd.DataFrame(rows)
+    # counts of groups are integers; rows without a paired test leave them empty
+    # (nullable Int64, so the CSV reads "4", not "4.0")
+    table = table.astype({"groups_a_better": "Int64", "groups_b_better": "Int64"})
     save_table(table, "table_statistics", ws,
                "Honest statistics (section 5.2): each result of the paper beside ours with 95 % bootstrap "
                "intervals over duplicate groups (copies of one ECG count once), the difference, the "
