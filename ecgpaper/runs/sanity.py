@@ -56,6 +56,7 @@ def overfit_one_batch(config: RunConfig, data: RunData, *, per_class: int | None
     ``overfit_per_class``, ``OVERFIT_PER_CLASS`` for most).
     """
     import keras
+    import tensorflow as tf
 
     from ecgpaper.config import get_profile
     from ecgpaper.model.backbones import fit_head_normalization
@@ -80,8 +81,11 @@ def overfit_one_batch(config: RunConfig, data: RunData, *, per_class: int | None
         net, inputs, lr = model, scaling_fn(config.scaling, config.model)(x).numpy(), config.learning_rate
     net.compile(optimizer=keras.optimizers.Adam(lr), loss="categorical_crossentropy", metrics=["accuracy"])
     steps, accuracy, chunk = 0, 0.0, 10
+    # the one batch, without end: each round is one fit of ``chunk`` steps on one
+    # iterator (from arrays Keras would build a pipeline per one-step epoch)
+    batch = tf.data.Dataset.from_tensors((inputs, onehot)).repeat()
     while steps < max_steps:
-        net.fit(inputs, onehot, batch_size=len(x), epochs=chunk, verbose=0, shuffle=True)
+        net.fit(batch, steps_per_epoch=chunk, epochs=1, verbose=0)
         steps += chunk
         if config.recipe != "transfer":  # BatchNorm layers that train: statistics of this batch
             precise_batchnorm(model, config, x)

@@ -39,7 +39,7 @@ from ecgpaper.metrics import (
     per_class_report,
     prediction_spread,
 )
-from ecgpaper.model.pipeline import make_dataset, scaling_fn
+from ecgpaper.model.pipeline import feature_dataset, make_dataset, scaling_fn
 from ecgpaper.model.weights import STANDINS
 from ecgpaper.paths import Workspace
 from ecgpaper.progress import training_progress
@@ -488,9 +488,11 @@ def _fit_head_phase(model, config: RunConfig, features, y_tr, y_va, *, log):
     epochs = max(1, math.ceil(config.head_steps / steps_per_epoch))
     n_classes = len(CLASS_CODES)
     best = _best_checkpoint(hm)
-    history = hm.fit(f_tr, keras.utils.to_categorical(y_tr, n_classes), batch_size=config.batch_size,
-                     epochs=epochs, validation_data=(f_va, keras.utils.to_categorical(y_va, n_classes)),
-                     callbacks=[_epoch_timer(), best], verbose=0, shuffle=True)
+    train = feature_dataset(f_tr, keras.utils.to_categorical(y_tr, n_classes), batch_size=config.batch_size,
+                            seed=config.seed, repeat=True)  # an epoch: one reshuffled pass
+    val = feature_dataset(f_va, keras.utils.to_categorical(y_va, n_classes), batch_size=config.batch_size)
+    history = hm.fit(train, steps_per_epoch=steps_per_epoch, epochs=epochs, validation_data=val,
+                     callbacks=[_epoch_timer(), best], verbose=0)
     hm.set_weights(best.kept)  # the head's best epoch, in the layers it shares with ``model``
     frame = _history_frame(history, "head", steps_per_epoch)
     row = _best_row(frame)

@@ -8,21 +8,33 @@ import functools
 from pathlib import Path
 
 
+#: the first project root :func:`train_and_export_smoke_model` trained in this session
+_TRAINED: list[Path] = []
+
+
 def train_and_export_smoke_model(root: Path) -> Path:
     """Generate the twin and train the smoke baseline with ``root`` as the project
-    root; ``root/models`` then holds the export, ``root/data/raw`` the twin."""
+    root; ``root/models`` then holds the export, ``root/data/raw`` the twin. Trained
+    once per test session: a later call gets a copy of the first root (the same
+    seeds would train the same runs again), so each module still has its own files."""
+    import shutil
+
     import pytest
 
     from ecgpaper.runs.experiments import run_experiment
 
     from conftest import point_paths
 
+    if _TRAINED and _TRAINED[0].is_dir():
+        shutil.copytree(_TRAINED[0], root, dirs_exist_ok=True, symlinks=True)
+        return root
     mp = pytest.MonkeyPatch()
     point_paths(mp, root)
     try:
         run_experiment("baseline", profile="smoke", verbose=0, log=lambda *_: None)
     finally:
         mp.undo()
+    _TRAINED[:] = [root]
     return root
 
 
