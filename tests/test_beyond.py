@@ -668,7 +668,9 @@ def test_notebook_06_leaves_every_figure_table_and_report_section(notebook_run_r
     copies = pd.read_csv(results / "table_leakage_copies.csv")
     assert len(copies) == len(effect) and "accuracy_no_copy" in copies
     assert "with a copy in train vs" in report and "upper bound" not in report
-    assert "reproduced" not in report and "| baseline VGG16 = Table 1 batch 16 lr 0.0001 | 1 |" in report
+    assert "reproduced" not in report
+    if os.environ.get("ECGPAPER_NOTEBOOK_RUN"):  # notebooks 02-04 ran too: the baseline is Table 1's cell
+        assert "| baseline VGG16 = Table 1 batch 16 lr 0.0001 | 1 |" in report
     assert "n/a: SYNTHETIC twin, not the Kaggle images; profile smoke, not paper" in report
     light = pd.read_csv(results / "table_lightweight.csv", keep_default_na=False)
     assert {"VGG16", "ResNet50", "MobileNetV2", "EfficientNetB0"} <= set(light["model"])
