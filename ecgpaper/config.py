@@ -46,6 +46,8 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 # 2213 x 1572 page, applied as fractions so it scales to any page size.
 # --------------------------------------------------------------------------
 REFERENCE_PAGE_SIZE = (2213, 1572)
+#: its width on paper: 25 mm/s x 10 s of traces plus margins, ~7.9 px/mm at 2213 px
+PAGE_WIDTH_MM = 280.0
 HEADER_CROP_BOX = (68, 283, 2177, 1518)  # left, top, right, bottom (px)
 HEADER_CROP_FRACTIONS = tuple(
     v / REFERENCE_PAGE_SIZE[i % 2] for i, v in enumerate(HEADER_CROP_BOX)
@@ -112,8 +114,13 @@ PAPER_RESULTS = {
 }
 
 # --------------------------------------------------------------------------
-# Profiles (docs/design_notes.md). A profile shrinks sizes and counts; it never changes
-# what an experiment means.
+# Profiles (docs/design_notes.md). A profile shrinks sizes and counts, and picks the
+# recipe. It can change what an experiment measures: under the transfer recipe (smoke,
+# quick) a run's evaluated checkpoint is often from the head phase, whose learning rate
+# is runs.experiments.HEAD_LR_FACTOR x the run's, so quick's Table 1 compares head learning rates more
+# than fine-tuning ones (each row says which checkpoint it scored: Table 1's
+# "checkpoint" column, metrics.json "selected_checkpoint"). Only the paper profile and
+# its miniature run the paper's one phase.
 # --------------------------------------------------------------------------
 
 

@@ -17,7 +17,6 @@ from ecgpaper import paths
 
 KERNEL_NAME = "ecgpaper"
 KERNEL_DISPLAY_NAME = "Python (ecgpaper)"
-NOTEBOOK_DIR = paths.REPO / "notebooks"
 
 
 def kernel_python(name: str = KERNEL_NAME) -> str | None:
@@ -54,7 +53,7 @@ def kernel_encryption_available() -> bool:
 
 
 def lab_argv(*, port: int = 8888, ip: str = "127.0.0.1", open_browser: bool = True,
-             notebook_dir: Path = NOTEBOOK_DIR) -> list[str]:
+             notebook_dir: Path = paths.NOTEBOOKS) -> list[str]:
     """The ``jupyter lab`` command line: served on ``ip`` (loopback by default), rooted
     at the notebooks, new notebooks on the project's kernel."""
     argv = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={notebook_dir}",
@@ -73,6 +72,6 @@ def launch_lab(*, port: int = 8888, ip: str = "127.0.0.1", open_browser: bool = 
     """Register the kernel, then replace this process by JupyterLab (Ctrl-C stops it)."""
     ensure_kernel()
     argv = lab_argv(port=port, ip=ip, open_browser=open_browser)
-    print(f"JupyterLab on http://{ip}:{port}/lab (notebooks: {NOTEBOOK_DIR}, kernel '{KERNEL_NAME}'); "
+    print(f"JupyterLab on http://{ip}:{port}/lab (notebooks: {paths.NOTEBOOKS}, kernel '{KERNEL_NAME}'); "
           "Ctrl-C to stop", flush=True)
     os.execv(argv[0], argv)

@@ -75,6 +75,11 @@ def format_intervals(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _float_format(column) -> str:
+    """Four decimals, except a learning rate: 1e-05, not 0.0000."""
+    return "g" if isinstance(column, str) and column.endswith("learning_rate") else ".4f"
+
+
 def save_table(df: pd.DataFrame, name: str, ws: Workspace, caption: str) -> Path:
     """Write ``name``.csv (numbers as numbers: an interval is two columns) and a
     Markdown ``name``.md with its caption and formatted intervals; return the CSV path."""
@@ -82,7 +87,8 @@ def save_table(df: pd.DataFrame, name: str, ws: Workspace, caption: str) -> Path
     out.mkdir(parents=True, exist_ok=True)
     csv = out / f"{name}.csv"
     paths.atomic_write_text(csv, df.to_csv(index=False, lineterminator="\n"))
-    table = format_intervals(df).to_markdown(index=False, floatfmt=".4f")
+    shown = format_intervals(df)
+    table = shown.to_markdown(index=False, floatfmt=[_float_format(c) for c in shown.columns])
     md = f"**{caption}** ({ws.label})\n\n{table}\n"
     paths.atomic_write_text(out / f"{name}.md", md)
     return csv
@@ -93,7 +99,10 @@ def labelled(df: pd.DataFrame, ws: Workspace, caption: str = ""):
     a table copied out of a notebook keeps its label. The saved CSV/Markdown
     tables carry the same label (:func:`save_table`)."""
     title = f"{caption}: {ws.label}" if caption else ws.label
-    return format_intervals(df).style.set_caption(title).format(precision=4).hide(axis="index")
+    shown = format_intervals(df)
+    rates = [c for c in shown.columns if _float_format(c) == "g"]
+    return (shown.style.set_caption(title).format(precision=4).format("{:g}", subset=rates, na_rep="")
+            .hide(axis="index"))
 
 
 def collapse_warning(runs) -> str:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+#: the numbered notebooks (part of the code: under the repository, not the project root)
+NOTEBOOKS = REPO / "notebooks"
 ROOT = Path(os.environ.get("ECGPAPER_ROOT", REPO))
 DATA = ROOT / "data"
 RAW = DATA / "raw"

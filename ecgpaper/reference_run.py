@@ -21,7 +21,7 @@ from ecgpaper import paths
 from ecgpaper.errors import UserError
 from ecgpaper.paths import Workspace
 from ecgpaper.report import write_report
-from ecgpaper.runs.store import runs_dir
+from ecgpaper.runs.store import read_registry
 
 DEFAULT_OUT = paths.REPO / "docs" / "reference-run"
 MAX_WIDTH_PX = 1400
@@ -43,8 +43,10 @@ def git_commit(repo: Path = paths.REPO) -> str:
 
 def run_machine(ws: Workspace) -> str:
     """The machine the runs trained on (from a run's environment.json, paper 3.5 / Fig. 5)."""
-    for env_file in sorted(runs_dir(ws).glob("*/environment.json")):
-        env = json.loads(env_file.read_text())
+    for run in sorted(read_registry(ws), key=lambda r: r.run_id):
+        if not (run.folder / "environment.json").exists():
+            continue
+        env = run.environment
         gpus = ", ".join(g["name"] for g in env.get("gpus", []))
         return (f"{env.get('cpu_count')} CPU cores, " + (f"GPU {gpus}" if gpus else "no GPU")
                 + f"; {env.get('platform')}; Python {env.get('python')}, TensorFlow "

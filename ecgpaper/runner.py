@@ -28,12 +28,10 @@ from ecgpaper.errors import UserError
 from ecgpaper.lab import ensure_kernel, kernel_encryption_available
 from ecgpaper.progress import ENV
 
-NOTEBOOK_DIR = paths.REPO / "notebooks"
-
 
 def notebook_list(folder: Path | None = None) -> list[Path]:
     """The numbered notebooks (``NN_name.ipynb``) in order."""
-    folder = Path(folder or NOTEBOOK_DIR)
+    folder = Path(folder or paths.NOTEBOOKS)
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
 
 

@@ -20,6 +20,7 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from ecgpaper import metrics, outputs
 from ecgpaper.config import CLASS_CODES, PAPER_RESULTS, PROFILES
+from ecgpaper.data import geometry
 
 PAPER_GRID = list(PAPER_RESULTS["grid"])
 from ecgpaper.paths import Workspace
@@ -470,7 +471,8 @@ def test_latency_and_deployable_size_of_a_small_model(tmp_path):
 
 def test_page_regions_split_the_input_into_header_grid_and_footer():
     from ecgpaper.config import HEADER_CROP_FRACTIONS
-    from ecgpaper.studies.interpretability import heat_shares, page_regions
+    from ecgpaper.data.geometry import page_regions
+    from ecgpaper.studies.interpretability import heat_shares
 
     full = page_regions(crop=False)
     assert full["header"] == (0.0, 0.0, 1.0, HEADER_CROP_FRACTIONS[1])
@@ -524,13 +526,13 @@ def test_corruption_strengths_are_defined_at_the_model_input_resolution():
     for severity in (1, 3, 5):  # noise std in input pixels, not diluted by a later downscale
         noise = robustness.corrupt(grey, "gaussian_noise", severity, seed=1) - grey
         assert noise.std() == pytest.approx(robustness.level("gaussian_noise", severity), rel=0.05)
-    g = robustness.input_geometry(224)
+    g = geometry.input_geometry(224)
     assert g["px_per_mm_x"] == pytest.approx(224 / 280) and g["px_per_mm_y"] == pytest.approx(224 / 198.9, rel=1e-3)
-    cropped = robustness.input_geometry(224, crop=True)
+    cropped = geometry.input_geometry(224, crop=True)
     assert cropped["px_per_mm_x"] > g["px_per_mm_x"] and cropped["grid"] == (0.0, 0.0, 1.0, 1.0)
     # occlusion: the grey patch covers the stated share of the grid (full page: the grid box)
     white = np.full((1, 200, 200, 3), 255.0, np.float32)
-    occluded = robustness.corrupt(white, "occlusion", 4, geometry=robustness.input_geometry(200))
+    occluded = robustness.corrupt(white, "occlusion", 4, geometry=geometry.input_geometry(200))
     fl, ft, fr, fb = g["grid"]
     share = (occluded[0, ..., 0] == robustness.OCCLUSION_GREY).sum() / ((fr - fl) * (fb - ft) * 200 * 200)
     assert share == pytest.approx(robustness.level("occlusion", 4), rel=0.1)

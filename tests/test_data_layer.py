@@ -12,7 +12,8 @@ from ecgpaper.data.audit import run_audit, write_audit
 from ecgpaper.data.discovery import class_of_folder, discover, is_stray, parse_class_map
 from ecgpaper.data.inventory import build_inventory, read_inventory, write_inventory
 from ecgpaper.data.prepare import prepare_data
-from ecgpaper.data.preprocess import PreprocessSettings, build_cache, crop_box, load_image
+from ecgpaper.data.geometry import crop_box
+from ecgpaper.data.preprocess import PreprocessSettings, build_cache, load_image
 from ecgpaper.data.splits import make_manifest
 from ecgpaper.errors import UserError
 from ecgpaper.paths import Workspace

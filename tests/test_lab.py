@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from ecgpaper.lab import KERNEL_NAME, NOTEBOOK_DIR
+from ecgpaper.lab import KERNEL_NAME
+from ecgpaper.paths import NOTEBOOKS
 
 TOKEN = "ecgpaper-test-token"
 
@@ -77,7 +78,7 @@ def test_lab_serves_the_notebooks_with_the_project_kernel(lab_server):
                            timeout=60).json()
     try:
         printed = execute_in_kernel(lab_server, kernel["id"], "import ecgpaper; print(ecgpaper.__file__)")
-        assert Path(printed.strip()).resolve() == (NOTEBOOK_DIR.parent / "ecgpaper" / "__init__.py").resolve()
+        assert Path(printed.strip()).resolve() == (NOTEBOOKS.parent / "ecgpaper" / "__init__.py").resolve()
     finally:
         requests.delete(f"{lab_server}/api/kernels/{kernel['id']}", headers=auth, timeout=30)
 
@@ -115,6 +116,6 @@ def execute_in_kernel(base: str, kernel_id: str, code: str, timeout: float = 90)
 
 
 def test_every_notebook_asks_for_the_project_kernel():
-    for nb in sorted(NOTEBOOK_DIR.glob("*.ipynb")):
+    for nb in sorted(NOTEBOOKS.glob("*.ipynb")):
         spec = json.loads(nb.read_text())["metadata"]["kernelspec"]
         assert spec["name"] == KERNEL_NAME, nb.name

@@ -23,7 +23,7 @@ from tqdm import tqdm  # text bar: tqdm.auto warns in kernels without ipywidgets
 
 from ecgpaper import paths
 from ecgpaper.data.discovery import Discovery
-from ecgpaper.data.preprocess import crop_box
+from ecgpaper.data.geometry import crop_box
 from ecgpaper.data.synthetic import is_synthetic
 from ecgpaper.errors import UserError
 

@@ -31,6 +31,7 @@ from tqdm import tqdm  # text bar: tqdm.auto warns in kernels without ipywidgets
 
 from ecgpaper import paths
 from ecgpaper.config import HEADER_CROP_FRACTIONS
+from ecgpaper.data.geometry import crop_box
 from ecgpaper.errors import UserError
 
 #: bump when the decoding changes, so old caches are rebuilt
@@ -57,12 +58,6 @@ class PreprocessSettings:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "version": PREPROCESS_VERSION}
-
-
-def crop_box(width: int, height: int) -> tuple[int, int, int, int]:
-    """The grid-only box of docs/design_notes.md, scaled to a page of ``width`` x ``height``."""
-    fl, ft, fr, fb = HEADER_CROP_FRACTIONS
-    return (round(fl * width), round(ft * height), round(fr * width), round(fb * height))
 
 
 #: EXIF orientations that swap width and height (5-8: transposed or rotated by 90 degrees)

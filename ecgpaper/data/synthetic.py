@@ -41,6 +41,7 @@ from ecgpaper.config import (
     FILE_PREFIXES,
     HEADER_CROP_FRACTIONS,
     KAGGLE_CLASS_FOLDERS,
+    PAGE_WIDTH_MM,
     REFERENCE_PAGE_SIZE,
 )
 
@@ -58,7 +59,6 @@ RECORD_SECONDS = 10.0
 SEGMENT_SECONDS = 2.5
 PAPER_SPEED_MM_S = 25.0
 GAIN_MM_PER_MV = 10.0
-PAGE_WIDTH_MM = 280.0  # the reference page is ~2213 px for ~280 mm: ~7.9 px/mm
 LEAD_IN_MM = 5.0  # left of the traces: the 1 mV calibration pulse
 MAX_ROTATION_DEG = 1.0
 MAX_SCALE_DEVIATION = 0.02

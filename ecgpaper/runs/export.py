@@ -25,7 +25,7 @@ from ecgpaper.data.pagegate import PageGate, gate_for_split
 from ecgpaper.data.preprocess import PREPROCESS_VERSION
 from ecgpaper.errors import UserError
 from ecgpaper.paths import Workspace
-from ecgpaper.runs.store import read_registry, run_folder
+from ecgpaper.runs.store import read_registry
 
 EXPORT_NAME = "ecg_classifier"
 
@@ -126,15 +126,12 @@ def export_best(ws: Workspace, *, run_id: str | None = None, metric: str = "val_
     records = read_registry(ws)
     if run_id:
         records = [r for r in records if r.run_id == run_id]
-    records = [r for r in records if (run_folder(ws, r.run_id) / "model.keras").exists()]
+    records = [r for r in records if r.model_file.exists()]
     if not records:
         raise UserError(f"no finished run for dataset {ws.dataset!r}, profile {ws.profile!r}; run "
                         f"`python -m ecgpaper run baseline --profile {ws.profile}` first.")
 
-    def read(r, name):
-        return json.loads((run_folder(ws, r.run_id) / name).read_text())
-
-    configs = {r.run_id: read(r, "config.json") for r in records}
+    configs = {r.run_id: r.full_config for r in records}
     if not run_id:
         present = {configs[r.run_id]["protocol"] for r in records}
         protocol = protocol or next((p for p in EXPORT_PROTOCOLS if p in present), sorted(present)[0])
@@ -155,8 +152,8 @@ def export_best(ws: Workspace, *, run_id: str | None = None, metric: str = "val_
         raise UserError(f"nothing to export for {ws.dataset}/{ws.profile}: every candidate run collapsed "
                         f"or is a shuffled-label control ({', '.join(r.run_id for r in flagged)}); see "
                         "docs/training_recipe.md, 'The paper recipe', and retrain with another setting.")
-    best = max(records, key=lambda r: selection_key(read(r, "metrics.json"), r.run_id, metric))
-    metrics, config = read(best, "metrics.json"), configs[best.run_id]
+    best = max(records, key=lambda r: selection_key(r.full_metrics, r.run_id, metric))
+    metrics, config = best.full_metrics, configs[best.run_id]
     calibration = metrics.get("calibration")
     if calibration is None:  # a run of an older version, reused: said, and recorded as None
         log(f"WARNING: run {best.run_id} has no temperature scaling in its metrics.json (trained by "
@@ -164,7 +161,7 @@ def export_best(ws: Workspace, *, run_id: str | None = None, metric: str = "val_
             "calibrate them")
     gate = calibrate_page_gate(ws, config)
     model_file = write_export(
-        run_folder(ws, best.run_id) / "model.keras", config, ws, run_id=best.run_id,
+        best.model_file, config, ws, run_id=best.run_id,
         metrics={k: metrics[k] for k in (*PAPER_METRICS, "ci95", "n_test")}
         | {"calibration": calibration and calibration_summary(calibration)},
         selected_by=f"{metric}, ties by val_loss, among {config['protocol']} runs of split seed "

@@ -4,9 +4,9 @@
 ``results/<dataset>/<profile>/``
   ``runs/<run id>/``   one folder per run: config.json, metrics.json,
                        history.csv, predictions.csv, confusion.csv,
-                       environment.json, model.keras (written by
-                       :func:`ecgpaper.runs.training.train_run`, built under a
-                       temporary name and renamed when complete);
+                       environment.json, model.keras (built under a temporary
+                       name, :func:`start_run`, and renamed when complete by
+                       :func:`write_run`; the trainer saves only the model file);
   ``runs.jsonl``       the registry, one JSON record per finished run, appended
                        atomically (a torn last line from a crash is ignored);
   ``experiments/<name>.json``  the run ids of a named experiment, in order.
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -30,6 +32,11 @@ from ecgpaper.metrics import labels_and_predictions
 from ecgpaper.paths import Workspace
 
 REGISTRY_NAME = "runs.jsonl"
+MODEL_FILE = "model.keras"
+#: the metrics a registry line keeps (the rest stay in metrics.json)
+RECORD_METRICS = ("accuracy", "precision", "recall", "f1", "ci95", "epochs_run", "train_seconds",
+                  "epoch_seconds_mean", "train_accuracy", "optimizer_steps", "paper_steps",
+                  "peak_rss_mb", "gpu_peak_memory_mb")
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,20 @@ class Run:
     @cached_property
     def environment(self) -> dict:
         return json.loads((self.folder / "environment.json").read_text())
+
+    @cached_property
+    def full_config(self) -> dict:
+        """config.json: the config with the run's deviations, weights file and data."""
+        return json.loads((self.folder / "config.json").read_text())
+
+    @cached_property
+    def full_metrics(self) -> dict:
+        """metrics.json: every metric (the registry line holds a summary)."""
+        return json.loads((self.folder / "metrics.json").read_text())
+
+    @property
+    def model_file(self) -> Path:
+        return self.folder / MODEL_FILE
 
     @property
     def collapsed(self) -> bool:
@@ -123,6 +144,40 @@ def append_record(ws: Workspace, record: dict) -> None:
             fcntl.lockf(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def start_run(ws: Workspace, run_id: str) -> Path:
+    """An empty temporary folder (``runs/.<run id>.partial``) to build a run in: a
+    killed run leaves only it, and is redone (:func:`finished_run_ids`)."""
+    work = runs_dir(ws) / f".{run_id}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    return work
+
+
+def write_run(ws: Workspace, run_id: str, work: Path, *, config: dict, provenance: dict,
+              metrics: dict, environment: dict, history: pd.DataFrame, predictions: pd.DataFrame,
+              confusion: pd.DataFrame, manifest_sha256: str, executor: dict) -> dict:
+    """Finish a run built in ``work`` (:func:`start_run`; the trainer has saved its
+    model file there): write config.json (``config`` and ``provenance``: deviations,
+    weights file, data), metrics.json, environment.json, history.csv,
+    predictions.csv and confusion.csv, rename the folder to ``runs/<run id>`` and
+    append the registry record (the config and :data:`RECORD_METRICS`), returned."""
+    history.to_csv(work / "history.csv", index=False)
+    predictions.to_csv(work / "predictions.csv", index=False)
+    confusion.to_csv(work / "confusion.csv", index_label="true\\pred")
+    files = {"config": {**config, **provenance, "run_id": run_id, "manifest_sha256": manifest_sha256},
+             "metrics": metrics, "environment": environment}
+    for name, content in files.items():
+        (work / f"{name}.json").write_text(json.dumps(content, indent=2, sort_keys=True))
+    final = run_folder(ws, run_id)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(work, final)
+    record = {"run_id": run_id, "config": config, "manifest_sha256": manifest_sha256,
+              "metrics": {k: metrics[k] for k in RECORD_METRICS} | {"collapsed": metrics["collapse"]["collapsed"]},
+              "executor": executor, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    append_record(ws, record)
+    return record
 
 
 def finished_run_ids(ws: Workspace) -> set[str]:

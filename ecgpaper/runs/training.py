@@ -43,7 +43,7 @@ from ecgpaper.model.pipeline import feature_dataset, make_dataset, scaling_fn
 from ecgpaper.model.weights import STANDINS
 from ecgpaper.paths import Workspace
 from ecgpaper.progress import training_progress
-from ecgpaper.runs.store import Run, append_record, predictions_table, runs_dir
+from ecgpaper.runs.store import MODEL_FILE, Run, predictions_table, start_run, write_run
 
 
 @dataclass(frozen=True)
@@ -511,6 +511,132 @@ def peak_rss_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)  # macOS: bytes, Linux: KB
 
 
+def _start_and_fit_head(model, config: RunConfig, train, val, *, log) -> tuple[list, tuple | None, list | None]:
+    """Before the fine-tuning phase: VGG16's added BatchNorm layers as the identity,
+    PreciseBN statistics, the head's feature normalization, and the transfer
+    recipe's head phase on cached features. Returns the history frames so far and
+    the best checkpoint's score and weights (None before any phase)."""
+    from ecgpaper.model.backbones import fit_head_normalization
+
+    (x_tr, y_tr), (x_va, y_va) = train, val
+    if config.conv_batchnorm:
+        from ecgpaper.model.backbones import conv_batchnorm_as_identity
+
+        n = conv_batchnorm_as_identity(model, statistics_sample(config, x_tr))
+        log(f"  {n} BatchNorm layers after VGG16's convolutions start as the identity on the training images")
+    if (n := precise_batchnorm(model, config, x_tr)):
+        log(f"  {n} BatchNorm layers that train start from the training images' statistics (PreciseBN)")
+    frames, best_so_far, best_weights = [], None, None
+    if config.head in ("standardized", "multiscale") or config.recipe == "transfer":
+        prepare_frozen_backbone(model, config, x_tr, log=log)
+        features = backbone_features(model, config, [x_tr, x_va], log=log)
+        if config.head in ("standardized", "multiscale"):
+            fit_head_normalization(model, features[0])
+        if config.recipe == "transfer":
+            frame, (best_so_far, best_weights) = _fit_head_phase(model, config, features, y_tr, y_va, log=log)
+            frames.append(frame)  # the head phase's best: the first checkpoint candidate
+    return frames, best_so_far, best_weights
+
+
+def _fit_finetune(model, config: RunConfig, strategy, finetune: str, frames: list, best_so_far,
+                  *, x_tr, x_va, onehot: dict, train_ds, val_ds, verbose: int, log):
+    """The fine-tuning phase (the paper's one phase, 3.3; the transfer recipe's
+    second): the whole network on images, or the top block on the frozen layers'
+    cached outputs (the same updates: nothing below trains, nothing is augmented).
+    Appends its history to ``frames``; returns the model that trained, the cached
+    activations (None: images) and the best checkpoint's weights so far."""
+    best_score, best_weights = best_so_far
+    phase = "finetune" if config.recipe == "transfer" else "paper"
+    acts = None
+    if config.recipe == "transfer" and finetune == "top":
+        acts = frozen_activations(model, config, [x_tr, x_va], log=log)
+        _, trained = top_block_split(model, config)
+        fit_data = {"x": acts[0], "y": onehot["tr"], "batch_size": config.batch_size,
+                    "validation_data": (acts[1], onehot["va"]), "shuffle": True}
+    else:
+        trained = model
+        fit_data = {"x": train_ds, "validation_data": val_ds, "shuffle": False}  # tf.data shuffles
+    if finetune != "none" and config.epochs > 0:
+        with strategy.scope():
+            trained.compile(optimizer=_optimizer(config), loss="categorical_crossentropy",
+                            metrics=["accuracy"], jit_compile=config.xla)
+        # with early stopping (3.1; the transfer recipe), stop after ``patience``
+        # epochs that do not beat the best so far, the head phase's included
+        best = _best_checkpoint(model, best_score, best_weights,
+                                config.patience if config.early_stopping else None)
+        steps_per_epoch = math.ceil(len(x_tr) / config.batch_size)
+        progress, fit_verbose = training_progress(  # compact bar / one line per epoch (progress.py)
+            verbose, epochs=config.epochs, steps_per_epoch=steps_per_epoch, label=f"{config.model} {phase}")
+        precise = [_precise_bn_callback(model, config, x_tr)] if config.bn_stats == "precise" else []
+        history = trained.fit(epochs=config.epochs, callbacks=[_epoch_timer(), *precise, best] + progress,
+                              verbose=fit_verbose, **fit_data)
+        frames.append(_history_frame(history, phase, steps_per_epoch))
+        best_weights = best.kept
+    return trained, acts, best_weights
+
+
+def _restore_selected(model, hist: pd.DataFrame, best_weights) -> dict:
+    """Load the checkpoint with the best validation accuracy, ties by loss (3.1, 5.1),
+    into ``model``; return which it is."""
+    best_row = _best_row(hist)
+    if best_weights is not None:
+        model.set_weights(best_weights)  # with the statistics PreciseBN gave them at that validation
+    return {"phase": str(hist["phase"][best_row]), "epoch": int(hist["epoch"][best_row]),
+            "val_accuracy": float(hist["val_accuracy"][best_row]),
+            "val_loss": float(hist["val_loss"][best_row])}
+
+
+def _score_checkpoint(config: RunConfig, model, trained, acts, onehot: dict, train, val_ds, test_ds) -> dict:
+    """The selected checkpoint's train and validation loss and accuracy (inference
+    mode; on the cached activations ``acts`` when the top block trained on them),
+    its validation probabilities, and the test set's from pixels, as in serving."""
+    if not trained.compiled:  # compiled for fit already: compiling again would retrace evaluate
+        trained.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    if acts is not None:
+        train_loss, train_accuracy = trained.evaluate(acts[0], onehot["tr"], batch_size=64, verbose=0)
+        val_loss, val_accuracy = trained.evaluate(acts[1], onehot["va"], batch_size=64, verbose=0)
+        val_proba = trained.predict(acts[1], batch_size=64, verbose=0)
+    else:
+        ev = {"batch_size": 64, "scaling": config.scaling, "model_name": config.model}
+        train_loss, train_accuracy = model.evaluate(make_dataset(*train, shuffle=False, **ev), verbose=0)
+        val_loss, val_accuracy = model.evaluate(val_ds, verbose=0)
+        val_proba = model.predict(val_ds, verbose=0)
+    t1 = time.perf_counter()
+    proba = model.predict(test_ds, verbose=0)
+    return {"train_loss": train_loss, "train_accuracy": train_accuracy, "val_loss": val_loss,
+            "val_accuracy": val_accuracy, "val_proba": val_proba, "proba": proba,
+            "predict_seconds": time.perf_counter() - t1}
+
+
+def _training_record(config: RunConfig, hist: pd.DataFrame, selected: dict, *, cached: bool,
+                     train_seconds: float, n_train: int) -> dict:
+    """How a run trained, for its metrics.json: epochs and optimizer steps per phase
+    (beside the paper's, 3.3), the checkpoint evaluated (3.1, 5.1), wall times and
+    training throughput (3.5)."""
+    fit_rows = hist[hist["phase"] != "head"]
+    epoch_seconds = [float(v) for v in fit_rows.get("epoch_seconds", [])]
+    steps = {p: int((hist["phase"] == p).mul(hist["steps"]).sum()) for p in hist["phase"].unique()}
+    steady = steady_epoch_seconds(epoch_seconds) if epoch_seconds else None
+    return {
+        "epochs_run": len(fit_rows),
+        "head_epochs_run": int((hist["phase"] == "head").sum()),
+        "optimizer_steps": {**steps, "total": int(sum(steps.values()))},
+        "paper_steps": paper_steps(config.batch_size, config.paper_epochs) if config.paper_epochs else None,
+        "selected_checkpoint": selected,
+        # the fine-tuning epochs' inputs: epoch times are not image throughput when cached
+        "finetune_inputs": "cached outputs of the frozen layers" if cached else "images",
+        "evaluated_weights": (f"best validation accuracy (ties: loss): {selected['phase']} phase, epoch "
+                              f"{selected['epoch']} (paper 3.1, 5.1: the checkpoint with the best "
+                              "validation performance)"),
+        "train_seconds": round(train_seconds, 2),
+        # steady state: epoch 1 also traces the graphs (and, under XLA, compiles one per
+        # batch shape, the partial last batches included), which is not the cost of an epoch
+        "epoch_seconds_mean": round(steady, 3) if epoch_seconds else None,
+        "first_epoch_seconds": round(epoch_seconds[0], 3) if epoch_seconds else None,
+        "train_images_per_second": round(n_train / max(steady, 1e-9), 2) if epoch_seconds else None,
+    }
+
+
 def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print,
               executor: dict | None = None) -> Run:
     """Train with the config's recipe, evaluate the best-validation checkpoint on the
@@ -520,8 +646,6 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print,
     import keras
     import tensorflow as tf
 
-    from ecgpaper.model.backbones import fit_head_normalization
-
     if config.recipe not in RECIPES:
         raise UserError(f"recipe must be one of {RECIPES}, not {config.recipe!r}")
     if config.head not in HEADS:
@@ -529,11 +653,7 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print,
     if config.label_control not in ("none", "shuffled"):
         raise UserError(f"label_control must be 'none' or 'shuffled', not {config.label_control!r}")
     run_id = config.run_id(data.manifest_sha)
-    base = runs_dir(config.workspace)
-    final_dir = base / run_id
-    work = base / f".{run_id}.partial"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = start_run(config.workspace, run_id)
 
     start_session(config)
 
@@ -555,80 +675,24 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print,
     log(f"[{run_id}] {config.model} ({config.recipe} recipe, weights {config.weights}, scaling "
         f"{config.scaling}) batch {config.batch_size} lr {config.learning_rate:g} on {len(x_tr)} "
         f"train / {len(x_va)} val images{', SHUFFLED LABELS' if config.label_control == 'shuffled' else ''}")
-    frames: list[pd.DataFrame] = []
     t0 = time.perf_counter()
-    best_so_far, best_weights = None, None
-    if config.conv_batchnorm:
-        from ecgpaper.model.backbones import conv_batchnorm_as_identity
+    frames, best_so_far, best_weights = _start_and_fit_head(model, config, (x_tr, y_tr), (x_va, y_va), log=log)
 
-        n = conv_batchnorm_as_identity(model, statistics_sample(config, x_tr))
-        log(f"  {n} BatchNorm layers after VGG16's convolutions start as the identity on the training images")
-    if (n := precise_batchnorm(model, config, x_tr)):
-        log(f"  {n} BatchNorm layers that train start from the training images' statistics (PreciseBN)")
-    if config.head in ("standardized", "multiscale") or config.recipe == "transfer":
-        prepare_frozen_backbone(model, config, x_tr, log=log)
-        features = backbone_features(model, config, [x_tr, x_va], log=log)
-        if config.head in ("standardized", "multiscale"):
-            fit_head_normalization(model, features[0])
-        if config.recipe == "transfer":
-            frame, (best_so_far, best_weights) = _fit_head_phase(model, config, features, y_tr, y_va, log=log)
-            frames.append(frame)  # the head phase's best: the first checkpoint candidate
-
-    phase = "finetune" if config.recipe == "transfer" else "paper"
-    # the transfer recipe's top block trains on the frozen layers' cached outputs
-    # (exactly the same updates: nothing below it trains and nothing is augmented)
-    cached = config.recipe == "transfer" and finetune == "top"
     onehot = {k: keras.utils.to_categorical(v, len(CLASS_CODES)) for k, v in (("tr", y_tr), ("va", y_va))}
-    if cached:
-        acts = frozen_activations(model, config, [x_tr, x_va], log=log)
-        _, trained = top_block_split(model, config)
-        fit_data = dict(x=acts[0], y=onehot["tr"], batch_size=config.batch_size,
-                        validation_data=(acts[1], onehot["va"]), shuffle=True)
-    else:
-        trained = model
-        fit_data = dict(x=train_ds, validation_data=val_ds, shuffle=False)  # tf.data shuffles
-    if finetune != "none" and config.epochs > 0:
-        with strategy.scope():
-            trained.compile(optimizer=_optimizer(config), loss="categorical_crossentropy",
-                            metrics=["accuracy"], jit_compile=config.xla)
-        # with early stopping (3.1; the transfer recipe), stop after ``patience``
-        # epochs that do not beat the best so far, the head phase's included
-        best = _best_checkpoint(model, best_so_far, best_weights,
-                                config.patience if config.early_stopping else None)
-        progress, fit_verbose = training_progress(  # compact bar / one line per epoch (progress.py)
-            verbose, epochs=config.epochs, steps_per_epoch=math.ceil(len(x_tr) / config.batch_size),
-            label=f"{config.model} {phase}")
-        precise = [_precise_bn_callback(model, config, x_tr)] if config.bn_stats == "precise" else []
-        history = trained.fit(epochs=config.epochs, callbacks=[_epoch_timer(), *precise, best] + progress,
-                              verbose=fit_verbose, **fit_data)
-        frames.append(_history_frame(history, phase, math.ceil(len(x_tr) / config.batch_size)))
-        best_weights = best.kept
+    trained, acts, best_weights = _fit_finetune(
+        model, config, strategy, finetune, frames, (best_so_far, best_weights), x_tr=x_tr, x_va=x_va,
+        onehot=onehot, train_ds=train_ds, val_ds=val_ds, verbose=verbose, log=log)
+    cached = acts is not None
     train_seconds = time.perf_counter() - t0
     hist = pd.concat(frames, ignore_index=True)
-    hist.to_csv(work / "history.csv", index=False)
 
     # evaluate the checkpoint with the best validation accuracy, then loss (paper 3.1 and 5.1)
-    best_row = _best_row(hist)
-    if best_weights is not None:
-        model.set_weights(best_weights)  # with the statistics PreciseBN gave them at that validation
-    selected = {"phase": str(hist["phase"][best_row]), "epoch": int(hist["epoch"][best_row]),
-                "val_accuracy": float(hist["val_accuracy"][best_row]),
-                "val_loss": float(hist["val_loss"][best_row])}
-    if not trained.compiled:  # compiled for fit already: compiling again would retrace evaluate
-        trained.compile(loss="categorical_crossentropy", metrics=["accuracy"])
-    if cached:
-        train_loss, train_accuracy = trained.evaluate(acts[0], onehot["tr"], batch_size=64, verbose=0)
-        val_loss, val_accuracy = trained.evaluate(acts[1], onehot["va"], batch_size=64, verbose=0)
-        val_proba = trained.predict(acts[1], batch_size=64, verbose=0)
-    else:
-        ev = dict(batch_size=64, scaling=config.scaling, model_name=config.model)
-        train_loss, train_accuracy = model.evaluate(make_dataset(x_tr, y_tr, shuffle=False, **ev), verbose=0)
-        val_loss, val_accuracy = model.evaluate(val_ds, verbose=0)
-        val_proba = model.predict(val_ds, verbose=0)
-    # the test set goes through the whole model, from pixels, as in serving
-    t1 = time.perf_counter()
-    proba = model.predict(test_ds, verbose=0)
-    predict_seconds = time.perf_counter() - t1
+    selected = _restore_selected(model, hist, best_weights)
+    scores = _score_checkpoint(config, model, trained, acts, onehot,
+                               (x_tr, y_tr), val_ds, test_ds)
+    train_loss, train_accuracy, val_loss, val_accuracy = (scores[k] for k in (
+        "train_loss", "train_accuracy", "val_loss", "val_accuracy"))
+    val_proba, proba, predict_seconds = scores["val_proba"], scores["proba"], scores["predict_seconds"]
     # one interval per number: copies of one ECG resampled together, with the bootstrap
     # REPORT.md's tables use (metrics.BOOTSTRAP_SEED), so they print the same interval
     groups = test_rows["group"].astype(str).to_numpy() if "group" in test_rows else None
@@ -646,32 +710,14 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print,
         {"val": prediction_spread(val_proba, y_va), "test": prediction_spread(proba, y_te)})
     if metrics["collapse"]["collapsed"]:
         log(f"  WARNING: run {run_id} COLLAPSED: {'; '.join(metrics['collapse']['reasons'])}")
-    fit_rows = hist[hist["phase"] != "head"]
-    epoch_seconds = [float(v) for v in fit_rows.get("epoch_seconds", [])]
-    steps = {p: int((hist["phase"] == p).mul(hist["steps"]).sum()) for p in hist["phase"].unique()}
     metrics.update({
         "run_id": run_id,
         "train_accuracy": float(train_accuracy), "train_loss": float(train_loss),
         "val_accuracy": float(val_accuracy), "val_loss": float(val_loss),
-        "epochs_run": int(len(fit_rows)),
-        "head_epochs_run": int((hist["phase"] == "head").sum()),
-        "optimizer_steps": {**steps, "total": int(sum(steps.values()))},
-        "paper_steps": paper_steps(config.batch_size, config.paper_epochs) if config.paper_epochs else None,
-        "selected_checkpoint": selected,
-        # the fine-tuning epochs' inputs: epoch times are not image throughput when cached
-        "finetune_inputs": "cached outputs of the frozen layers" if cached else "images",
-        "evaluated_weights": (f"best validation accuracy (ties: loss): {selected['phase']} phase, epoch "
-                              f"{selected['epoch']} (paper 3.1, 5.1: the checkpoint with the best "
-                              "validation performance)"),
-        "train_seconds": round(train_seconds, 2),
-        # steady state: epoch 1 also traces the graphs (and, under XLA, compiles one per
-        # batch shape, the partial last batches included), which is not the cost of an epoch
-        "epoch_seconds_mean": round(steady_epoch_seconds(epoch_seconds), 3) if epoch_seconds else None,
-        "first_epoch_seconds": round(epoch_seconds[0], 3) if epoch_seconds else None,
-        "train_images_per_second": (round(len(x_tr) / max(steady_epoch_seconds(epoch_seconds), 1e-9), 2)
-                                    if epoch_seconds else None),
+        **_training_record(config, hist, selected, cached=cached, train_seconds=train_seconds,
+                           n_train=len(x_tr)),
         "test_images_per_second": round(len(x_te) / max(predict_seconds, 1e-9), 2),
-        "n_train": int(len(x_tr)), "n_val": int(len(x_va)), "n_test": int(len(x_te)),
+        "n_train": len(x_tr), "n_val": len(x_va), "n_test": len(x_te),
         "gpu_peak_memory_mb": gpu_peak_memory_mb(),
         # one run per process: the run's own peak; inline: the process's so far
         "peak_rss_mb": peak_rss_mb(),
@@ -680,45 +726,35 @@ def train_run(config: RunConfig, data: RunData, *, verbose: int = 2, log=print,
     })
     # an uncompiled float32 model of the same weights: the file holds no optimizer state
     # (3x smaller for Adam), loads in safe mode and serves on a CPU
-    float32_copy(model, config).save(work / "model.keras")
-    predictions_table(test_rows["path"], y_te, proba).to_csv(work / "predictions.csv", index=False)
-    pd.DataFrame(metrics["confusion"], index=list(CLASS_CODES), columns=list(CLASS_CODES)) \
-        .to_csv(work / "confusion.csv", index_label="true\\pred")
-    determinism = {"seeded": ["python", "numpy", "tensorflow"],
-                   "op_determinism": config.deterministic_ops,
-                   "note": "GPU kernels are nondeterministic unless op_determinism is on"}
-    provenance = {}
+    float32_copy(model, config).save(work / MODEL_FILE)
+    metrics["executor"] = executor = executor or {"kind": "inline", "host": platform.node(), "pid": os.getpid()}
+    record = write_run(
+        config.workspace, run_id, work, config=config.to_dict(), provenance=run_provenance(config, data),
+        metrics=metrics, history=hist, predictions=predictions_table(test_rows["path"], y_te, proba),
+        confusion=pd.DataFrame(metrics["confusion"], index=list(CLASS_CODES), columns=list(CLASS_CODES)),
+        environment={**environment_info(), "determinism": {
+            "seeded": ["python", "numpy", "tensorflow"], "op_determinism": config.deterministic_ops,
+            "note": "GPU kernels are nondeterministic unless op_determinism is on"}},
+        manifest_sha256=data.manifest_sha, executor=executor)
+    log(f"[{run_id}] train accuracy {train_accuracy:.3f}, test accuracy {metrics['accuracy']:.3f}, "
+        f"macro F1 {metrics['f1']:.3f} ({selected['phase']} epoch {selected['epoch']}, "
+        f"{metrics['optimizer_steps']['total']} steps, {train_seconds:.0f} s)")
+    return Run.from_record(config.workspace, record)
+
+
+def run_provenance(config: RunConfig, data: RunData) -> dict:
+    """What config.json adds to the config: the run's deviations from the paper,
+    the ImageNet file loaded and whose md5 vouched for it, and where the data was."""
     run_deviations = deviations(config)
-    if config.weights == "imagenet":  # which file was loaded, and whose md5 vouched for it
+    provenance = {}
+    if config.weights == "imagenet":
         from ecgpaper.model.weights import weights_provenance
 
         provenance = {"weights_file": weights_provenance(config.model, image_size=config.image_size)}
         if provenance["weights_file"]["md5_source"] != "keras":
             run_deviations.append(f"weights: {provenance['weights_file']['path']}, checked against the md5 "
                                   f"list {provenance['weights_file']['md5_source']}, not Keras's ImageNet file")
-    (work / "config.json").write_text(json.dumps(
-        {**config.to_dict(), "run_id": run_id, "manifest_sha256": data.manifest_sha,
-         "deviations": run_deviations, **provenance, **data.extra}, indent=2, sort_keys=True))
-    executor = executor or {"kind": "inline", "host": platform.node(), "pid": os.getpid()}
-    metrics["executor"] = executor
-    (work / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    (work / "environment.json").write_text(json.dumps(
-        {**environment_info(), "determinism": determinism}, indent=2, sort_keys=True))
-    shutil.rmtree(final_dir, ignore_errors=True)
-    os.replace(work, final_dir)
-    record = {"run_id": run_id, "config": config.to_dict(), "manifest_sha256": data.manifest_sha,
-              "metrics": {k: metrics[k] for k in ("accuracy", "precision", "recall", "f1", "ci95",
-                                                  "epochs_run", "train_seconds", "epoch_seconds_mean",
-                                                  "train_accuracy", "optimizer_steps", "paper_steps",
-                                                  "peak_rss_mb", "gpu_peak_memory_mb")}
-              | {"collapsed": metrics["collapse"]["collapsed"]},
-              "executor": executor,
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    append_record(config.workspace, record)
-    log(f"[{run_id}] train accuracy {train_accuracy:.3f}, test accuracy {metrics['accuracy']:.3f}, "
-        f"macro F1 {metrics['f1']:.3f} ({selected['phase']} epoch {selected['epoch']}, "
-        f"{metrics['optimizer_steps']['total']} steps, {train_seconds:.0f} s)")
-    return Run.from_record(config.workspace, record)
+    return {"deviations": run_deviations, **provenance, **data.extra}
 
 
 def deviations(config: RunConfig) -> list[str]:

@@ -15,40 +15,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ecgpaper.config import CLASS_CODES, CLASS_NAMES, HEADER_CROP_FRACTIONS, REFERENCE_PAGE_SIZE
+from ecgpaper.config import CLASS_CODES, CLASS_NAMES
+from ecgpaper.data.geometry import page_regions
 from ecgpaper.metrics import majority_rate
 from ecgpaper.model.pipeline import scaling_fn
 from ecgpaper.outputs import save_figure, save_table, use_style
 from ecgpaper.paths import Workspace
 from ecgpaper.runs.store import Run
 from ecgpaper.studies.common import DataSource
-
-
-def page_regions(crop: bool, fit: str = "resize", page_size=REFERENCE_PAGE_SIZE) -> dict:
-    """Header band, footer band and ECG grid as (left, top, right, bottom)
-    fractions of the MODEL INPUT (None where a band is not in the input)."""
-    fl, ft, fr, fb = HEADER_CROP_FRACTIONS
-    width, height = page_size
-    if crop:  # the input shows the grid only
-        content_w, content_h = (fr - fl) * width, (fb - ft) * height
-    else:
-        content_w, content_h = width, height
-    if fit == "letterbox":  # the page keeps its aspect ratio, padded to a square
-        scale = max(content_w, content_h)
-        cw, ch = content_w / scale, content_h / scale
-        x0, y0 = (1 - cw) / 2, (1 - ch) / 2
-    else:
-        cw = ch = 1.0
-        x0 = y0 = 0.0
-
-    def place(box):  # page-content fractions -> input fractions
-        left, top, right, bottom = box
-        return (x0 + left * cw, y0 + top * ch, x0 + right * cw, y0 + bottom * ch)
-
-    if crop:
-        return {"header": None, "footer": None, "grid": place((0.0, 0.0, 1.0, 1.0))}
-    return {"header": place((0.0, 0.0, 1.0, ft)), "footer": place((0.0, fb, 1.0, 1.0)),
-            "grid": place((fl, ft, fr, fb))}
 
 
 def _area(box) -> float:

@@ -44,17 +44,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ecgpaper.config import HEADER_CROP_FRACTIONS, REFERENCE_PAGE_SIZE
+from ecgpaper.data.geometry import input_geometry
 from ecgpaper.metrics import acc_f1, majority_rate
 from ecgpaper.model.pipeline import scaling_fn
 from ecgpaper.outputs import save_figure, save_table, use_style
 from ecgpaper.paths import Workspace
 from ecgpaper.runs.store import Run
-from ecgpaper.studies.interpretability import page_regions
 from ecgpaper.studies.probe import PROBE_LABEL, fit_probe, probe_features
 
-PAGE_WIDTH_MM = 280.0  # width of a 12-lead report page (synthetic.PAGE_WIDTH_MM; 25 mm/s x 10 s + margins)
-PAGE_HEIGHT_MM = PAGE_WIDTH_MM * REFERENCE_PAGE_SIZE[1] / REFERENCE_PAGE_SIZE[0]
 WANDER_PERIOD_MM = 80.0  # ~0.3 Hz at 25 mm/s, the typical respiratory baseline wander
 
 #: name -> (what the level means, levels for severity 1..5)
@@ -85,20 +82,6 @@ def level(name: str, severity: int) -> float:
 # --------------------------------------------------------------------------
 # the corruptions: float32 model inputs (n, h, w, 3) in 0..255 -> same
 # --------------------------------------------------------------------------
-
-def input_geometry(size: int, crop: bool = False, fit: str = "resize") -> dict:
-    """Pixels per mm of paper (``px_per_mm_y``, ``px_per_mm_x``) of an input of
-    ``size`` x ``size`` made by ``preprocess.prepare_image``, and the ECG grid's
-    box as fractions of the input (``grid``: left, top, right, bottom)."""
-    fl, ft, fr, fb = HEADER_CROP_FRACTIONS
-    w_mm, h_mm = (PAGE_WIDTH_MM * (fr - fl), PAGE_HEIGHT_MM * (fb - ft)) if crop else (PAGE_WIDTH_MM,
-                                                                                        PAGE_HEIGHT_MM)
-    if fit == "letterbox":
-        py = px = size / max(w_mm, h_mm)
-    else:
-        py, px = size / h_mm, size / w_mm
-    return {"px_per_mm_y": py, "px_per_mm_x": px, "grid": page_regions(crop, fit)["grid"]}
-
 
 def _geometry_of(x: np.ndarray, geometry: dict | None) -> dict:
     return geometry or input_geometry(x.shape[2])
