@@ -101,7 +101,8 @@ MODULE_ROLES: dict[str, str] = {
     "data.inventory": "one row per image: hashes, size, corrupt files skipped and reported",
     "data.audit": "duplicate groups (exact and near) and their threshold check",
     "data.splits": "split manifests: the paper's 70/15/15, leakage-free `grouped`, `kaggle`",
-    "data.preprocess": "decode, crop and resize once into a uint8 cache; the page geometry",
+    "data.geometry": "the page geometry: grid, header and footer on the page and in the model input, pixels per mm",
+    "data.preprocess": "decode, crop and resize once into a uint8 cache",
     "data.prepare": "the data stage end to end, in one call",
     "data.pagegate": "is an upload an ECG report page at all? The gate before classification, calibrated at export",
     "outputs": "how every figure and table is written: style, stable file names, captions naming the data, "
