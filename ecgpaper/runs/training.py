@@ -40,7 +40,7 @@ from ecgpaper.metrics import (
     prediction_spread,
 )
 from ecgpaper.model.pipeline import feature_dataset, make_dataset, scaling_fn
-from ecgpaper.model.weights import STANDINS
+from ecgpaper.model.standin import STANDINS
 from ecgpaper.paths import Workspace
 from ecgpaper.progress import training_progress
 from ecgpaper.runs.store import MODEL_FILE, Run, predictions_table, start_run, write_run
@@ -748,7 +748,7 @@ def run_provenance(config: RunConfig, data: RunData) -> dict:
     run_deviations = deviations(config)
     provenance = {}
     if config.weights == "imagenet":
-        from ecgpaper.model.weights import weights_provenance
+        from ecgpaper.model.imagenet import weights_provenance
 
         provenance = {"weights_file": weights_provenance(config.model, image_size=config.image_size)}
         if provenance["weights_file"]["md5_source"] != "keras":

@@ -30,7 +30,7 @@ def write_mirror(folder: Path, *, image_size: int) -> Path:
     import keras
     from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
 
-    from ecgpaper.model.weights import weights_status
+    from ecgpaper.model.imagenet import weights_status
 
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
