@@ -38,7 +38,7 @@ from ecgpaper import paths  # noqa: E402
 from ecgpaper.config import CLASS_CODES, REFERENCE_PAGE_SIZE  # noqa: E402
 from ecgpaper.data.pagegate import PageGate, gate_for_split, page_pixels  # noqa: E402
 from ecgpaper.data.splits import read_manifest  # noqa: E402
-from ecgpaper.data.synthetic import render_page  # noqa: E402
+from ecgpaper.data.twin_render import render_page  # noqa: E402
 
 
 def encoded(img: Image.Image, fmt: str = "JPEG", **kw) -> Image.Image:

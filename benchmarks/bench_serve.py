@@ -94,7 +94,7 @@ def build_vgg16(folder: Path) -> None:
 
 def sample_upload() -> bytes:
     """A full-size synthetic ECG page as JPEG, as a scanner or ECG cart would send it."""
-    from ecgpaper.data.synthetic import render_page
+    from ecgpaper.data.twin_render import render_page
 
     page = render_page("MI", np.random.default_rng(0), patient_id="BENCH-0001", date="2024-01-01 09:00")
     buf = io.BytesIO()

@@ -98,7 +98,10 @@ MODULE_ROLES: dict[str, str] = {
     "model.gradcam": "Grad-CAM heat maps and overlays",
     "data": "stage 1, the data (3.1)",
     "data.download": "the Kaggle archive",
-    "data.synthetic": "the offline synthetic twin of the dataset",
+    "data.synthetic": "the offline synthetic twin of the dataset: the archive tree, its planted copies, "
+                      "strays and corrupt files, the marker file, worker processes",
+    "data.twin_physiology": "the twin's cardiac-dipole model: a patient's 12 leads for each class",
+    "data.twin_render": "the twin's report page: grid, traces, header and footer bands, rotation and shading",
     "data.discovery": "finds the images of a data tree and maps folders to the four classes",
     "data.inventory": "one row per image: hashes, size, corrupt files skipped and reported",
     "data.audit": "duplicate groups (exact and near) and their threshold check",

@@ -499,7 +499,7 @@ def inputs():
     from PIL import Image
 
     from ecgpaper.data.preprocess import PreprocessSettings, prepare_image
-    from ecgpaper.data.synthetic import render_page
+    from ecgpaper.data.twin_render import render_page
 
     pages = [render_page(code, np.random.default_rng(i), (512, 364), patient_id="0000-0000",
                          date="2020-01-01 10:00") for i, code in enumerate(("MI", "NORM"))]

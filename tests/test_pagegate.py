@@ -17,7 +17,7 @@ from support.model import tiny_export, tiny_gate
 
 from ecgpaper.config import CLASS_CODES
 from ecgpaper.data.pagegate import PageGate, page_pixels
-from ecgpaper.data.synthetic import render_page
+from ecgpaper.data.twin_render import render_page
 from ecgpaper.errors import UserError
 from ecgpaper.paths import Workspace
 

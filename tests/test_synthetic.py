@@ -14,14 +14,9 @@ import pytest
 from PIL import Image
 
 from ecgpaper.config import CLASS_CODES, FILE_PREFIXES, HEADER_CROP_FRACTIONS, KAGGLE_CLASS_FOLDERS
-from ecgpaper.data.synthetic import (
-    MARKER_FILE,
-    SAMPLE_RATE_HZ,
-    _simulate_leads,
-    is_synthetic,
-    render_page,
-    synthesize,
-)
+from ecgpaper.data.synthetic import MARKER_FILE, is_synthetic, synthesize
+from ecgpaper.data.twin_physiology import SAMPLE_RATE_HZ, simulate_leads
+from ecgpaper.data.twin_render import render_page
 
 SMALL_PAGE = (400, 284)
 TWIN_PARAMETERS = dict(
@@ -274,7 +269,7 @@ def _beat_level(signal, qrs, offset, half_width=0.01):
 
 
 def _features(code, seed):
-    leads, qrs = _simulate_leads(code, np.random.default_rng([seed, 7]))
+    leads, qrs = simulate_leads(code, np.random.default_rng([seed, 7]))
     rr = np.diff(qrs)
     baseline = {lead: _beat_level(v, qrs, -0.07) for lead, v in leads.items()}  # PR segment
     st = {lead: _beat_level(v, qrs, 0.08) - baseline[lead] for lead, v in leads.items()}

@@ -59,7 +59,7 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def ecg_page(seed: int = 0, size=(1106, 786)) -> Image.Image:
-    from ecgpaper.data.synthetic import render_page
+    from ecgpaper.data.twin_render import render_page
 
     return render_page(CLASS_CODES[seed % 4], np.random.default_rng(seed), size,
                        patient_id=f"T{seed:04d}", date="2024-01-01 10:00")

@@ -669,7 +669,7 @@ def admin_login(srv: LiveServer, username: str) -> requests.Session:
 
 def test_stored_copies_keep_neither_the_file_name_nor_the_header_band(ops_server):
     from ecgpaper.config import HEADER_CROP_FRACTIONS
-    from ecgpaper.data.synthetic import render_page
+    from ecgpaper.data.twin_render import render_page
 
     srv = ops_server
     token = srv.create_users("ines")["ines"]

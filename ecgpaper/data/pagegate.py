@@ -158,7 +158,7 @@ def twin_gate(n_train: int = 24, n_val: int = 12, sizes=((1106, 786), (800, 568)
     exports that have no dataset of their own (the tests' tiny model, the serving
     benchmark)."""
     from ecgpaper.config import CLASS_CODES
-    from ecgpaper.data.synthetic import render_page
+    from ecgpaper.data.twin_render import render_page
 
     def features(first: int, count: int) -> np.ndarray:
         pages = (render_page(CLASS_CODES[i % 4], np.random.default_rng(seed * 10_000 + i), sizes[i % len(sizes)],

@@ -19,7 +19,7 @@ def encode(img: Image.Image, fmt: str = "JPEG") -> bytes:
 def ecg_page_png(seed: int = 0, size=(1106, 786), fmt: str = "PNG") -> bytes:
     """A page of the synthetic twin (what the page gate accepts), as PNG (or ``fmt``) bytes."""
     from ecgpaper.config import CLASS_CODES
-    from ecgpaper.data.synthetic import render_page
+    from ecgpaper.data.twin_render import render_page
 
     return encode(render_page(CLASS_CODES[seed % 4], np.random.default_rng(seed), size,
                               patient_id=f"T{seed:04d}", date="2024-01-01 10:00"), fmt)
