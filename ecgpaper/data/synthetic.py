@@ -257,6 +257,47 @@ def _groups(members: dict) -> list[list[str]]:
     return sorted(groups, key=lambda group: _natural_key(group[0]))
 
 
+def _existing_twin(root: Path, params: dict) -> dict | None:
+    """The marker of the twin already in ``root`` if it was made with ``params``;
+    None for an empty or new ``root``; ``ValueError`` for anything else."""
+    marker_path = root / MARKER_FILE
+    if marker_path.is_file():
+        marker = json.loads(marker_path.read_text())
+        stored = {key: marker.get(key) for key in params}
+        if stored == params:
+            log.info("synthetic twin already present in %s; nothing to do", root)
+            return marker
+        differing = sorted(key for key in params if stored[key] != params[key])
+        raise ValueError(
+            f"{root} holds a synthetic twin made with other parameters ({', '.join(differing)}); "
+            "delete that folder or pick another root"
+        )
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ValueError(
+            f"{root} is not empty and holds no {MARKER_FILE}; the twin is only written into an empty "
+            "or new folder (an interrupted run leaves no marker: delete the folder and run again)"
+        )
+    return None
+
+
+def _folder_counts(digests: dict[str, str]) -> dict:
+    """Image files written per split folder and class: {split: {class code: count}}."""
+    counts = {split: {code: 0 for code in CLASS_CODES} for split in SPLIT_FOLDERS}
+    for relpath in digests:
+        split, folder = relpath.split("/")[1:3]
+        counts[split][next(c for c in CLASS_CODES if KAGGLE_CLASS_FOLDERS[c] == folder)] += 1
+    return counts
+
+
+def _write_marker(path: Path, marker: dict) -> dict:
+    """Write ``marker`` as sorted, indented JSON, atomically; return it as read back."""
+    text = json.dumps(marker, sort_keys=True, indent=2) + "\n"
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+    return json.loads(text)
+
+
 def synthesize(
     root,
     *,
@@ -293,23 +334,9 @@ def synthesize(
     params = _normalised_parameters(distinct_per_class, page_size, seed, duplicate_fraction,
                                     near_duplicate_fraction, test_fraction, cross_split_fraction,
                                     plant_strays, n_corrupt)
-    marker_path = root / MARKER_FILE
-    if marker_path.is_file():
-        marker = json.loads(marker_path.read_text())
-        stored = {key: marker.get(key) for key in params}
-        if stored == params:
-            log.info("synthetic twin already present in %s; nothing to do", root)
-            return marker
-        differing = sorted(key for key in params if stored[key] != params[key])
-        raise ValueError(
-            f"{root} holds a synthetic twin made with other parameters ({', '.join(differing)}); "
-            "delete that folder or pick another root"
-        )
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise ValueError(
-            f"{root} is not empty and holds no {MARKER_FILE}; the twin is only written into an empty "
-            "or new folder (an interrupted run leaves no marker: delete the folder and run again)"
-        )
+    existing = _existing_twin(root, params)
+    if existing is not None:
+        return existing
     workers = int(workers or os.cpu_count() or 1)
 
     tasks, n_cross = _plan(root, params)
@@ -318,10 +345,7 @@ def synthesize(
             (root / DATA_DIR / split / KAGGLE_CLASS_FOLDERS[code]).mkdir(parents=True, exist_ok=True)
     digests = _run_tasks(tasks, workers, progress)
 
-    counts = {split: {code: 0 for code in CLASS_CODES} for split in SPLIT_FOLDERS}
-    for relpath in digests:
-        split, folder = relpath.split("/")[1:3]
-        counts[split][next(c for c in CLASS_CODES if KAGGLE_CLASS_FOLDERS[c] == folder)] += 1
+    counts = _folder_counts(digests)
     by_digest: dict[str, list[str]] = {}
     for relpath, digest in digests.items():
         by_digest.setdefault(digest, []).append(relpath)
@@ -341,11 +365,7 @@ def synthesize(
         "corrupt": corrupt,
         "strays": strays,
     }
-    text = json.dumps(marker, sort_keys=True, indent=2) + "\n"
-    temporary = marker_path.with_suffix(".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, marker_path)
-    return json.loads(text)
+    return _write_marker(root / MARKER_FILE, marker)
 
 
 def is_synthetic(root) -> bool:
