@@ -562,6 +562,9 @@ def test_robustness_clean_condition_is_the_runs_own_test_set(tmp_path):
                                       severities=(1,), log=warnings.append)
     clean = table[(table["model"] == "VGG16") & (table["severity"] == 0)].iloc[0]
     assert clean["accuracy"] == recorded and clean["recorded_accuracy"] == recorded
+    # each condition's accuracy has its interval over the test set (no groups here: images)
+    assert clean["accuracy_ci95_low"] <= recorded <= clean["accuracy_ci95_high"]
+    assert clean["accuracy_ci95_high"] - clean["accuracy_ci95_low"] > 0.1  # 24 images: wide
     assert clean["protocol"] == "grouped" and not warnings
 
 
@@ -582,7 +585,13 @@ def test_robustness_summary_says_when_a_curve_is_flat_by_construction():
                              "accuracy": clean if model == "VGG16" else clean - 0.2 * s, "majority_rate": 0.25})
     text = robustness.sentences(pd.DataFrame(rows))
     assert "flat by construction" in text[0] and "flat by construction" not in text[1]
-    assert "worst blur (0.500)" in text[1]
+    assert "worst blur (0.500, one corruption draw per image)" in text[1]
+    # with its interval: a worst condition whose interval reaches the majority rate is chance
+    for r in rows:
+        r["accuracy_ci95_low"], r["accuracy_ci95_high"] = r["accuracy"] - 0.3, min(1.0, r["accuracy"] + 0.1)
+    text = robustness.sentences(pd.DataFrame(rows))
+    assert "worst blur (0.500, 95 % CI 0.200-0.600, one corruption draw per image)" in text[1]
+    assert "reaches the majority-class rate (0.250): no better than chance" in text[1]
 
 
 # --------------------------------------------------------------------------
@@ -741,3 +750,20 @@ def test_leakage_study_trains_each_cell_once_and_resumes(tiny_twin, monkeypatch)
 
     recorded = json.loads(experiment_file("leakage", study["workspace"]).read_text())
     assert recorded["run_ids"] == study["run_ids"] and len(set(recorded["run_ids"])) == 14
+
+
+def test_grad_cam_header_share_has_an_interval_over_duplicate_groups():
+    """Copies of one ECG are one piece of evidence: five copies per ECG make the
+    interval of the mean header share wider than if every image counted; a run
+    whose heat maps are all empty has no interval."""
+    from ecgpaper.studies.interpretability import share_ci
+
+    shares = pd.Series(np.repeat(np.linspace(0.0, 0.9, 10), 5))  # 10 ECGs x 5 copies
+    grouped = share_ci(shares, pd.DataFrame({"group": np.repeat(np.arange(10), 5)}))
+    images = share_ci(shares, pd.DataFrame(index=range(50)))  # no groups: each image its own
+    assert grouped[0] < shares.mean() < grouped[1]
+    assert (grouped[1] - grouped[0]) > 1.8 * (images[1] - images[0])  # ~sqrt(5) wider
+    assert share_ci(pd.Series([np.nan] * 4), pd.DataFrame(index=range(4))) is None
+    # an empty heat map (NaN) leaves the mean rather than counting as zero
+    with_empty = share_ci(pd.Series([0.5, 0.5, np.nan, 0.5]), pd.DataFrame(index=range(4)))
+    assert with_empty == [0.5, 0.5]

@@ -17,9 +17,15 @@ import pandas as pd
 
 from ecgpaper.config import CLASS_CODES, CLASS_NAMES
 from ecgpaper.data.geometry import page_regions
-from ecgpaper.metrics import majority_rate
+from ecgpaper.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    bootstrap_scores,
+    majority_rate,
+    percentile_ci,
+)
 from ecgpaper.model.pipeline import scaling_fn
-from ecgpaper.outputs import save_figure, save_table, use_style
+from ecgpaper.outputs import interval_columns, save_figure, save_table, use_style
 from ecgpaper.paths import Workspace
 from ecgpaper.runs.store import Run
 from ecgpaper.studies.common import DataSource
@@ -76,6 +82,19 @@ def heat_shares(heat: np.ndarray, crop: bool, fit: str = "resize") -> pd.DataFra
     return pd.DataFrame(rows, columns=list(regions))
 
 
+def share_ci(shares: pd.Series, rows: pd.DataFrame) -> list[float] | None:
+    """95 % interval of the mean heat share over the test images, resampling
+    duplicate groups (copies of one ECG count once, metrics.bootstrap_scores);
+    empty heat maps (NaN) leave the mean; None when every map is empty."""
+    values = np.asarray(shares, float)
+    if not np.isfinite(values).any():
+        return None
+    groups = rows["group"].astype(str).to_numpy() if "group" in rows else np.arange(len(values))
+    draws = bootstrap_scores([(np.zeros(len(values), int), values, groups)], n_bootstrap=BOOTSTRAP_RESAMPLES,
+                             seed=BOOTSTRAP_SEED, statistic=lambda _y, v: np.array([np.nanmean(v)]))
+    return percentile_ci(draws[np.isfinite(draws[:, 0, 0]), 0, 0])
+
+
 def table(entries: list[tuple[str, dict]], ws: Workspace) -> pd.DataFrame:
     """``table_gradcam_header_fraction``: per explained run, the mean share of
     Grad-CAM mass on the header band, the footer band and the ECG grid, beside
@@ -92,6 +111,9 @@ def table(entries: list[tuple[str, dict]], ws: Workspace) -> pd.DataFrame:
             "n_test": len(ex["heat"]), "empty_heat_maps": int(shares["grid"].isna().sum()),
             "accuracy": float((ex["pred"] == ex["y"]).mean()), "majority_rate": majority_rate(ex["y"]),
             "header_fraction": header,
+            **interval_columns("header_fraction_ci95", share_ci(shares["header"], ex["rows"])
+                               if header_area else None),
+            "heat_map_cells": "x".join(str(v) for v in np.shape(ex["heat"])[1:3]),
             "footer_fraction": float(shares["footer"].mean()) if shares["footer"].notna().any() else float("nan"),
             "grid_fraction": float(shares["grid"].mean()) if shares["grid"].notna().any() else float("nan"),
             "header_area": header_area, "footer_area": _area(regions["footer"]),
@@ -101,8 +123,10 @@ def table(entries: list[tuple[str, dict]], ws: Workspace) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     save_table(df, "table_gradcam_header_fraction", ws,
                "Grad-CAM (section 5.2): mean share of heat-map mass on the header band, footer band "
-               "and ECG grid, beside each region's share of the image; header_vs_uniform > 1: more "
-               "heat on the header than a uniform map; with the crop the bands are not in the input")
+               "and ECG grid, beside each region's share of the image, the header's with a 95 % "
+               "interval over duplicate groups; header_vs_uniform > 1: more heat on the header than "
+               "a uniform map; with the crop the bands are not in the input; heat_map_cells: the "
+               "resolution of the last convolution's map that Grad-CAM upsamples")
     return df
 
 
@@ -131,9 +155,19 @@ def sentences(table: pd.DataFrame) -> list[str]:
                        + (": the model leans on the text band" if learned else "")
                        if ratio > 1.2 else "no more than a uniform map would put there"
                        if ratio <= 1.0 else "about what a uniform map would put there")
-            out.append(head + f"{float(r['header_fraction']):.0%} of the heat on the header band, which "
+            lo, hi = r.get("header_fraction_ci95_low"), r.get("header_fraction_ci95_high")
+            ci = (f" (95 % CI over duplicate groups {float(lo):.0%}-{float(hi):.0%})"
+                  if lo is not None and not pd.isna(lo) and lo != "" else "")
+            cells = f", from {r['heat_map_cells']}-cell maps" if r.get("heat_map_cells") else ""
+            if ci:  # the interval decides, not the point estimate
+                area = float(r["header_area"])
+                verdict = ("more than a uniform map would put there" + (": the model leans on the text band"
+                                                                      if learned else "")
+                           if float(lo) > area else "less than a uniform map would put there"
+                           if float(hi) < area else "its interval holds a uniform map's share")
+            out.append(head + f"{float(r['header_fraction']):.0%} of the heat on the header band{ci}, which "
                        f"covers {float(r['header_area']):.0%} of the image ({ratio:.2f}x uniform, "
-                       f"{verdict}); {float(r['grid_fraction']):.0%} on the ECG grid{tail}.")
+                       f"{verdict}{cells}); {float(r['grid_fraction']):.0%} on the ECG grid{tail}.")
     return out
 
 

@@ -45,9 +45,16 @@ import pandas as pd
 from PIL import Image
 
 from ecgpaper.data.geometry import input_geometry
-from ecgpaper.metrics import acc_f1, majority_rate
+from ecgpaper.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    acc_f1,
+    bootstrap_scores,
+    majority_rate,
+    percentile_ci,
+)
 from ecgpaper.model.pipeline import scaling_fn
-from ecgpaper.outputs import save_figure, save_table, use_style
+from ecgpaper.outputs import format_ci, interval_columns, save_figure, save_table, use_style
 from ecgpaper.paths import Workspace
 from ecgpaper.runs.store import Run
 from ecgpaper.studies.probe import PROBE_LABEL, fit_probe, probe_features
@@ -241,13 +248,16 @@ def run(runs: list[Run], data, *, probe: bool = True, corruptions=tuple(CORRUPTI
                 preds[(PROBE_LABEL, (name, severity))].append(probe_model.predict(probe_features(x)))
     out = []
     majority = majority_rate(y)
+    groups = rows["group"].astype(str).to_numpy() if "group" in rows else np.arange(len(y))
     for (model, (name, severity)), parts in preds.items():
         p = np.concatenate(parts)
         acc, f1 = acc_f1(y, p)
+        ci = accuracy_ci(y, p, groups)
         names = corruptions if severity == 0 else (name,)
         for n in names:  # the clean condition belongs to every curve
             out.append({"model": model, "corruption": n, "severity": severity, "level": level(n, severity),
-                        "unit": CORRUPTIONS[n][0], "accuracy": acc, "f1": f1, "n_test": len(y),
+                        "unit": CORRUPTIONS[n][0], "accuracy": acc, **interval_columns("accuracy_ci95", ci),
+                        "f1": f1, "n_test": len(y),
                         "majority_rate": majority, "recorded_accuracy": recorded.get(model),
                         "protocol": c0["protocol"]})
     import keras
@@ -265,11 +275,22 @@ def run(runs: list[Run], data, *, probe: bool = True, corruptions=tuple(CORRUPTI
     return table.reset_index(drop=True)
 
 
+def accuracy_ci(y, pred, groups) -> list[float]:
+    """95 % interval of one condition's accuracy over the test set's duplicate
+    groups (copies of one ECG count once). It carries the test set's sampling
+    noise; each image is corrupted once (one draw per image and condition), so the
+    draw's own noise is not in it."""
+    draws = bootstrap_scores([(y, pred, groups)], n_bootstrap=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED,
+                             statistic=lambda t, p: np.array([np.mean(t == p)]))
+    return percentile_ci(draws[:, 0, 0])
+
+
 def table(table: pd.DataFrame, ws: Workspace) -> pd.DataFrame:
     save_table(table, "table_robustness", ws,
                "Robustness (section 5.2): accuracy and macro F1 on the grouped split's test images "
                "(ECGs the models never saw), decoded as in training and corrupted at the model's "
-               "input resolution, severity 0 (clean: the run's own test set) to 5; the 1-NN probe "
+               "input resolution, severity 0 (clean: the run's own test set) to 5, accuracy with a "
+               "95 % interval over duplicate groups (one corruption draw per image); the 1-NN probe "
                "is fitted on the same training images")
     return table
 
@@ -321,9 +342,13 @@ def sentences(table: pd.DataFrame) -> list[str]:
         majority = float(sub["majority_rate"].iloc[0])
         worst = sub[sub["severity"] == top].sort_values("accuracy").iloc[0]
         mean_top = float(sub.loc[sub["severity"] == top, "accuracy"].mean())
+        ci = (worst.get("accuracy_ci95_low"), worst.get("accuracy_ci95_high"))
+        shown = f", 95 % CI {format_ci(ci)}" if format_ci(ci) else ""
         line = (f"{model}: clean accuracy {clean:.3f}; at severity {top} mean {mean_top:.3f} over the "
                 f"{sub['corruption'].nunique()} corruptions, worst {worst['corruption']} "
-                f"({float(worst['accuracy']):.3f})")
+                f"({float(worst['accuracy']):.3f}{shown}, one corruption draw per image)")
+        if shown and float(ci[0]) <= majority:
+            line += f"; that interval reaches the majority-class rate ({majority:.3f}): no better than chance"
         if clean <= majority + 1e-9:
             line += (f"; clean accuracy is at the majority-class rate ({majority:.3f}), so its curves "
                      "are flat by construction and say nothing about robustness")
