@@ -200,6 +200,13 @@ def beyond_the_paper_lines(ws: Workspace) -> list[str]:
             lines += ["### Inputs that match the weights: scaling x BatchNorm (3.1.1, 3.5)", "",
                       format_intervals(ablation.drop(columns=["run"])).to_markdown(index=False, floatfmt=".3f"),
                       ""]
+            if "tests_batchnorm" in ablation:
+                untested = ablation[(ablation["model"] != "VGG16") & ~ablation["tests_batchnorm"].astype(bool)]
+                if len(untested):
+                    lines += [f"{len(untested)} of the ResNet50 rows scored a head-phase checkpoint (the "
+                              "transfer recipe's head trained on frozen features): their backbone never "
+                              "trained, so frozen and trainable BatchNorm are the same network there and "
+                              "those rows cannot tell the two modes apart.", ""]
     except Exception as exc:  # the report must build even if one table is malformed
         lines += [f"(the beyond-the-paper section could not be built: {type(exc).__name__}: {exc})", ""]
     if not found:

@@ -767,3 +767,21 @@ def test_grad_cam_header_share_has_an_interval_over_duplicate_groups():
     # an empty heat map (NaN) leaves the mean rather than counting as zero
     with_empty = share_ci(pd.Series([0.5, 0.5, np.nan, 0.5]), pd.DataFrame(index=range(4)))
     assert with_empty == [0.5, 0.5]
+
+
+def test_the_input_ablation_says_which_rows_can_test_batchnorm(tmp_path):
+    """A head-phase checkpoint never trained the backbone: its BatchNorm mode cannot
+    matter, and the table says so instead of comparing the two modes."""
+    from ecgpaper.studies import input_ablation
+
+    def fake(model, bn, phase):
+        config = {"model": model, "weights": "none", "scaling": "rescale", "bn_mode": bn}
+        metrics = {"accuracy": 0.5, "train_accuracy": 0.9, "ci95": {"accuracy": [0.4, 0.6]},
+                   "selected_checkpoint": {"phase": phase, "epoch": 3}}
+        return store.Run(f"{model}-{bn}-{phase}", config, metrics, tmp_path)
+
+    runs = [fake("VGG16", "frozen", "finetune"), fake("ResNet50", "frozen", "head"),
+            fake("ResNet50", "trainable", "finetune")]
+    table = input_ablation.table(runs, Workspace("synthetic-fake", "smoke"))
+    assert list(table["checkpoint"]) == ["finetune epoch 3", "head epoch 3", "finetune epoch 3"]
+    assert list(table["tests_batchnorm"]) == [False, False, True]  # VGG16 has no BatchNorm
