@@ -74,10 +74,9 @@ def main() -> None:
     result = {"benchmark": "page gate: Classifier.check_page per JPEG upload (no model)",
               "sizes": sizes, "cpu_count": os.cpu_count(), "python": platform.python_version(),
               "machine": platform.machine(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2) + "\n"
+    paths.atomic_write_text(Path(args.out), text)
+    print(text, end="")
 
 
 if __name__ == "__main__":

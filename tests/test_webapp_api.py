@@ -10,7 +10,7 @@ stripped from stored copies, the auditor role, token expiry and revocation,
 retention, CSP and no-store headers, the deployment checks.
 
 The main server's tests run twice: on SQLite and on a throw-away PostgreSQL
-(``ecgpaper.serve.devdb``: Debian's initdb/pg_ctl, loopback port, temporary folder),
+(``support.devdb``: Debian's initdb/pg_ctl, loopback port, temporary folder),
 the database webapp/README.md recommends; two instances on one PostgreSQL
 database must lose no concurrent upload, share each user's throttle and see
 each other's records.
@@ -158,7 +158,7 @@ def frontend_dist(tmp_path_factory) -> Path:
 def postgres():
     """A throw-away PostgreSQL server for this module (``LiveServer(postgres=...)`` makes
     one database per web server)."""
-    from ecgpaper.serve.devdb import INSTALL_HINT, find_pg_bin
+    from support.devdb import INSTALL_HINT, find_pg_bin
 
     if find_pg_bin() is None:
         pytest.skip(f"PostgreSQL is not installed: {INSTALL_HINT}")

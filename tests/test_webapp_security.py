@@ -295,7 +295,7 @@ def test_a_model_with_the_wrong_output_rank_is_refused_at_load(tmp_path):
 
 @pytest.fixture(scope="module")
 def postgres():
-    from ecgpaper.serve.devdb import INSTALL_HINT, find_pg_bin
+    from support.devdb import INSTALL_HINT, find_pg_bin
 
     if find_pg_bin() is None:
         pytest.skip(f"PostgreSQL is not installed: {INSTALL_HINT}")
