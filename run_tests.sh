@@ -26,7 +26,7 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v a
     || echo "[warn] could not install chromium: the browser test will be skipped" >&2
 fi
 
-# the web API tests also run on a throw-away PostgreSQL (ecgpaper/serve/devdb.py: initdb + pg_ctl
+# the web API tests also run on a throw-away PostgreSQL (tests/support/devdb.py: initdb + pg_ctl
 # in a temporary folder, loopback only); Debian keeps them in /usr/lib/postgresql/<v>/bin
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
     && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then

@@ -24,8 +24,10 @@ weights: speed does not depend on them) into a temporary models folder.
    ``/proc/<pid>/clear_refs``) above its resident memory when idle.
    ``--memory-only`` runs just this part.
 
-``--database postgres`` runs the server(s) on a throw-away PostgreSQL
-(``ecgpaper.serve.devdb``, durable settings) instead of SQLite; ``--instances 2``
+``--database postgres --postgres-url URL`` runs the server(s) on the PostgreSQL
+server at URL (a role that may create databases: each run gets new ones there)
+instead of SQLite; ``python tests/support/devdb.py --durable`` starts a
+throw-away one and prints its URL (the README's figures). ``--instances 2``
 starts two ``serve`` instances on one database with one shared upload folder and
 secret key (webapp/README.md), and the load clients alternate between them;
 ``--load-only`` measures just the load (step 3), for comparing the databases.
@@ -43,25 +45,25 @@ import io
 import json
 import os
 import platform
+import secrets
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-# run from a checkout without installing; tests/: support.server starts the web service
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from support.server import API, LiveServer, ServerFailed, auth, running_instances, temp_postgres  # noqa: E402
 
 from ecgpaper import paths  # noqa: E402
 from ecgpaper.config import PAPER_IMAGE_SIZE  # noqa: E402
 from ecgpaper.errors import UserError  # noqa: E402
-from ecgpaper.runs.export import EXPORT_NAME
+from ecgpaper.runs.export import EXPORT_NAME  # noqa: E402
+from ecgpaper.serve.live import API, LiveServer, ServerFailed, auth, running_instances  # noqa: E402
 
 
 def percentiles(values_ms: list[float]) -> dict:
@@ -130,7 +132,23 @@ UNTHROTTLED = {"ECGWEB_THROTTLE_USER": "1000000/min", "ECGWEB_THROTTLE_UPLOAD": 
 
 def bench_user(server: LiveServer) -> str:
     """The API token of a new user of ``server``."""
-    return server.create_users("bench")["bench"]
+    return server.create_users({"bench": secrets.token_urlsafe(16)})["bench"]
+
+
+class PostgresServer:
+    """The PostgreSQL server at ``url`` (``--postgres-url``): :meth:`database_url` creates a
+    new database there for each server (``LiveServer(postgres=...)``)."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def database_url(self, name: str) -> str:
+        import psycopg
+
+        name = f"bench_{name}_{secrets.token_hex(4)}"  # new on every run, on a server that stays
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return urlsplit(self.url)._replace(path=f"/{name}").geturl()
 
 
 def post(session, url: str, token: str, upload: bytes, explain: bool):
@@ -194,15 +212,14 @@ def under_load(urls: list[str], token: str, upload: bytes, clients: int, seconds
 
 
 @contextlib.contextmanager
-def serving(tmp: Path, models_dir: Path, workers: int, database: str, instances: int):
+def serving(tmp: Path, models_dir: Path, workers: int, postgres_url: str | None, instances: int):
     """``instances`` servers (ready once their model is loaded) on one database: a
-    SQLite file, or a throw-away PostgreSQL with its durable defaults; one shared
-    upload folder and secret key."""
-    with contextlib.ExitStack() as stack:
-        pg = stack.enter_context(temp_postgres(durable=True)) if database == "postgres" else None
-        yield stack.enter_context(running_instances(
-            tmp / "instances", instances, {"ECGWEB_MODELS_DIR": str(models_dir), **UNTHROTTLED},
-            postgres=pg, workers=workers, require_model=True, start_timeout=300))
+    SQLite file, or a new database on the PostgreSQL server at ``postgres_url``; one
+    shared upload folder and secret key."""
+    pg = PostgresServer(postgres_url) if postgres_url else None
+    with running_instances(tmp / "instances", instances, {"ECGWEB_MODELS_DIR": str(models_dir), **UNTHROTTLED},
+                           postgres=pg, workers=workers, require_model=True, start_timeout=300) as servers:
+        yield servers
 
 
 MEMORY_PAGE = (7745, 5164)  # 39.995 megapixels: just inside a 40-megapixel limit
@@ -270,7 +287,11 @@ def main() -> None:
     ap.add_argument("--memory-only", action="store_true",
                     help="only the peak memory of one 40-megapixel 16-bit PNG upload")
     ap.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite",
-                    help="the server's database (postgres: a throw-away server, see ecgpaper/serve/devdb.py)")
+                    help="the server's database (postgres: on the server of --postgres-url)")
+    ap.add_argument("--postgres-url", default=os.environ.get("ECGWEB_BENCH_POSTGRES_URL"),
+                    help="with --database postgres: postgres://user@host:port/db of a role that may "
+                         "create databases (default $ECGWEB_BENCH_POSTGRES_URL); "
+                         "`python tests/support/devdb.py --durable` starts a throw-away one")
     ap.add_argument("--instances", type=int, default=1, help="serve instances on the one database")
     ap.add_argument("--load-only", action="store_true", help="only the load test (step 3)")
     ap.add_argument("--out", default=None, help="default results/benchmarks/serve.json "
@@ -279,6 +300,11 @@ def main() -> None:
     default_name = ("serve_memory.json" if args.memory_only else
                     f"serve_load_{args.database}_{args.instances}.json" if args.load_only else "serve.json")
     out = Path(args.out or paths.BENCHMARKS / default_name)
+    if args.database == "postgres" and not args.postgres_url:
+        sys.exit("--database postgres needs --postgres-url (or $ECGWEB_BENCH_POSTGRES_URL): a PostgreSQL "
+                 "server on which it may create databases; `python tests/support/devdb.py --durable` "
+                 "starts a throw-away one and prints its URL")
+    postgres_url = args.postgres_url if args.database == "postgres" else None
 
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
         tmp = Path(tmp)
@@ -301,7 +327,7 @@ def main() -> None:
             return
         upload = sample_upload()
         if args.load_only:
-            with serving(tmp, models_dir, args.workers, args.database, args.instances) as servers:
+            with serving(tmp, models_dir, args.workers, postgres_url, args.instances) as servers:
                 load = under_load([srv.url for srv in servers], bench_user(servers[0]), upload,
                                   args.clients, args.seconds)
             result = {"benchmark": "web service under load: database and instances",
@@ -320,7 +346,7 @@ def main() -> None:
         if (model["name"], model["input_size"]) != ("VGG16", PAPER_IMAGE_SIZE):
             print("note: the exported model is not the paper's 224 px VGG16; --build-vgg16 measures that one")
 
-        with serving(tmp, models_dir, args.workers, args.database, args.instances) as servers:
+        with serving(tmp, models_dir, args.workers, postgres_url, args.instances) as servers:
             server = servers[0]
             token = bench_user(server)
             plain = sequential(server.url, token, upload, args.requests, explain=False)

@@ -78,7 +78,7 @@ MODULE_ROLES: dict[str, str] = {
     "serve": "stage 5, the web service's side of the library (3.4, Fig. 4)",
     "serve.inference": "decodes an upload safely and classifies it with the exported model, with Grad-CAM",
     "serve.server": "`python -m ecgpaper serve`: Django + gunicorn, deployment checks",
-    "serve.devdb": "a throw-away PostgreSQL for the web service's tests and benchmark",
+    "serve.live": "the service in a child process on a free loopback port (serving benchmark, web tests)",
     "figures": "the paper's figures and tables from finished runs (Fig. 1, 5-13, Table 1), one function each",
     "runs": "stage 3, training runs (3.5, 4, 5.4)",
     "runs.training": "one run: the recipe, its checkpoint, metrics and run folder",

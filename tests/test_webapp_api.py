@@ -10,7 +10,7 @@ stripped from stored copies, the auditor role, token expiry and revocation,
 retention, CSP and no-store headers, the deployment checks.
 
 The main server's tests run twice: on SQLite and on a throw-away PostgreSQL
-(``ecgpaper.serve.devdb``: Debian's initdb/pg_ctl, loopback port, temporary folder),
+(``support.devdb``: Debian's initdb/pg_ctl, loopback port, temporary folder),
 the database webapp/README.md recommends; two instances on one PostgreSQL
 database must lose no concurrent upload, share each user's throttle and see
 each other's records.
@@ -40,7 +40,7 @@ import pytest
 import requests
 from PIL import Image
 from support.images import not_ecg_uploads
-from support.model import train_and_export_smoke_model
+from support.model import tiny_export, train_and_export_smoke_model
 from support.server import API, MANAGE, REPO, LiveServer, auth, running_instances, temp_postgres
 
 from ecgpaper.config import CLASS_CODES, CLASS_NAMES
@@ -158,7 +158,7 @@ def frontend_dist(tmp_path_factory) -> Path:
 def postgres():
     """A throw-away PostgreSQL server for this module (``LiveServer(postgres=...)`` makes
     one database per web server)."""
-    from ecgpaper.serve.devdb import INSTALL_HINT, find_pg_bin
+    from support.devdb import INSTALL_HINT, find_pg_bin
 
     if find_pg_bin() is None:
         pytest.skip(f"PostgreSQL is not installed: {INSTALL_HINT}")
@@ -302,6 +302,26 @@ def test_model_card(server, users, exported_model):
     assert "blank" in gate["rejects"] and "photos" in gate["rejects"] and gate["threshold"] == meta["page_gate"]["threshold"]
     assert f"synthetic-smoke, {meta['protocol']} split seed 0" in gate["source"] and gate["n_val"] > 0
     assert "precision" not in gate  # the card is for people: no covariance matrix
+    # the probabilities are those the service computes: the run's temperature scaling, fitted on
+    # its validation pages (serve.inference divides every answer by it)
+    fitted, calibration = meta["metrics"]["calibration"], card["calibration"]
+    assert calibration["calibrated"] is True and calibration["method"] == "temperature scaling"
+    assert calibration["temperature"] == meta["temperature"] == fitted["temperature"]
+    assert calibration["fitted_on"] == "validation" and calibration["n_val"] == fitted["n_val"] > 0
+    assert calibration["test_ece_after"] == fitted["test_ece_after"]
+    assert calibration["statement"].startswith(
+        f"The probabilities are calibrated: temperature scaling (T = {meta['temperature']:.2f}) fitted on "
+        f"the run's {fitted['n_val']} validation pages; expected calibration error on the test pages ")
+
+
+def test_the_model_card_says_when_the_probabilities_are_not_calibrated(tmp_path):
+    """An export of a run without temperature scaling (an older version's run, reused: ``tiny_export``
+    stands for it, with no metrics) serves its probabilities as they are, and the card says so."""
+    models = tiny_export(tmp_path / "models")
+    with LiveServer(tmp_path / "srv", {"ECGWEB_MODELS_DIR": str(models)}, require_model=True) as srv:
+        card = srv.get(f"{API}/model/", token=srv.create_users("uma")["uma"]).json()
+    assert card["calibration"]["calibrated"] is False and card["calibration"]["temperature"] == 1.0
+    assert card["calibration"]["statement"].startswith("The probabilities are not calibrated")
 
 
 def test_happy_path_classification_with_heat_map(server, users, exported_model):

@@ -2,7 +2,8 @@
 Chromium, driven by Playwright, against a live server (``ecgpaper.serve.server``:
 Django + gunicorn) serving a tiny model trained on the synthetic twin.
 
-Sign in, upload a twin ECG image, see its class, four probability bars and the
+Sign in, read the model card (calibrated probabilities, what the page gate refuses), upload
+a twin ECG image, see its class, four probability bars and the
 Grad-CAM overlay, find it in the history, upload a text file and get a sentence
 a clinician understands, upload a photo and be told it is not an ECG page (the
 page gate, issue 22 item 9), delete the ECG, sign out; all under the server's
@@ -102,6 +103,10 @@ def test_a_clinician_classifies_an_ecg_in_the_browser(web_server, trained_root):
             expect(page.get_by_text(re.compile(r"test accuracy \d+\.\d %"))).to_be_visible()
             expect(page.get_by_text("Only 12-lead ECG report pages are classified.", exact=False)).to_contain_text(
                 "Refused without a class: blank or near-blank pages, photos")
+            # the trained run's temperature scaling: the card says the probabilities are calibrated
+            expect(page.get_by_text(re.compile(r"^The probabilities are calibrated: temperature scaling "
+                                               r"\(T = \d+\.\d\d\) fitted on the run's \d+ validation pages"))
+                   ).to_be_visible()
 
             # upload a twin ECG through the labelled file input
             page.get_by_label(re.compile("Choose ECG image")).set_input_files(ecg)

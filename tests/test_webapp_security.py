@@ -6,7 +6,8 @@ revoked by a password change (4); server errors in the server's log, and a readi
 check that looks at the database, the upload folder and the model's output (7);
 throttle counters that fail closed, are not culled and are not flooded (2, on SQLite
 and PostgreSQL); the client's address only from trusted proxies, IPv6 per /64 (3);
-no stored file without its record, a sweep of orphans (6); bounded cost per upload and
+no stored file without its record, a sweep of orphans (6); a deleted record's bytes
+overwritten in the SQLite file (``secure_delete``, 5); bounded cost per upload and
 separate boot and request timeouts (8).
 
 The login and throttle servers trust nginx on this host (``ECGWEB_PROXY=127.0.0.1``),
@@ -294,7 +295,7 @@ def test_a_model_with_the_wrong_output_rank_is_refused_at_load(tmp_path):
 
 @pytest.fixture(scope="module")
 def postgres():
-    from ecgpaper.serve.devdb import INSTALL_HINT, find_pg_bin
+    from support.devdb import INSTALL_HINT, find_pg_bin
 
     if find_pg_bin() is None:
         pytest.skip(f"PostgreSQL is not installed: {INSTALL_HINT}")
@@ -727,3 +728,40 @@ def test_a_failed_login_does_not_log_what_was_typed(ops_server):
     audit = (srv.state / "audit.log").read_text()
     assert "Tr0ub4dor" not in audit and "Tr0ub4dor" not in srv.log_tail(10**6)
     assert 'attempted="(no such account)"' in audit
+
+
+# --------------------------------------------------------------------------
+# finding 5: a deleted record leaves nothing of itself in the SQLite file
+# --------------------------------------------------------------------------
+
+#: in a manage.py shell: move the write-ahead log into the database file and empty it,
+#: so that the file on disk holds every page as the server's connections left it
+CHECKPOINT = ("import json; from django.db import connection; c = connection.cursor(); "
+              "c.execute('PRAGMA wal_checkpoint(TRUNCATE)'); print(json.dumps(c.fetchone()[0]))")
+
+
+def sqlite_bytes(srv: LiveServer) -> bytes:
+    """The database file and what is left of its write-ahead log, after a checkpoint."""
+    assert manage_json(srv, CHECKPOINT) == 0  # 0: not blocked by a reader or writer
+    db = srv.state / "db.sqlite3"
+    return b"".join(p.read_bytes() for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+
+
+def test_a_deleted_classification_leaves_no_bytes_in_the_sqlite_file(ops_server):
+    srv = ops_server
+    token = srv.create_users("lena")["lena"]
+    made = srv.upload(ecg_page_png(11), token)
+    assert made.status_code == 201, made.text[:500]
+    record = made.json()
+    marker = record["sha256"].encode()  # the upload's digest: in the row and in its index
+    assert marker in sqlite_bytes(srv)
+    assert requests.delete(f"{srv.url}{API}/classifications/{record['id']}/",
+                           headers={"Authorization": f"Token {token}"}, timeout=30).status_code == 204
+    assert srv.get(f"{API}/classifications/{record['id']}/", token=token).status_code == 404
+    # secure_delete: SQLite overwrites the freed cells with zeros instead of leaving them
+    assert marker not in sqlite_bytes(srv)
+    # asked for by the settings, not left to the SQLite build's default (Debian's library is
+    # compiled with SQLITE_SECURE_DELETE, builds without it leave the bytes): every database
+    pragmas = manage_json(srv, "import json; from django.conf import settings; print(json.dumps("
+                               "{k: d['OPTIONS']['init_command'] for k, d in settings.DATABASES.items()}))")
+    assert pragmas and all("PRAGMA secure_delete=ON;" in v for v in pragmas.values()), pragmas

@@ -120,3 +120,7 @@ class ModelInfoSerializer(serializers.Serializer):
     preprocessing = serializers.DictField(help_text="scaling, fit, crop, version")
     page_gate = serializers.DictField(help_text="the check before classification: what it rejects "
                                                 "(HTTP 422 not_an_ecg), its threshold and calibration")
+    calibration = serializers.DictField(help_text="whether the probabilities are calibrated: calibrated, "
+                                                  "method (temperature scaling), temperature, fitted_on, "
+                                                  "n_val, test ECE and Brier score before and after, and "
+                                                  "the statement the page shows")

@@ -165,9 +165,34 @@ class MeView(APIView):
 PAGE_GATE_CARD = ("rejects", "threshold", "threshold_rule", "source", "n_train", "n_val", "val_accepted")
 
 
+def calibration_card(meta: dict) -> dict:
+    """What the model card says of the probabilities: calibrated by the run's temperature
+    scaling, fitted on its validation pages (``ecgpaper.runs.export``; every answer is
+    divided by it in ``ecgpaper.serve.inference``), or not (the export of a run that
+    predates it: temperature 1). ``statement`` is the sentence the page shows."""
+    fitted = (meta.get("metrics") or {}).get("calibration") or {}
+    temperature = float(meta.get("temperature", 1.0))
+    card = {"calibrated": bool(fitted), "method": "temperature scaling" if fitted else None,
+            "temperature": temperature, "fitted_on": fitted.get("fitted_on"), "n_val": fitted.get("n_val"),
+            **{key: fitted.get(key) for key in ("test_ece_before", "test_ece_after",
+                                                "test_brier_before", "test_brier_after")}}
+    if not fitted:
+        card["statement"] = ("The probabilities are not calibrated (this model's run has no temperature "
+                             "scaling): read them as scores, not as how often the class is right.")
+        return card
+    ece = ""
+    if card["test_ece_before"] is not None and card["test_ece_after"] is not None:
+        ece = (f"; expected calibration error on the test pages {card['test_ece_before']:.1%} before, "
+               f"{card['test_ece_after']:.1%} after")
+    card["statement"] = (f"The probabilities are calibrated: temperature scaling (T = {temperature:.2f}) "
+                         f"fitted on the run's {card['n_val']} {card['fitted_on']} pages{ece}.")
+    return card
+
+
 class ModelInfoView(APIView):
     """The served model's card: backbone, run, data it was trained on, test metrics,
-    and what its page gate turns away (HTTP 422 ``not_an_ecg``)."""
+    whether its probabilities are calibrated, and what its page gate turns away
+    (HTTP 422 ``not_an_ecg``)."""
 
     @extend_schema(responses={200: ModelInfoSerializer, **_errors(401, 503)})
     def get(self, request):
@@ -180,6 +205,7 @@ class ModelInfoView(APIView):
             "class_codes": meta["class_codes"], "class_names": meta["class_names"],
             "input_size": meta["input_size"], "preprocessing": meta["preprocessing"],
             "page_gate": {key: meta["page_gate"].get(key) for key in PAGE_GATE_CARD},
+            "calibration": calibration_card(meta),
         }).data)
 
 

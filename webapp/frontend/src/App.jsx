@@ -12,6 +12,7 @@ function ModelSummary({ model }) {
   const { metrics } = model.info;
   const ci = metrics.ci95?.accuracy;
   const gate = model.info.page_gate;
+  const calibration = model.info.calibration;
   return (
     <>
       <p className="model-summary">
@@ -19,6 +20,7 @@ function ModelSummary({ model }) {
         <strong>{percent(metrics.accuracy)}</strong>
         {ci && ` (95 % CI ${percent(ci[0])} – ${percent(ci[1])}, n = ${metrics.n_test})`}
       </p>
+      {calibration && <p className="model-summary calibration-note">{calibration.statement}</p>}
       {gate && (
         <p className="model-summary gate-note">
           Only 12-lead ECG report pages are classified. Refused without a class: {gate.rejects}.

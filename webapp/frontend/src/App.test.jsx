@@ -25,6 +25,14 @@ const model = (synthetic) => ({
   input_size: 64,
   preprocessing: {},
   page_gate: { rejects: "blank pages, photos, letters", threshold: 6.9, n_val: 13 },
+  calibration: {
+    calibrated: true,
+    method: "temperature scaling",
+    temperature: 1.42,
+    fitted_on: "validation",
+    n_val: 40,
+    statement: "The probabilities are calibrated: temperature scaling (T = 1.42) fitted on the run's 40 validation pages.",
+  },
 });
 
 const classification = (id, extra = {}) => ({
@@ -92,6 +100,14 @@ describe("synthetic banner", () => {
       "No trained model is installed on the server yet. Ask the administrator to run ./run_all.sh.Details: No exported model found.",
     );
   });
+});
+
+it("the model card says whether the probabilities are calibrated", async () => {
+  fakeServer();
+  render(<App />);
+  expect(await screen.findByText(/probabilities are calibrated/)).toHaveTextContent(
+    "The probabilities are calibrated: temperature scaling (T = 1.42) fitted on the run's 40 validation pages.",
+  );
 });
 
 it("signs in with the CSRF token and shows the user", async () => {

@@ -1,4 +1,5 @@
-"""A throw-away PostgreSQL server for the web service's tests and benchmark.
+"""A throw-away PostgreSQL server for the web service's tests (test equipment: never
+for real data; ``support.server.temp_postgres``).
 
 The web service documents PostgreSQL for hospital deployments (webapp/README.md,
 "Several instances with PostgreSQL"); this starts Debian's PostgreSQL (``initdb``
@@ -7,6 +8,11 @@ folder, listening on a free loopback port only, with ``trust`` authentication fo
 its single user, and removes everything when stopped. PostgreSQL refuses to run
 as root, so as root the server runs as the ``postgres`` user (else ``nobody``)
 through ``runuser``. Never for real data.
+
+``python tests/support/devdb.py [--durable]`` starts one, prints its URL (for
+``benchmarks/bench_serve.py --database postgres --postgres-url URL``) and keeps it
+until Ctrl-C; ``--durable`` keeps PostgreSQL's fsync defaults, as the README's
+figures were measured.
 """
 from __future__ import annotations
 
@@ -47,7 +53,7 @@ class TempPostgres:
     database, ``stop()`` to shut it down and delete its files.
 
     ``durable=False`` (tests) turns fsync off: faster, and nothing is kept anyway;
-    the benchmark keeps PostgreSQL's defaults.
+    ``durable=True`` keeps PostgreSQL's defaults (for the serving benchmark).
     """
 
     USER = "ecg"
@@ -126,3 +132,18 @@ def _user_exists(name: str) -> bool:
         return True
     except KeyError:
         return False
+
+
+if __name__ == "__main__":
+    import argparse
+    import signal
+
+    ap = argparse.ArgumentParser(description="a throw-away PostgreSQL on loopback, until Ctrl-C")
+    ap.add_argument("--durable", action="store_true", help="keep PostgreSQL's fsync defaults")
+    pg = TempPostgres(durable=ap.parse_args().durable).start()
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # to the sigwait
+        print(f"postgres://{pg.USER}@127.0.0.1:{pg.port}/postgres  (Ctrl-C stops and deletes it)", flush=True)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        pg.stop()
