@@ -773,7 +773,7 @@ def test_notebook_06_leaves_every_figure_table_and_report_section(notebook_run_r
     leak_section = report.split("### Leakage", 1)[1].split("\n### ", 1)[0]
     assert "corrected resampled t" in leak_section and "1.000-1.000" not in leak_section
     assert leakage.sentences(summary)[0] in report
-    assert "with a copy in train vs" in report and "upper bound" not in report
+    assert "with a copy in the fold's train vs" in report and "upper bound" not in report
     assert "reproduced" not in report and "| baseline VGG16 = Table 1 batch 16 lr 0.0001 | 1 |" in report
     assert "n/a: SYNTHETIC twin, not the Kaggle images; profile smoke, not paper" in report
     light = pd.read_csv(results / "table_lightweight.csv", keep_default_na=False)
