@@ -7,8 +7,9 @@ bootstrap 95 % interval (the test subset is small, and the real data holds few
 distinct images per class), mean +- std over repeated runs and a paired
 McNemar test for comparing two models on the same test images. One bootstrap
 (:func:`bootstrap_scores`) serves them all: a run's interval, the mean of
-several runs, a paired difference and the leakage study's two-stage resample
-over seeds then duplicate groups. Everything returned is plain Python or
+several runs and a paired difference. The leakage study's repeated
+cross-validation has its own interval, the corrected resampled t of Nadeau and
+Bengio (:func:`corrected_resampled_t`). Everything returned is plain Python or
 NumPy, ready for JSON. No TensorFlow here.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import binomtest
+from scipy.stats import t as student_t
 from sklearn.metrics import (
     accuracy_score,
     classification_report,
@@ -235,6 +237,39 @@ def paired_difference(y, pred_a, pred_b, groups, *, metric: str = "accuracy",
                              seed=seed, paired=True)
     k = PAPER_METRICS.index(metric)
     return draws[:, 0, k] - draws[:, 1, k]
+
+
+def corrected_resampled_t(values, test_train_ratio: float, *, confidence: float = 0.95) -> dict:
+    """Mean and interval of a score over the J = K x R folds of a K-fold
+    cross-validation repeated R times: the corrected resampled t of Nadeau &
+    Bengio (2003), "Inference for the Generalization Error", Machine Learning 52,
+    239-281 (Bouckaert & Frank 2004 for the repeated-CV form).
+
+    The folds' training sets overlap, so their scores are correlated and the
+    naive variance of the mean, S^2 / J, is too small; the correction multiplies
+    the sample variance S^2 (ddof 1) by (1 / J + n_test / n_train) instead, and
+    the interval is mean +- t_{J-1} * sqrt((1 / J + n_test / n_train) S^2).
+
+    ``values``: one score (or one paired difference) per fold; ``test_train_ratio``:
+    n_test / n_train of a fold (their mean over the folds). Returns ``mean``,
+    ``variance`` (the corrected variance of the mean), ``df``, ``t``, ``ci95``
+    (``None`` when the folds agree exactly: S^2 = 0 gives no interval, not a
+    zero-width one), ``naive_ci95`` (the uncorrected t interval, for comparison),
+    ``folds`` and ``all_equal``.
+    """
+    x = np.asarray(values, float)
+    x = x[np.isfinite(x)]
+    j = len(x)
+    if j < 2:
+        raise ValueError(f"the corrected resampled t needs at least 2 folds, got {j}")
+    mean, s2 = float(x.mean()), float(x.var(ddof=1))
+    all_equal = bool(np.all(x == x[0]))
+    t = float(student_t.ppf(0.5 + confidence / 2, j - 1))
+    variance = (1 / j + float(test_train_ratio)) * s2
+    half, naive = t * np.sqrt(variance), t * np.sqrt(s2 / j)
+    return {"mean": mean, "variance": variance, "df": j - 1, "t": t, "folds": j, "all_equal": all_equal,
+            "ci95": None if all_equal else [float(mean - half), float(mean + half)],
+            "naive_ci95": None if all_equal else [float(mean - naive), float(mean + naive)]}
 
 
 def percentile_ci(values) -> list[float]:

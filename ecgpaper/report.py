@@ -180,8 +180,9 @@ def beyond_the_paper_lines(ws: Workspace) -> list[str]:
             lines += [f"- {s}" for s in leakage.sentences(summary)]
             copies = leakage.copy_effect_table(summary)
             if len(copies):
-                lines += ["", "Within the `paper` split, accuracy on test images with and without a copy "
-                              "in train (means over seeds, 95 % CI over seeds and duplicate groups):", "",
+                lines += ["", "Within the `paper` folds, accuracy on test images with and without a copy "
+                              "in the fold's train (means over folds, 95 % CI: corrected resampled t, "
+                              "Nadeau & Bengio 2003):", "",
                           format_intervals(copies.drop(columns=["protocol"])).to_markdown(index=False,
                                                                                           floatfmt=".3f")]
             lines.append("")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
@@ -103,6 +104,69 @@ def test_nn_probe_answers_every_test_image_with_a_copy_in_train_right(tiny_twin)
             assert ok.mean() == pytest.approx(share + (1 - share) * ok[~copied].mean())
 
 
+@pytest.mark.parametrize("folds,cv_seed", [(2, 100), (3, 101)])
+def test_grouped_cv_folds_keep_every_copy_out_of_their_training_sets(tiny_twin, folds, cv_seed):
+    """The leakage ledger's grouped cross-validation: no test image of a fold has a
+    copy (same audit group, or the same bytes) in that fold's train or validation,
+    every image is a test image of exactly one fold, and the classes are stratified;
+    the paper folds, split over images, do put copies on both sides."""
+    from ecgpaper.data.splits import make_cv_manifests
+
+    files = _prepare(tiny_twin).audit.files
+    grouped = make_cv_manifests(files, "grouped", folds, cv_seed)
+    assert len(grouped) == folds
+    tested = pd.concat([m.loc[m["subset"] == "test", "path"] for m in grouped])
+    assert sorted(tested) == sorted(files["path"]) and tested.is_unique
+    share = files["label"].value_counts(normalize=True)
+    for man in grouped:
+        m = man.merge(files[["path", "sha256"]], on="path")
+        test, seen = m[m["subset"] == "test"], m[m["subset"] != "test"]
+        train = m[m["subset"] == "train"]
+        assert not set(test["group"]) & set(seen["group"])
+        assert not set(test["sha256"]) & set(seen["sha256"])
+        assert not test["copy_in_train"].any() and not set(test["sha256"]) & set(train["sha256"])
+        assert len(train) > 0 and (m["subset"] == "val").sum() > 0
+        test_share = test["label"].value_counts(normalize=True).reindex(share.index, fill_value=0)
+        assert (test_share - share).abs().max() < 0.15, test_share
+    paper = make_cv_manifests(files, "paper", folds, cv_seed)
+    assert any(m.loc[m["subset"] == "test", "copy_in_train"].any() for m in paper)
+
+
+def test_leakage_gap_interval_is_the_corrected_one_and_wider_than_the_naive_t(monkeypatch):
+    """The protocol gap's interval is the corrected resampled t of the per-fold paired
+    differences: wider than the naive t (which treats the folds as independent), and
+    equal to the hand formula; when every fold agrees exactly there is no interval and
+    the sentence says so (never a zero-width 1.000-1.000)."""
+    study = _fake_study({"paper": 0.9, "grouped": 0.6}, {"paper": 0.8, "grouped": 0.3}, seeds=3)
+    _, gap_table, summary = leakage.table(study)
+    g = next(g for g in summary["gaps"] if g["classifier"] == leakage.CNN_LABEL and g["protocol"] == "paper")
+    d = np.asarray(g["accuracy_gap_per_fold"])
+    assert len(d) == 3 and d.std() > 0
+    half = stats.t.ppf(0.975, 2) * np.sqrt((1 / 3 + 0.1) * d.var(ddof=1))
+    assert g["accuracy_gap_ci95"] == pytest.approx([d.mean() - half, d.mean() + half])
+    lo, hi = g["accuracy_gap_ci95"]
+    nlo, nhi = g["accuracy_gap_naive_ci95"]
+    assert hi - lo > nhi - nlo > 0 and lo < nlo and hi > nhi
+    row = gap_table[(gap_table["classifier"] == leakage.CNN_LABEL) & (gap_table["protocol"] == "paper")].iloc[0]
+    assert row["accuracy_gap_ci95_low"] == pytest.approx(lo)
+    # folds in exact agreement: no interval, said in words
+    for protocol in ("paper", "grouped"):
+        monkeypatch.setitem(_JITTER, protocol, (0, 0, 0))
+    study = _fake_study({"paper": 1.0, "grouped": 1.0}, {"paper": 0.8, "grouped": 0.3}, seeds=3)
+    table, _, summary = leakage.table(study)
+    cell = next(c for c in summary["cells"] if (c["classifier"], c["protocol"]) == (leakage.CNN_LABEL, "grouped"))
+    assert cell["accuracy_per_fold"] == [1.0, 1.0, 1.0] and cell["accuracy_ci95"] is None
+    assert cell["all_folds_agree"]
+    mean_row = table[(table["classifier"] == leakage.CNN_LABEL) & (table["protocol"] == "grouped")
+                     & (table["row"] != "fold")].iloc[0]
+    assert np.isnan(mean_row["accuracy_ci95_low"]) and "agree exactly" in mean_row["interval"]
+    g = next(g for g in summary["gaps"] if g["classifier"] == leakage.CNN_LABEL and g["protocol"] == "paper")
+    assert g["accuracy_gap_ci95"] is None and g["all_folds_agree"] and not g["measurable"]
+    text = "\n".join(leakage.sentences(summary))
+    assert "1.000-1.000" not in text and "+1.000 to +1.000" not in text and "+0.000 to +0.000" not in text
+    assert "all 3 folds give exactly this value" in text
+
+
 def test_probe_features_keep_exact_copies_exact_and_shrink():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
@@ -113,39 +177,50 @@ def test_probe_features_keep_exact_copies_exact_and_shrink():
     assert probe.probe_features(rng.integers(0, 256, (2, 50, 50, 3), dtype=np.uint8)).shape == (2, 3072)
 
 
+#: the fake folds' wrong answers move by these counts per fold, differently per protocol,
+#: so folds (and per-fold differences) do not agree exactly
+_JITTER = {"paper": (0, 1, -1), "grouped": (1, -1, 0), "kaggle": (0, 0, 0)}
+
+
 def _fake_study(cnn_acc: dict, probe_acc: dict, n=40, seeds=2, cnn_copy_acc=None):
-    """A leakage study whose CNN/probe get the given accuracy per protocol. Under
-    ``paper`` the first 30 test images have a copy in train (in 15 groups of
-    two); ``cnn_copy_acc``: the CNN's accuracy on those (default: as on the rest)."""
+    """A leakage study (``seeds`` cross-validation folds, one repeat) whose CNN/probe get
+    about the given accuracy per protocol (a fold's wrong count moves by ``_JITTER``).
+    Under ``paper`` the first 30 test images have a copy in train (in 15 groups of
+    two); ``cnn_copy_acc``: the CNN's accuracy on those (default: as on the rest).
+    Each fold trains on 10 x its test images (n_test / n_train = 0.1)."""
     rng = np.random.default_rng(0)
     sets, rows, flags = {}, {}, {}
     rows = []
     for classifier, accs in ((leakage.CNN_LABEL, cnn_acc), (probe.PROBE_LABEL, probe_acc)):
         for protocol, a in accs.items():
             for r in range(seeds):
+                jitter = _JITTER[protocol][r % 3]
                 y = np.tile(np.arange(4), n // 4)
                 copy = (np.arange(n) < 30) if protocol == "paper" else np.zeros(n, bool)
                 groups = np.where(copy, np.arange(n) // 2, np.arange(n) + 100)
                 pred = y.copy()
-                wrong = rng.choice(n, int(round((1 - a) * n)), replace=False)
+                wrong = rng.choice(n, int(np.clip(round((1 - a) * n) + jitter, 0, n)), replace=False)
                 if protocol == "paper" and classifier == leakage.CNN_LABEL and cnn_copy_acc is not None:
                     # accuracy cnn_copy_acc on the copies (whole groups wrong), a on the rest
                     wrong_groups = rng.choice(15, int(round((1 - cnn_copy_acc) * 15)), replace=False)
                     wrong = np.concatenate([np.flatnonzero(np.isin(groups, wrong_groups) & copy),
-                                            30 + rng.choice(10, int(round((1 - a) * 10)), replace=False)])
+                                            30 + rng.choice(10, int(round((1 - a) * 10)) + jitter, replace=False)])
                 pred[wrong] = (y[wrong] + 1) % 4
                 sets.setdefault((classifier, protocol, False), []).append((y, pred, groups))
                 flags.setdefault((classifier, protocol, False), []).append(copy)
                 s = metrics.scores(y, pred)
-                rows.append({"classifier": classifier, "protocol": protocol, "crop": False, "replicate": r,
+                rows.append({"classifier": classifier, "protocol": protocol, "crop": False, "repeat": 0,
+                             "fold": r, "fold_index": r, "split_seed": leakage.CV_SEED,
+                             "cv_fold": f"cv{seeds}-fold{r}", "n_train": 10 * n,
                              "n_test": n, "test_with_copy_in_train": int(copy.sum()),
                              "accuracy": s[0], "f1": s[3], "majority_rate": 0.25,
                              "epochs": 5 if classifier == leakage.CNN_LABEL else None})
     copies = {p: [{"n_test": n, "test_copy_in_train": 30 if p == "paper" else 0,
                    "test_exact_copy_in_train": 25 if p == "paper" else 0, "groups_crossing": 0}] * seeds
               for p in cnn_acc}
-    return {"workspace": Workspace("synthetic-fake", "smoke"), "replicates": pd.DataFrame(rows), "sets": sets,
-            "copy_flags": flags, "copies": copies, "run_ids": [], "n_seeds": seeds}
+    return {"workspace": Workspace("synthetic-fake", "smoke"), "folds": pd.DataFrame(rows), "sets": sets,
+            "copy_flags": flags, "copies": copies, "run_ids": [], "n_folds": seeds, "n_repeats": 1,
+            "cv_seeds": [leakage.CV_SEED]}
 
 
 def test_a_cnn_that_only_recognises_copies_is_named_with_its_weights():
@@ -153,7 +228,7 @@ def test_a_cnn_that_only_recognises_copies_is_named_with_its_weights():
     measurable, and the sentence says the model recognises copies; when it started
     from random weights (no ImageNet file, no stand-in) it says that too."""
     study = _fake_study({"paper": 0.9, "grouped": 0.2}, {"paper": 0.8, "grouped": 0.3}, seeds=3)
-    rep = study["replicates"]
+    rep = study["folds"]
     rep["weights"] = np.where(rep["classifier"] == leakage.CNN_LABEL, "none", None)
     _, _, summary = leakage.table(study)
     line = next(t for t in leakage.sentences(summary) if t.startswith(f"{leakage.CNN_LABEL} (full page): acc"))
@@ -167,16 +242,16 @@ def test_a_cnn_that_only_recognises_copies_is_named_with_its_weights():
 
 def test_a_cnn_at_chance_under_grouped_shows_that_it_trained():
     """A result at chance names the evidence that the model trained: its train
-    accuracy and optimizer steps under `grouped` (means over the seeds)."""
+    accuracy and optimizer steps under `grouped` (means over the folds)."""
     study = _fake_study({"paper": 0.9, "grouped": 0.25}, {"paper": 0.9, "grouped": 0.3})
-    reps = study["replicates"]
+    reps = study["folds"]
     cnn = reps["classifier"] == leakage.CNN_LABEL
     reps.loc[cnn, "train_accuracy"] = np.where(reps.loc[cnn, "protocol"] == "grouped", [1.0, 0.98] * 2, 1.0)
     reps.loc[cnn, "optimizer_steps"] = 820
     _, _, summary = leakage.table(study)
     line = next(t for t in leakage.sentences(summary) if t.startswith(f"{leakage.CNN_LABEL} (full page): acc"))
     assert "recognises copies" in line
-    assert "fits its training pages (train accuracy 0.99 after 820 optimizer steps, mean over 2 seeds)" in line
+    assert "fits its training pages (train accuracy 0.99 after 820 optimizer steps, mean over 2 folds)" in line
     cell = next(c for c in summary["cells"] if c["classifier"] == probe.PROBE_LABEL)
     assert cell["train_accuracy"] is None and cell["optimizer_steps"] is None  # the probe does not train
 
@@ -192,15 +267,20 @@ def test_leakage_conclusions_are_computed_from_the_numbers():
     probe_gap = gaps[gaps["classifier"] == probe.PROBE_LABEL].iloc[0]
     assert probe_gap["measurable"] and probe_gap["accuracy_gap"] == pytest.approx(0.6, abs=0.03)
     # a CNN that learns, right on every image with a copy in train and on 50 % of the others
-    study = _fake_study({"paper": 0.5, "grouped": 0.5}, {"paper": 0.5, "grouped": 0.45}, cnn_copy_acc=1.0)
+    study = _fake_study({"paper": 0.5, "grouped": 0.5}, {"paper": 0.5, "grouped": 0.45}, cnn_copy_acc=1.0,
+                        seeds=3)
     _, gaps, summary = leakage.table(study)
     effect = {c["classifier"]: c for c in summary["copy_effect"]}[leakage.CNN_LABEL]
     assert (effect["n_copy"], effect["n_no_copy"]) == (30, 10)
     assert effect["accuracy_copy"] == 1.0 and effect["accuracy_no_copy"] == pytest.approx(0.5)
-    assert effect["difference_per_seed"] == pytest.approx([0.5, 0.5]) and effect["difference_ci95"][0] > 0.1
+    assert effect["difference_per_fold"] == pytest.approx([0.5, 0.6, 0.4])
+    # the corrected resampled t by hand: mean 0.5, S^2 0.01, (1/3 + 0.1) S^2, t(2 df)
+    half = 4.302653 * np.sqrt((1 / 3 + 0.1) * 0.01)
+    assert effect["difference_ci95"] == pytest.approx([0.5 - half, 0.5 + half], abs=1e-5)
     text = "\n".join(leakage.sentences(summary))
     assert "did not learn" not in text and "so it exploits the copies" in text
-    assert "accuracy 1.000 on the 30 test images with a copy in train vs 0.500 on the 10 without" in text
+    assert ("accuracy 1.000 on the 30 test images with a copy in the fold's train vs 0.500 on the 10 "
+            "without (means over 3 folds)") in text
     # the same CNN without any advantage on copies: no measurable difference
     study = _fake_study({"paper": 0.8, "grouped": 0.75}, {"paper": 0.5, "grouped": 0.45}, cnn_copy_acc=0.8)
     _, _, summary = leakage.table(study)
@@ -216,15 +296,25 @@ def test_leakage_conclusions_are_computed_from_the_numbers():
     assert "do not show that the CNN exploits the copies" in "\n".join(leakage.sentences(written))
 
 
-def test_leakage_runs_reuse_the_grid_run_and_lightweight_reuses_the_baseline():
+def test_leakage_fold_runs_share_the_grid_setting_and_lightweight_reuses_the_baseline():
+    """The leakage study's VGG16 is the grid's batch-32/lr-1e-4 setting; a fold run has its
+    own run id (its fold is in the config), and a config without a fold keeps the run id
+    it always had (``cv_fold`` is left out of the hash when empty)."""
     from ecgpaper.runs.experiments import experiment_configs
 
     grid = [c for c in experiment_configs("grid", profile="quick", dataset="d")
             if (c.batch_size, c.learning_rate) == (32, 1e-4)][0]
     ours = experiments.scaled_configs([leakage.LEAKAGE_SPEC], profile="quick", dataset="d", seed=0)[0]
-    assert ours == grid and ours.run_id("sha") == grid.run_id("sha")
+    assert ours == grid and ours.run_id("sha") == grid.run_id("sha") and "cv_fold" not in ours.to_dict()
+    fold = experiments.scaled_configs([leakage.LEAKAGE_SPEC], profile="quick", dataset="d", seed=0,
+                                      cv_fold="cv3-fold0")[0]
+    assert fold.to_dict()["cv_fold"] == "cv3-fold0" and fold.run_id("sha") != grid.run_id("sha")
+    assert {k: v for k, v in fold.to_dict().items() if k != "cv_fold"} == grid.to_dict()
     cropped = experiments.scaled_configs([leakage.LEAKAGE_SPEC], profile="quick", dataset="d", crop=True)[0]
     assert cropped.run_id("sha") != grid.run_id("sha")
+    # K x R per profile: the CI profiles no more runs than their former 2 split seeds
+    assert {p: leakage.cv_design(p) for p in PROFILES} == {"smoke": (2, 1), "quick": (3, 1), "paper": (5, 2),
+                                                          "paper-mini": (2, 1)}
     light = lightweight.lightweight_configs("quick", "d")
     assert light[:2] == experiment_configs("baseline", profile="quick", dataset="d")
     assert [c.model for c in light[2:]] == ["MobileNetV2", "EfficientNetB0"]
@@ -674,11 +764,27 @@ def test_notebook_06_leaves_every_figure_table_and_report_section(notebook_run_r
     for key in ((leakage.CNN_LABEL, False), (leakage.CNN_LABEL, True), ("ResNet50", False),
                 (probe.PROBE_LABEL, False)):
         c = effect[key]
-        assert c["n_copy"] + c["n_no_copy"] == paper_test and c["n_copy"] > 0, c
+        assert c["n_copy"] + c["n_no_copy"] == pytest.approx(paper_test) and c["n_copy"] > 0, c
     assert effect[(probe.PROBE_LABEL, False)]["accuracy_copy"] == 1.0  # it matches pictures
     copies = pd.read_csv(results / "table_leakage_copies.csv")
     assert len(copies) == len(effect) and "accuracy_no_copy" in copies
-    assert "with a copy in train vs" in report and "upper bound" not in report
+    # the ledger: K x R fold rows per classifier, protocol and crop, then their mean
+    k, r = leakage.cv_design("smoke")
+    assert (summary["folds"], summary["repeats"], summary["cv_seeds"]) == (k, r, [100])
+    ledger = pd.read_csv(results / "table_leakage.csv", keep_default_na=False)
+    cells = ledger[ledger["protocol"].isin(leakage.CV_PROTOCOLS)].groupby(["classifier", "protocol", "crop"])
+    assert {key[0] for key in cells.groups} == {leakage.CNN_LABEL, "ResNet50", probe.PROBE_LABEL}
+    for key, rows in cells:
+        assert list(rows["row"]) == ["fold"] * (k * r) + [f"mean of {k * r}"], key
+    for g in summary["gaps"]:  # a corrected interval, or the folds agree exactly and it says so
+        ci = g["accuracy_gap_ci95"]
+        assert (ci is not None and ci[0] < ci[1]) or g["all_folds_agree"], g
+    assert {(a["comparison"], a["protocol"]) for a in summary["architecture"]} == {
+        ("VGG16 - ResNet50", p) for p in ("paper", "grouped", "paper - grouped")}
+    leak_section = report.split("### Leakage", 1)[1].split("\n### ", 1)[0]
+    assert "corrected resampled t" in leak_section and "1.000-1.000" not in leak_section
+    assert leakage.sentences(summary)[0] in report
+    assert "with a copy in the fold's train vs" in report and "upper bound" not in report
     assert "reproduced" not in report
     if os.environ.get("ECGPAPER_NOTEBOOK_RUN"):  # notebooks 02-04 ran too: the baseline is Table 1's cell
         assert "| baseline VGG16 = Table 1 batch 16 lr 0.0001 | 1 |" in report
@@ -724,32 +830,45 @@ def test_leakage_study_trains_each_cell_once_and_resumes(tiny_twin, monkeypatch)
         calls.append(config)
 
     monkeypatch.setattr(experiments, "train_run", fake_train_run)
-    study = leakage.run("smoke", tiny_twin, n_seeds=2, log=_quiet)
-    cells = {(c.model, c.protocol, c.crop, c.seed, c.split_seed) for c in calls}
-    # VGG16: crop under paper and grouped only; ResNet50: full page under paper and grouped
-    assert len(calls) == len(cells) == 2 * (3 + 2) + 2 * 2
+    assert leakage.cv_design("smoke") == (2, 1)
+    study = leakage.run("smoke", tiny_twin, log=_quiet)
+    cells = {(c.model, c.protocol, c.crop, c.seed, c.split_seed, c.cv_fold) for c in calls}
+    # 2 folds x 1 repeat; VGG16: crop under paper and grouped only; ResNet50: full page under
+    # paper and grouped; kaggle (a fixed split) once per repeat: 2 x (2 + 2) + 1 + 2 x 2 = 13,
+    # not more than the 2 split seeds of before (14)
+    assert len(calls) == len(cells) == 2 * (2 + 2) + 1 + 2 * 2
     assert {(c.model, c.batch_size, c.learning_rate) for c in calls} == {("VGG16", 32, 1e-4),
                                                                         ("ResNet50", 32, 1e-4)}
     assert {(c.protocol, c.crop) for c in calls if c.model == "ResNet50"} == {("paper", False),
                                                                               ("grouped", False)}
-    reps = study["replicates"]
-    assert len(reps) == len(calls) + 2 * (3 + 2)  # one row per CNN run, one probe row per cell
+    # CV seeds from 100: not the split seeds 0-2 the quick recipe was chosen on (docs/statistics.md)
+    assert {c.split_seed for c in calls} == {100}
+    assert {c.cv_fold for c in calls if c.protocol != "kaggle"} == {"cv2-fold0", "cv2-fold1"}
+    assert {c.seed for c in calls if c.protocol != "kaggle"} == {0, 1}  # a model seed per fold
+    reps = study["folds"]
+    assert len(reps) == len(calls) + 2 * (2 + 2) + 1  # one row per CNN run, one probe row per cell
     cnn = reps[reps["classifier"] == leakage.CNN_LABEL]
     from ecgpaper.data.splits import read_manifest
 
     for row in cnn.to_dict("records"):  # always "MI": the accuracy is the test set's share of MI
-        man = read_manifest(study["workspace"].dataset, row["protocol"], row["split_seed"])
+        man = read_manifest(study["workspace"].dataset, row["protocol"], row["split_seed"], row["cv_fold"])
         test = man[man["subset"] == "test"]
         assert row["accuracy"] == pytest.approx((test["label"] == "MI").mean())
-        assert row["n_test"] == len(test)
+        assert row["n_test"] == len(test) and row["n_train"] == (man["subset"] == "train").sum()
     assert (reps.loc[reps["protocol"] == "grouped", "test_exact_copy_in_train"] == 0).all()
     assert (reps.loc[reps["protocol"] == "paper", "test_exact_copy_in_train"] > 0).all()
-    leakage.run("smoke", tiny_twin, n_seeds=2, log=_quiet)
-    assert len(calls) == 14  # everything reused
+    # the table: one row per fold and a mean per classifier x protocol x crop
+    table, _, summary = leakage.table(study)
+    vgg = table[(table["classifier"] == leakage.CNN_LABEL) & (table["protocol"] == "grouped") & ~table["crop"]]
+    assert list(vgg["row"]) == ["fold", "fold", "mean of 2"]
+    assert {a["protocol"] for a in summary["architecture"]} == {"paper", "grouped", "paper - grouped"}
+    leakage.run("smoke", tiny_twin, log=_quiet)
+    assert len(calls) == 13  # everything reused
     from ecgpaper.runs.store import experiment_file
 
     recorded = json.loads(experiment_file("leakage", study["workspace"]).read_text())
-    assert recorded["run_ids"] == study["run_ids"] and len(set(recorded["run_ids"])) == 14
+    assert recorded["run_ids"] == study["run_ids"] and len(set(recorded["run_ids"])) == 13
+    assert (recorded["folds"], recorded["repeats"], recorded["cv_seeds"]) == (2, 1, [leakage.CV_SEED])
 
 
 def test_grad_cam_header_share_has_an_interval_over_duplicate_groups():

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from ecgpaper.config import CLASS_CODES
-from ecgpaper.metrics import evaluate_predictions, mcnemar, mean_std
+from ecgpaper.metrics import corrected_resampled_t, evaluate_predictions, mcnemar, mean_std
 from ecgpaper.runs.store import predictions_table
 
 # A hand-made test set: 10 images, classes MI=0, HMI=1, HB=2, NORM=3.
@@ -147,3 +147,21 @@ def test_mcnemar_known_case():
 def test_imports_without_tensorflow():
     code = "import sys, ecgpaper.metrics; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_corrected_resampled_t_matches_a_hand_computed_value():
+    """Nadeau & Bengio (2003): four folds 0.1, 0.2, 0.3, 0.4 with n_test / n_train 0.25:
+    mean 0.25, S^2 = 0.05 / 3, corrected variance (1/4 + 1/4) S^2 = 0.0083333,
+    t(3 df, 0.975) = 3.182446, half width 3.182446 * 0.0912871 = 0.2905163; the naive
+    t interval (S^2 / 4) has half width 3.182446 * 0.0645497 = 0.2054260."""
+    r = corrected_resampled_t([0.1, 0.2, 0.3, 0.4], 0.25)
+    assert r["mean"] == pytest.approx(0.25) and r["df"] == 3 and r["folds"] == 4
+    assert r["variance"] == pytest.approx(0.05 / 3 / 2)
+    assert r["t"] == pytest.approx(3.182446, abs=1e-6)
+    assert r["ci95"] == pytest.approx([0.25 - 0.2905163, 0.25 + 0.2905163], abs=1e-6)
+    assert r["naive_ci95"] == pytest.approx([0.25 - 0.2054260, 0.25 + 0.2054260], abs=1e-6)
+    # folds in exact agreement: no interval (not a zero-width one)
+    same = corrected_resampled_t([1.0, 1.0, 1.0], 0.5)
+    assert same["all_equal"] and same["ci95"] is None and same["mean"] == 1.0
+    with pytest.raises(ValueError):
+        corrected_resampled_t([0.5], 0.2)

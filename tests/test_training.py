@@ -282,14 +282,14 @@ def test_profiles_count_optimizer_steps_not_epochs():
     assert all(c.recipe == "paper" and c.scaling == "rescale" and c.finetune == "all" for c in paper)
 
 
-def _registered_run(run_id, protocol, split_seed, **metrics):
+def _registered_run(run_id, protocol, split_seed, cv_fold="", **metrics):
     """A finished run in the registry with the given config and metrics (no training)."""
 
     folder = Workspace("synthetic-sel", "smoke").results / "runs" / run_id
     folder.mkdir(parents=True)
     (folder / "model.keras").write_bytes(run_id.encode())
     config = {"model": "VGG16", "image_size": 64, "scaling": "rescale", "fit": "resize", "crop": False,
-              "protocol": protocol, "split_seed": split_seed}
+              "protocol": protocol, "split_seed": split_seed, **({"cv_fold": cv_fold} if cv_fold else {})}
     (folder / "config.json").write_text(json.dumps(config))
     full = {"precision": 0.5, "recall": 0.5, "f1": metrics.get("accuracy", 0.5), "ci95": None, "n_test": 10,
             **metrics}
@@ -313,6 +313,14 @@ def test_export_ranks_by_validation_within_one_protocol_and_never_by_test(tmp_pa
     assert meta["selected_by"] == "val_accuracy, ties by val_loss, among grouped runs of split seed 0"
     export_best(Workspace("synthetic-sel", "smoke"), split_seed=1, **quiet)
     assert read_export(tmp_path)["run_id"] == "grouped-other-split"
+    # the leakage study's folds: one validation set per fold, so the first fold's runs compete
+    _registered_run("grouped-fold0", "grouped", 100, cv_fold="cv2-fold0", val_accuracy=0.5, val_loss=0.5,
+                    accuracy=0.5)
+    _registered_run("grouped-fold1", "grouped", 100, cv_fold="cv2-fold1", val_accuracy=0.9, val_loss=0.1,
+                    accuracy=0.5)
+    export_best(Workspace("synthetic-sel", "smoke"), split_seed=100, **quiet)
+    meta = read_export(tmp_path)
+    assert meta["run_id"] == "grouped-fold0" and meta["selected_by"].endswith("split seed 100, cv2-fold0")
     export_best(Workspace("synthetic-sel", "smoke"), protocol="paper", **quiet)
     assert read_export(tmp_path)["run_id"] == "paper-best-val"
     assert selection_key({"val_accuracy": 0.7, "val_loss": 0.3}) == (0.7, -0.3)

@@ -140,15 +140,17 @@ def gate_from_files(root: Path | str, train_paths, val_paths, *, source: str,
                     source=source)
 
 
-def gate_for_split(root: Path | str, dataset: str, protocol: str, split_seed: int) -> dict:
+def gate_for_split(root: Path | str, dataset: str, protocol: str, split_seed: int, cv_fold: str = "") -> dict:
     """The gate of a run's split: fitted on its training pages, thresholded on its
-    validation pages (the manifest of ``ecgpaper.data.splits``); what the export writes."""
+    validation pages (the manifest of ``ecgpaper.data.splits``; ``cv_fold``: a
+    cross-validation fold's); what the export writes."""
     from ecgpaper.data.splits import read_manifest
 
-    man = read_manifest(dataset, protocol, split_seed)
+    man = read_manifest(dataset, protocol, split_seed, cv_fold)
+    fold = f" {cv_fold}" if cv_fold else ""
     return gate_from_files(root, man.loc[man["subset"] == "train", "path"],
                            man.loc[man["subset"] == "val", "path"],
-                           source=f"{dataset}, {protocol} split seed {split_seed}: training pages "
+                           source=f"{dataset}, {protocol} split seed {split_seed}{fold}: training pages "
                                   "(centre, covariance), validation pages (threshold)")
 
 

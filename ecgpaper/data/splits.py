@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from ecgpaper import paths
 from ecgpaper.config import CLASS_CODES, SPLIT_FRACTIONS, SPLIT_PROTOCOLS
@@ -110,6 +110,52 @@ def make_manifest(groups: pd.DataFrame, protocol: str, seed: int = 0) -> pd.Data
     return man[MANIFEST_COLUMNS]
 
 
+def cv_fold_name(folds: int, fold: int) -> str:
+    """The name of fold ``fold`` of a ``folds``-fold cross-validation (``RunConfig.cv_fold``)."""
+    return f"cv{folds}-fold{fold}"
+
+
+def make_cv_manifests(groups: pd.DataFrame, protocol: str, folds: int, seed: int) -> list[pd.DataFrame]:
+    """``folds`` manifests of a cross-validation (the leakage study): fold ``k``'s
+    test subset is the ``k``-th of ``folds`` disjoint test folds that cover every
+    file once; validation (15 / 85 of the rest, as in the 70/15/15 split) is
+    carved from the other folds, the remainder is train.
+
+    ``grouped``: the folds are scikit-learn's ``StratifiedGroupKFold`` (every
+    duplicate group in one fold, stratified by class as far as the groups allow),
+    and validation is carved group-aware too, so no test image has a copy in its
+    fold's train or validation. ``paper``: the paper's random image-level split
+    in folds, ``StratifiedKFold`` over images (copies land on both sides), and a
+    stratified random validation carve."""
+    if protocol not in ("paper", "grouped"):
+        raise UserError(f"cross-validation folds exist for the paper and grouped protocols, not {protocol!r}")
+    files = groups.sort_values("path", kind="stable").reset_index(drop=True)
+    y, g = files["label"].to_numpy(), files["group"].to_numpy()
+    if protocol == "grouped":
+        test_fold, folds = _group_folds(y, g, folds, seed)
+    else:
+        test_fold = np.empty(len(y), dtype=int)
+        skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        for k, (_, held) in enumerate(skf.split(np.zeros(len(y)), y)):
+            test_fold[held] = k
+    share = SPLIT_FRACTIONS["val"] / (SPLIT_FRACTIONS["train"] + SPLIT_FRACTIONS["val"])
+    out = []
+    for k in range(folds):
+        rest = np.flatnonzero(test_fold != k)
+        subset = np.full(len(y), "test", dtype=object)
+        if protocol == "grouped":
+            carve, _ = _group_folds(y[rest], g[rest], max(2, round(1 / share)), seed + 1000 + k)
+            subset[rest] = np.where(carve == 0, "val", "train")
+        else:
+            train, val = train_test_split(rest, test_size=share, stratify=y[rest], random_state=seed + 1000 + k)
+            subset[train], subset[val] = "train", "val"
+        man = pd.DataFrame({"path": files["path"], "label": files["label"], "subset": subset, "group": g})
+        train_groups = set(man.loc[man["subset"] == "train", "group"])
+        man["copy_in_train"] = (man["subset"] != "train") & man["group"].isin(train_groups)
+        out.append(man[MANIFEST_COLUMNS])
+    return out
+
+
 def manifest_summary(man: pd.DataFrame, protocol: str, seed: int, inventory_sha: str) -> dict:
     counts = (man.groupby(["subset", "label"]).size().unstack(fill_value=0)
               .reindex(index=["train", "val", "test"], columns=list(CLASS_CODES), fill_value=0))
@@ -126,23 +172,26 @@ def manifest_summary(man: pd.DataFrame, protocol: str, seed: int, inventory_sha:
     }
 
 
-def manifest_path(dataset: str, protocol: str, seed: int = 0) -> Path:
-    return paths.dataset_results(dataset) / "splits" / f"{protocol}_seed{seed}.csv"
+def manifest_path(dataset: str, protocol: str, seed: int = 0, cv_fold: str = "") -> Path:
+    """``splits/<protocol>_seed<seed>.csv``; a cross-validation fold (``cv_fold``, e.g.
+    ``cv2-fold0``): ``splits/<protocol>_seed<seed>_<cv_fold>.csv``."""
+    name = f"{protocol}_seed{seed}" + (f"_{cv_fold}" if cv_fold else "")
+    return paths.dataset_results(dataset) / "splits" / f"{name}.csv"
 
 
 def write_manifest(man: pd.DataFrame, dataset: str, protocol: str, seed: int,
-                   inventory_sha: str) -> Path:
-    out = manifest_path(dataset, protocol, seed)
+                   inventory_sha: str, cv_fold: str = "") -> Path:
+    out = manifest_path(dataset, protocol, seed, cv_fold)
     paths.atomic_write_text(out, man.to_csv(index=False, lineterminator="\n"))
     summary = manifest_summary(man, protocol, seed, inventory_sha)
     paths.atomic_write_text(out.with_suffix(".json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return out
 
 
-def read_manifest(dataset: str, protocol: str, seed: int = 0) -> pd.DataFrame:
-    p = manifest_path(dataset, protocol, seed)
+def read_manifest(dataset: str, protocol: str, seed: int = 0, cv_fold: str = "") -> pd.DataFrame:
+    p = manifest_path(dataset, protocol, seed, cv_fold)
     if not p.exists():
-        raise UserError(f"no {protocol} manifest for dataset {dataset!r} (seed {seed}) at {p}; "
+        raise UserError(f"no {protocol} manifest for dataset {dataset!r} (seed {seed}{', ' + cv_fold if cv_fold else ''}) at {p}; "
                         "run `python -m ecgpaper split` first.")
     man = pd.read_csv(p, keep_default_na=False)
     man["copy_in_train"] = man["copy_in_train"].astype(str).str.lower().eq("true")

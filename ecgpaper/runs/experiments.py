@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ecgpaper.config import BATCH_SIZES, LEARNING_RATES, get_profile
 from ecgpaper.data.prepare import prepare_data
-from ecgpaper.data.splits import read_manifest
+from ecgpaper.data.splits import manifest_path, read_manifest
 from ecgpaper.errors import UserError
 from ecgpaper.model.imagenet import ensure_imagenet
 from ecgpaper.model.pipeline import subset_arrays
@@ -187,13 +187,15 @@ def experiment_configs(name: str, **kwargs) -> list[RunConfig]:
 
 
 def load_run_data(prepared, protocol: str, split_seed: int = 0,
-                  limit_train_per_class: int | None = None) -> RunData:
-    """uint8 arrays of the three subsets of a manifest, from the prepared cache."""
-    manifest_file = prepared.manifests.get(protocol)
+                  limit_train_per_class: int | None = None, cv_fold: str = "") -> RunData:
+    """uint8 arrays of the three subsets of a manifest, from the prepared cache
+    (``cv_fold``: a cross-validation fold's manifest, ``splits.make_cv_manifests``)."""
+    manifest_file = (manifest_path(prepared.dataset, protocol, split_seed, cv_fold) if cv_fold
+                     else prepared.manifests.get(protocol))
     if manifest_file is None:
         raise UserError(f"no {protocol!r} manifest for {prepared.dataset}: the data has no "
                         "train/test folders for the kaggle protocol; use paper or grouped")
-    man = read_manifest(prepared.dataset, protocol, split_seed)
+    man = read_manifest(prepared.dataset, protocol, split_seed, cv_fold)
     return RunData(
         train=subset_arrays(prepared.cache, man, "train", limit_train_per_class),
         val=subset_arrays(prepared.cache, man, "val"),

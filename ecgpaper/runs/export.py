@@ -108,7 +108,7 @@ def calibrate_page_gate(ws: Workspace, config: dict) -> dict:
         raise UserError(f"the run's images ({root or 'no data_root in its config.json'}) are not there, "
                         "so the page gate cannot be calibrated on its training and validation pages; "
                         "put the data back, or retrain the run with this version.")
-    return gate_for_split(root, ws.dataset, config["protocol"], config["split_seed"])
+    return gate_for_split(root, ws.dataset, config["protocol"], config["split_seed"], config.get("cv_fold", ""))
 
 
 def export_best(ws: Workspace, *, run_id: str | None = None, metric: str = "val_accuracy",
@@ -144,6 +144,10 @@ def export_best(ws: Workspace, *, run_id: str | None = None, metric: str = "val_
         records = [r for r in records if configs[r.run_id]["split_seed"] == split_seed]
         if not records:
             raise UserError(f"no finished {protocol!r} run with split seed {split_seed}; seeds: {sorted(seeds)}")
+        # the leakage study's cross-validation: one validation set per fold; the 70/15/15
+        # split's runs ("") first, else the first fold
+        fold = min(configs[r.run_id].get("cv_fold", "") for r in records)
+        records = [r for r in records if configs[r.run_id].get("cv_fold", "") == fold]
 
     # a collapsed run (constant or uniform answers) and a shuffled-label control are never served
     flagged = [r for r in records if r.collapsed or configs[r.run_id].get("label_control", "none") != "none"]
@@ -165,7 +169,8 @@ def export_best(ws: Workspace, *, run_id: str | None = None, metric: str = "val_
         metrics={k: metrics[k] for k in (*PAPER_METRICS, "ci95", "n_test")}
         | {"calibration": calibration and calibration_summary(calibration)},
         selected_by=f"{metric}, ties by val_loss, among {config['protocol']} runs of split seed "
-                    f"{config['split_seed']}", page_gate=gate, dest=dest,
+                    f"{config['split_seed']}" + (f", {config['cv_fold']}" if config.get("cv_fold") else ""),
+        page_gate=gate, dest=dest,
         temperature=calibration["temperature"] if calibration else 1.0)
     calibrated = f", temperature {calibration['temperature']:.3f}" if calibration else ""
     log(f"exported {best.run_id} ({config['model']}, test accuracy {metrics['accuracy']:.3f}{calibrated}"

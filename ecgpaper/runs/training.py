@@ -64,6 +64,9 @@ class RunConfig:
     scaling: str = "rescale"  # paper: /255; or "preprocess_input"
     protocol: str = "paper"
     split_seed: int = 0
+    #: a cross-validation fold (the leakage study, ``splits.cv_fold_name``), e.g. "cv2-fold0":
+    #: the manifest is that fold's; "": the protocol's 70/15/15 split of ``split_seed``
+    cv_fold: str = ""
     dataset: str = "synthetic-quick"
     profile: str = "quick"
     train_base: bool = True  # False: the backbone never trains (finetune "none")
@@ -89,7 +92,10 @@ class RunConfig:
     deterministic_ops: bool = False
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["cv_fold"]:  # absent unless set: the run ids of every other run stay as they were
+            del d["cv_fold"]
+        return d
 
     @property
     def workspace(self) -> Workspace:

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from ecgpaper.data.prepare import prepare_data
-from ecgpaper.data.splits import read_manifest
+from ecgpaper.data.splits import cv_fold_name, make_cv_manifests, manifest_path, read_manifest, write_manifest
 from ecgpaper.paths import Workspace
 from ecgpaper.runs.experiments import load_run_data
 from ecgpaper.runs.training import RunData
@@ -107,25 +107,44 @@ class DataSource:
     def has_protocol(self, protocol: str, split_seed: int = 0) -> bool:
         return protocol in self.prepared(split_seed).manifests
 
-    def run_data(self, protocol: str, split_seed: int = 0, crop: bool = False) -> RunData:
-        return load_run_data(self.prepared(split_seed, crop), protocol, split_seed)
+    def run_data(self, protocol: str, split_seed: int = 0, crop: bool = False, cv_fold: str = "") -> RunData:
+        return load_run_data(self.prepared(split_seed, crop), protocol, split_seed, cv_fold=cv_fold)
 
-    def manifest(self, protocol: str, split_seed: int = 0) -> pd.DataFrame:
-        self.prepared(split_seed)
-        return read_manifest(self.dataset, protocol, split_seed)
+    def manifest(self, protocol: str, split_seed: int = 0, cv_fold: str = "") -> pd.DataFrame:
+        self.prepared(0 if cv_fold else split_seed)  # a fold's manifest needs no split of its seed
+        return read_manifest(self.dataset, protocol, split_seed, cv_fold)
+
+    def cv_folds(self, protocol: str, cv_seed: int, folds: int) -> list[str]:
+        """Write (if absent) the ``folds`` manifests of a cross-validation of ``protocol``
+        with seed ``cv_seed`` (``splits.make_cv_manifests``); return their ``cv_fold`` names.
+        The data (image cache, audit) is split seed 0's: only the manifests depend on the seed."""
+        prepared = self.prepared(0)
+        names = [cv_fold_name(folds, k) for k in range(folds)]
+        if not all(manifest_path(self.dataset, protocol, cv_seed, n).exists() for n in names):
+            sha = json.loads(Path(prepared.manifests[protocol]).with_suffix(".json").read_text())["inventory_sha256"]
+            for name, man in zip(names, make_cv_manifests(prepared.audit.files, protocol, folds, cv_seed)):
+                write_manifest(man, self.dataset, protocol, cv_seed, sha, cv_fold=name)
+        return names
+
+    def cv_data(self, protocol: str, cv_seed: int, cv_fold: str, crop: bool = False) -> RunData:
+        """The arrays of one cross-validation fold (:meth:`cv_folds` wrote its manifest)."""
+        return load_run_data(self.prepared(0, crop), protocol, cv_seed, cv_fold=cv_fold)
 
     def manifest_summary(self, protocol: str, split_seed: int = 0) -> dict:
         f = self.prepared(split_seed).manifests[protocol]
         return json.loads(Path(f).with_suffix(".json").read_text())
 
     def data_for_run(self, config: dict) -> RunData:
+        if config.get("cv_fold"):
+            return self.cv_data(config["protocol"], config["split_seed"], config["cv_fold"], config["crop"])
         return self.run_data(config["protocol"], config["split_seed"], config["crop"])
 
 
 def test_groups(dataset: str, config: dict, test_paths) -> np.ndarray:
     """Duplicate-group id of each test image of a run (from its manifest)."""
 
-    man = read_manifest(dataset, config["protocol"], config["split_seed"]).set_index("path")
+    man = read_manifest(dataset, config["protocol"], config["split_seed"],
+                        config.get("cv_fold", "")).set_index("path")
     return man.loc[list(test_paths), "group"].astype(str).to_numpy()
 
 

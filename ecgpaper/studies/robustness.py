@@ -224,8 +224,8 @@ def run(runs: list[Run], data, *, probe: bool = True, corruptions=tuple(CORRUPTI
     c0 = runs[0].config
     for r in runs[1:]:
         c = r.config
-        if (c["protocol"], c["split_seed"], c["crop"], c["fit"], c["image_size"]) != \
-                (c0["protocol"], c0["split_seed"], c0["crop"], c0["fit"], c0["image_size"]):
+        if (c["protocol"], c["split_seed"], c.get("cv_fold", ""), c["crop"], c["fit"], c["image_size"]) != \
+                (c0["protocol"], c0["split_seed"], c0.get("cv_fold", ""), c0["crop"], c0["fit"], c0["image_size"]):
             raise ValueError("robustness runs must share split, crop, fit and image size")
     images, y, rows = data.test
     if images.shape[1] != c0["image_size"]:

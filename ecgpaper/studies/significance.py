@@ -62,7 +62,8 @@ def _test_set(ws: Workspace, run: Run) -> dict:
 
 
 def _copies_in_train(dataset: str, config: dict, paths) -> int:
-    man = read_manifest(dataset, config["protocol"], config["split_seed"]).set_index("path")
+    man = read_manifest(dataset, config["protocol"], config["split_seed"],
+                        config.get("cv_fold", "")).set_index("path")
     return int(man.loc[list(paths), "copy_in_train"].sum())
 
 
