@@ -120,7 +120,7 @@ def recipe_lines(ws: Workspace) -> list[str]:
         return []
     lines = ["", "## How the models were trained (deviations from the paper's protocol)", ""]
     seen = []
-    for _, run in runs:  # each run's config.json lists its deviations (training.deviations)
+    for _, run in runs:  # each run's config.json lists its deviations (runconfig.deviations)
         for d in run.config.get("deviations", []):
             if d not in seen:
                 seen.append(d)

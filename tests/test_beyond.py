@@ -632,7 +632,7 @@ def test_robustness_clean_condition_is_the_runs_own_test_set(tmp_path):
     """Severity 0 feeds the cached test images themselves: the run's recorded accuracy."""
     import keras
 
-    from ecgpaper.runs.training import RunData
+    from ecgpaper.runs.runconfig import RunData
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)

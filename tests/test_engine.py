@@ -283,9 +283,10 @@ def test_spilled_run_data_is_memory_mapped_and_not_hashed_twice(tmp_path, monkey
     returns its folder without hashing the images again; other data gets another folder."""
     import numpy as np
 
-    from conftest import point_paths
     from ecgpaper.runs import spill
-    from ecgpaper.runs.training import RunData
+    from ecgpaper.runs.runconfig import RunData
+
+    from conftest import point_paths
 
     point_paths(monkeypatch, tmp_path)
     rng = np.random.default_rng(0)

@@ -15,10 +15,10 @@ from ecgpaper.data.prepare import prepare_data
 from ecgpaper.model.backbones import batchnorm_layers
 from ecgpaper.runs import experiments
 from ecgpaper.runs.experiments import experiment_configs, load_run_data, scaled_configs
+from ecgpaper.runs.runconfig import deviations
 from ecgpaper.runs.store import runs_dir
 from ecgpaper.runs.training import (
     build_run_model,
-    deviations,
     float32_copy,
     precise_batchnorm,
     start_session,

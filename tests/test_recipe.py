@@ -11,7 +11,8 @@ from ecgpaper.model.backbones import build_model
 from ecgpaper.paths import Workspace
 from ecgpaper.runs import experiments, sanity
 from ecgpaper.runs.experiments import experiment_configs, load_run_data, resolve_scaling, resolve_weights
-from ecgpaper.runs.training import RunConfig, head_model, top_block_split
+from ecgpaper.runs.runconfig import RunConfig
+from ecgpaper.runs.training import head_model, top_block_split
 
 keras = pytest.importorskip("keras")
 

@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 
 from ecgpaper.config import PROFILES
-from ecgpaper.metrics import COLLAPSE_TRAIN_MARGIN
 from ecgpaper.errors import UserError
+from ecgpaper.metrics import COLLAPSE_TRAIN_MARGIN
 from ecgpaper.paths import Workspace
 from ecgpaper.runs.experiments import EXPERIMENTS, experiment_configs, run_experiment
 from ecgpaper.runs.export import export_best, read_export
+from ecgpaper.runs.runconfig import RunConfig
 from ecgpaper.runs.store import append_record, read_registry, registry_path
-from ecgpaper.runs.training import RunConfig
 
 from conftest import point_paths
 

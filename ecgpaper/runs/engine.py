@@ -50,14 +50,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from ecgpaper import paths
 from ecgpaper.errors import UserError
 from ecgpaper.paths import Workspace
 from ecgpaper.progress import progress_mode
+from ecgpaper.runs.runconfig import RunConfig, RunData
 from ecgpaper.runs.spill import spill_data
 from ecgpaper.runs.store import finished_run_ids, runs_dir
-from ecgpaper.runs.training import RunConfig, RunData
 
 JOBS_ENV = "ECGPAPER_JOBS"
 RAY_ENV = "ECGPAPER_RAY_ADDRESS"

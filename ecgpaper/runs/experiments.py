@@ -30,8 +30,9 @@ from ecgpaper.model.standin import STANDINS, ensure_standin, standin_for
 from ecgpaper.paths import Workspace
 from ecgpaper.runs.engine import executor_kind, train_in_processes
 from ecgpaper.runs.export import export_best
+from ecgpaper.runs.runconfig import RunConfig, RunData
 from ecgpaper.runs.store import Run, finished_run_ids, read_registry, record_experiment
-from ecgpaper.runs.training import RunConfig, RunData, gpu_count, train_run
+from ecgpaper.runs.training import gpu_count, train_run
 
 #: the paper's experiments (section numbers in the module docstring)
 EXPERIMENTS: dict[str, list[dict]] = {

@@ -22,10 +22,9 @@ import pandas as pd
 from ecgpaper.config import CLASS_CODES
 from ecgpaper.model.pipeline import scaling_fn
 from ecgpaper.runs.experiments import run_configs
+from ecgpaper.runs.runconfig import RunConfig, RunData
 from ecgpaper.runs.store import load_run
 from ecgpaper.runs.training import (
-    RunConfig,
-    RunData,
     backbone_features,
     build_run_model,
     head_model,

@@ -1,7 +1,7 @@
 """A run's arrays on disk, for the process that trains it (runs.engine, runs.worker).
 
 The parent writes the uint8 images and labels of the train/val/test subsets of
-a :class:`~ecgpaper.runs.training.RunData` once, under a digest of their
+a :class:`~ecgpaper.runs.runconfig.RunData` once, under a digest of their
 content, to ``data/cache/run-data/<digest>/`` (``.npy`` plus the rows and the
 manifest's hash in ``meta.pkl``); each child maps the images read-only instead
 of receiving a pickled copy, so N runs at once share one copy in the page cache.
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgpaper import paths
-from ecgpaper.runs.training import RunData
+from ecgpaper.runs.runconfig import RunData
 
 # --------------------------------------------------------------------------
 

@@ -43,8 +43,9 @@ def run_job(job: dict, executor: dict) -> str:
     """Train the job's run; returns its run id."""
     if job.get("gpu") is not None:  # before TensorFlow touches a device
         os.environ["CUDA_VISIBLE_DEVICES"] = str(job["gpu"])
+    from ecgpaper.runs.runconfig import RunConfig
     from ecgpaper.runs.spill import load_spilled
-    from ecgpaper.runs.training import RunConfig, train_run
+    from ecgpaper.runs.training import train_run
 
     config = RunConfig(**job["config"])
     data = load_spilled(job["data"])

@@ -41,7 +41,7 @@ from ecgpaper.data.prepare import prepare_data
 from ecgpaper.data.splits import cv_fold_name, make_cv_manifests, manifest_path, read_manifest, write_manifest
 from ecgpaper.paths import Workspace
 from ecgpaper.runs.experiments import load_run_data
-from ecgpaper.runs.training import RunData
+from ecgpaper.runs.runconfig import RunData
 
 #: Every output of notebook 06, by stage: (figures, tables). Stable names.
 OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
