@@ -1,7 +1,8 @@
 """Security review of the web service (issue 22), through real HTTP against gunicorn
 (tests/support/server.py): login throttles that padding and Unicode variants of a user
 name do not sidestep, with per-account and per-address limits on the API's and the
-admin's login (1); sessions that end when idle or when the browser closes, tokens
+admin's login, and a hashing flood that leaves the health check within its budget
+(1); sessions that end when idle or when the browser closes, tokens
 revoked by a password change (4); server errors in the server's log, and a readiness
 check that looks at the database, the upload folder and the model's output (7);
 throttle counters that fail closed, are not culled and are not flooded (2, on SQLite
@@ -142,6 +143,82 @@ def test_one_address_has_a_limit_over_all_user_names(login_server, kind, address
     assert r.status_code == 429, r.text[:300]
     if kind == "api":
         assert "10/min login attempts per client address" in assert_error(r, 429, "throttled")["detail"]
+
+
+#: the flood server's per-address login budget, its workers (``ecgpaper serve``'s
+#: default) and how long its flood lasts
+FLOOD_ADDRESS_LIMIT, FLOOD_WORKERS, FLOOD_S, FLOOD_CLIENTS = 10, 2, 15.0, 12
+#: a liveness probe's budget (Kubernetes' default ``timeoutSeconds`` is 1 s)
+HEALTH_BUDGET_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def flood_server(tmp_path_factory):
+    """No model, two workers as ``ecgpaper serve`` starts by default, 10 logins a
+    minute per address; Django's stock PBKDF2 (1,000,000 iterations: about 0.6 s of
+    one core per attempt on the 2-core CI machine, known user name or not)."""
+    root = tmp_path_factory.mktemp("flood-server")
+    env = {"ECGWEB_MODELS_DIR": str(root / "no-models"), "ECGWEB_PROXY": "127.0.0.1",
+           "ECGWEB_THROTTLE_LOGIN_ADDRESS": f"{FLOOD_ADDRESS_LIMIT}/min"}
+    with LiveServer(root, env, workers=FLOOD_WORKERS) as srv:
+        srv.create_users("hank")
+        yield srv
+
+
+def test_a_hashing_flood_from_one_address_leaves_the_health_check_within_its_budget(flood_server):
+    """Finding 1: every login attempt, for an unknown user name too, costs a full PBKDF2
+    hash, so a few anonymous POSTs a second kept both sync workers busy. Twelve clients
+    now post as fast as they are answered for 15 s, half at the API and half at the
+    admin, a new user name each time, from one address; a liveness probe runs alongside.
+    The address gets its 10 hashes, then cheap 429s, and once its budget is spent the
+    probe answers within its budget again: measured, 10 hashes, over after 2.9 s, then
+    2,000 refusals and probes of 72 ms median, 96 ms at most. With the per-address limit
+    lifted (``ECGWEB_THROTTLE_LOGIN_ADDRESS=100000/min``) it fails: 75 hashes in the 15 s,
+    probes of 2.6 s median. And with gunicorn's ``--max-requests 500`` it failed: the
+    flood's ~1,000 cheap answers restarted both workers at once, and the service stopped
+    answering for 11 s while they loaded TensorFlow (now ``ECGWEB_MAX_UPLOADS``)."""
+    import threading
+
+    srv, address = flood_server, "198.51.100.200"
+    logins = [Login(srv, "api" if i % 2 else "admin") for i in range(FLOOD_CLIENTS)]
+    answers, probes, lock = [], [], threading.Lock()
+    start = time.monotonic()
+    stop_at = start + FLOOD_S
+
+    def flood(index: int, login: Login) -> None:
+        n = 0
+        while time.monotonic() < stop_at:
+            r = login.post(f"nobody-{index}-{n}", "guess", address)
+            with lock:
+                answers.append((time.monotonic() - start, login.kind, r.status_code))
+            n += 1
+
+    def probe() -> None:
+        while time.monotonic() < stop_at:
+            sent = time.monotonic()
+            status = requests.get(f"{srv.url}{API}/health/", timeout=60).status_code
+            probes.append((sent - start, time.monotonic() - sent, status))
+            time.sleep(0.2)
+
+    threads = [threading.Thread(target=flood, args=(i, login)) for i, login in enumerate(logins)]
+    threads.append(threading.Thread(target=probe))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=FLOOD_S + 120)
+    hashed = [a for a in answers if a[2] != 429]
+    assert {a[2] for a in hashed} <= {Login.FAILURE["api"], Login.FAILURE["admin"]}, hashed
+    assert len(hashed) <= FLOOD_ADDRESS_LIMIT, f"{len(hashed)} attempts were hashed: {hashed}"
+    assert len(answers) - len(hashed) > 100, f"the flood sent only {len(answers)} requests"
+    assert {kind for kind, status in ((a[1], a[2]) for a in answers) if status == 429} == {"api", "admin"}
+    assert probes and all(status == 200 for _, _, status in probes), probes
+    # from the moment the last hashed attempt was answered, the workers are free again
+    settled = max(t for t, _, _ in hashed)
+    after = [(sent, took) for sent, took, _ in probes if sent > settled]
+    assert len(after) >= 10, f"hashing went on until {settled:.1f} s of the {FLOOD_S:.0f} s flood: {probes}"
+    slow = [(round(sent, 1), round(took, 2)) for sent, took in after if took > HEALTH_BUDGET_S]
+    assert not slow, (f"health checks (sent at s, took s) over {HEALTH_BUDGET_S} s once hashing ended at "
+                      f"{settled:.1f} s: {slow}; {len(answers)} flood requests answered")
 
 
 # --------------------------------------------------------------------------
@@ -498,16 +575,18 @@ def test_serve_beyond_loopback_needs_the_proxy_setting(tmp_path):
 
 #: gunicorn kills a request after this many seconds on the timeout server
 REQUEST_TIMEOUT_S = 5
+#: the timeout server replaces a worker after this many uploads
+MAX_UPLOADS = 6
 
 
 @pytest.fixture(scope="module")
 def timeout_server(tmp_path_factory):
     """A tiny model on SQLite; requests killed after REQUEST_TIMEOUT_S (the boot, loading
     TensorFlow and the model, takes longer and must survive it); workers replaced after
-    60 to 66 requests; one TensorFlow thread."""
+    MAX_UPLOADS uploads; one TensorFlow thread."""
     root = tmp_path_factory.mktemp("timeout-server")
     env = {"ECGWEB_MODELS_DIR": str(tiny_export(root / "models")),
-           "ECGWEB_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S), "ECGWEB_MAX_REQUESTS": "60",
+           "ECGWEB_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S), "ECGWEB_MAX_UPLOADS": str(MAX_UPLOADS),
            "ECGWEB_TF_THREADS": "1"}
     with LiveServer(root, env, require_model=True, start_timeout=400) as srv:
         srv.tokens = srv.create_users("gus")
@@ -589,14 +668,22 @@ def test_a_worker_killed_mid_upload_leaves_no_stored_file_and_the_sweep_cleans_u
     assert stored_files(srv) - {young} == record_files(srv)
 
 
-def test_workers_are_replaced_after_max_requests(timeout_server):
+def test_workers_are_replaced_after_max_uploads_and_not_after_cheap_requests(timeout_server):
     srv = timeout_server
     wait_ready(srv)
-    for _ in range(70):  # the request that reaches the limit is answered, then the worker goes
-        if "Autorestarting worker after current request" in srv.log_tail(10**6):
-            break
+    restarts = lambda: srv.log_tail(10**6).count("Autorestarting worker")
+    before = restarts()
+    for _ in range(3 * MAX_UPLOADS):  # health checks, refused logins: no restart
         srv.get(f"{API}/health/")
-    assert "Autorestarting worker after current request" in srv.log_tail(10**6)
+        requests.post(f"{srv.url}{API}/auth/login/", json={}, timeout=10)
+    assert restarts() == before
+    token = srv.tokens["gus"]
+    for _ in range(MAX_UPLOADS + 1):  # the upload that reaches the limit is answered, then the worker goes
+        assert srv.upload(ecg_page_png(), token).status_code == 201
+        if restarts() > before:
+            break
+    assert restarts() == before + 1
+    assert "uploads, ECGWEB_MAX_UPLOADS" in srv.log_tail(10**6)
     wait_ready(srv)
 
 

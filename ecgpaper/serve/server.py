@@ -87,13 +87,18 @@ def _env_number(name: str, default: float, minimum: float) -> float:
 def worker_limits(workers: int) -> dict:
     """What bounds a worker (issue 22, finding 8), from the environment: the seconds a
     request may take before gunicorn kills the worker (``ECGWEB_REQUEST_TIMEOUT_S``, 30:
-    below the proxy's read timeout, 60 s in webapp/README.md), the requests after which
-    a worker is replaced (``ECGWEB_MAX_REQUESTS``, 500, with 10% jitter: memory that a
-    long-lived TensorFlow process accumulates is given back) and TensorFlow's threads
-    per worker (``ECGWEB_TF_THREADS``, the CPU cores divided among the workers)."""
+    below the proxy's read timeout, 60 s in webapp/README.md), the uploads after which
+    a worker is replaced (``ECGWEB_MAX_UPLOADS``, 300, with 10% jitter: memory that a
+    long-lived TensorFlow process accumulates is given back; counted by
+    ``ecgweb.gunicorn_conf``, not gunicorn's ``--max-requests``, which a flood of cheap
+    requests would trip) and TensorFlow's threads per worker (``ECGWEB_TF_THREADS``,
+    the CPU cores divided among the workers)."""
+    if os.environ.get("ECGWEB_MAX_REQUESTS"):
+        raise UserError("ECGWEB_MAX_REQUESTS is replaced by ECGWEB_MAX_UPLOADS: workers are now "
+                        "replaced after that many uploads, not requests (webapp/README.md)")
     return {
         "request_timeout": int(_env_number("ECGWEB_REQUEST_TIMEOUT_S", 30, 1)),
-        "max_requests": int(_env_number("ECGWEB_MAX_REQUESTS", 500, 0)),
+        "max_uploads": int(_env_number("ECGWEB_MAX_UPLOADS", 300, 0)),
         "tf_threads": int(_env_number("ECGWEB_TF_THREADS", max(1, (os.cpu_count() or 1) // workers), 1)),
     }
 
@@ -118,14 +123,13 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 2) -> None:
     _prepare_django(env, host)
     limits = worker_limits(workers)
     env["ECGWEB_TF_THREADS"] = str(limits["tf_threads"])  # read by the app as it loads the model
+    env["ECGWEB_MAX_UPLOADS"] = str(limits["max_uploads"])  # read by ecgweb.gunicorn_conf
     os.environ.update(env)
     argv = [sys.executable, "-m", "gunicorn", "ecgweb.wsgi:application",
             "--chdir", str(WEBAPP), "--bind", f"{host}:{port}", "--workers", str(workers),
             # the hooks give the boot (TensorFlow, the model) its own ECGWEB_BOOT_TIMEOUT_S
             "--config", "python:ecgweb.gunicorn_conf",
-            "--timeout", str(limits["request_timeout"]), "--graceful-timeout", "30",
-            "--max-requests", str(limits["max_requests"]),
-            "--max-requests-jitter", str(limits["max_requests"] // 10)]
+            "--timeout", str(limits["request_timeout"]), "--graceful-timeout", "30"]
     from gunicorn.config import KNOWN_SETTINGS
 
     if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):

@@ -48,6 +48,7 @@ from .serializers import (
     UploadSerializer,
     UserSerializer,
 )
+from ecgweb.gunicorn_conf import UPLOAD_MARK
 
 #: the permission that lets a user read every user's records (the "auditor" group has it)
 VIEW_ALL = "classifier.view_all_classifications"
@@ -262,6 +263,7 @@ class ClassificationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     def create(self, request):
         # (no docstring: the view set's stands for this operation in the OpenAPI schema)
         started = time.perf_counter()
+        request.META[UPLOAD_MARK] = True  # counts towards the worker's ECGWEB_MAX_UPLOADS
         explain = _explain_flag(request.query_params.get("explain"))
         form = UploadSerializer(data=request.data)
         if not form.is_valid():  # no file in the field 'image' (or text in its place)
