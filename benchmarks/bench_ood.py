@@ -8,6 +8,11 @@ pages, threshold from its validation pages), then scored on held-out images:
   never used) at the real archive's page size and the smoke size, as JPEG,
   greyscale, a low-quality JPEG, PNG, turned by 90 and by 3 degrees, scaled
   down to 800 px wide;
+- real-signal ECG pages: pages whose traces are a real recording, the single-lead
+  ECG that pyhrv ships (``benchmarks/data/``: 22 s at 1000 Hz, BITalino), each of
+  the twelve leads a different 10 s window of it at a lead's own gain and sign,
+  drawn by the twin's page renderer (the twin's physiology is the part replaced:
+  real P-QRS-T shapes, noise and baseline wander instead of the dipole model);
 - not ECG pages: blank and near-blank pages, uniform and Gaussian noise, text
   documents (letters), the photos and the MRI slice matplotlib ships (and
   skimage.data's pictures if scikit-image is installed), terrain maps, a line
@@ -17,7 +22,7 @@ Writes ``results/benchmarks/ood_gate.csv`` (one row per image: kind, category,
 distance, accepted) and ``ood_gate_summary.csv`` (AUROC, ECG pages accepted,
 non-ECG images rejected, per category too), and prints the summary.
 
-    python benchmarks/bench_ood.py [--profile smoke] [--pages 40]
+    python benchmarks/bench_ood.py [--profile smoke] [--pages 40] [--real-pages 40]
 """
 from __future__ import annotations
 
@@ -65,6 +70,47 @@ def ecg_variants(n: int, seed: int):
         }
         name = list(variants)[i % len(variants)]
         yield f"drawn page, {name}", f"drawn-{i}", variants[name](page)
+
+
+REAL_ECG = REPO / "benchmarks" / "data" / "pyhrv_sample_ecg.npz"
+
+
+def real_recording() -> tuple[np.ndarray, float]:
+    """pyhrv's sample ECG (benchmarks/data/README.md) in mV, resampled to the page's
+    ``SAMPLE_RATE_HZ``, and its heart rate (bpm) from its R peaks. BITalino's ECG
+    sensor: mV = (ADC / 2**bits - 1/2) * 3.3 V / gain 1100 * 1000."""
+    from scipy.signal import find_peaks, resample_poly
+
+    from ecgpaper.data.twin_physiology import SAMPLE_RATE_HZ
+
+    data = np.load(REAL_ECG)
+    rate, bits = int(data["sampling_rate_hz"]), int(data["resolution_bits"])
+    mv = (data["adc"] / 2.0**bits - 0.5) * 3.3 / 1100 * 1000
+    mv = resample_poly(mv - np.median(mv), int(SAMPLE_RATE_HZ), rate)
+    peaks, _ = find_peaks(mv, distance=int(0.3 * SAMPLE_RATE_HZ), prominence=0.5)
+    return mv, 60 * SAMPLE_RATE_HZ / np.diff(peaks).mean()
+
+
+def real_signal_pages(n: int, seed: int):
+    """``n`` pages drawn from :func:`real_recording`: for each lead a random 10 s
+    window, gain 0.4-1.6 and sign (aVR negative, as it is in sinus rhythm), as JPEG."""
+    from ecgpaper.data.twin_physiology import RECORD_SECONDS, SAMPLE_RATE_HZ
+    from ecgpaper.data.twin_render import LEAD_NAMES
+
+    mv, rate = real_recording()
+    length = int(RECORD_SECONDS * SAMPLE_RATE_HZ)
+    for i in range(n):
+        rng = np.random.default_rng(seed + i)
+        leads = {}
+        for lead in LEAD_NAMES:
+            start = int(rng.integers(0, len(mv) - length))
+            sign = -1.0 if lead == "aVR" else float(rng.choice((-1.0, 1.0), p=(0.2, 0.8)))
+            window = mv[start:start + length]
+            leads[lead] = sign * rng.uniform(0.4, 1.6) * (window - np.median(window))
+        size = REFERENCE_PAGE_SIZE if i % 2 == 0 else (1106, 786)
+        page = render_page(None, rng, size, patient_id=f"R{i:04d}", date="2024-04-01 09:00",
+                           leads=leads, heart_rate=round(rate))
+        yield "real-signal page", f"real-{i}", encoded(page, quality=90)
 
 
 def text_page(rng: np.random.Generator, size=(1240, 1754)) -> Image.Image:
@@ -172,6 +218,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="smoke", help="the twin profile whose split calibrates the gate")
     ap.add_argument("--pages", type=int, default=40, help="freshly drawn ECG pages (and ~ non-ECG images)")
+    ap.add_argument("--real-pages", type=int, default=40, help="pages drawn from the real recording")
     ap.add_argument("--out", default=None, help="default results/benchmarks/ood_gate.csv")
     args = ap.parse_args(argv)
 
@@ -189,6 +236,8 @@ def main(argv=None) -> None:
             yield "ecg", "twin test page", rel, Image.open(prepared.root / rel)
         for category, name, img in ecg_variants(args.pages, seed=900_000):
             yield "ecg", category, name, img
+        for category, name, img in real_signal_pages(args.real_pages, seed=700_000):
+            yield "ecg", category, name, img
         for category, name, img in non_ecg(np.random.default_rng(1), args.pages):
             yield "not ecg", category, name, img
 
@@ -205,9 +254,14 @@ def main(argv=None) -> None:
                 "non_ecg_rejected": round(1 - table.loc[~is_ecg, "accepted"].mean(), 4),
                 "threshold": round(gate.threshold, 4), "calibration": gate.params["source"]}]
     for (kind, category), part in table.groupby(["kind", "category"], sort=False):
-        summary.append({"set": f"{kind}: {category}", "n": len(part),
-                        ("ecg_accepted" if kind == "ecg" else "non_ecg_rejected"):
-                            round(part["accepted"].mean() if kind == "ecg" else 1 - part["accepted"].mean(), 4)})
+        row = {"set": f"{kind}: {category}", "n": len(part)}
+        if kind == "ecg":  # these pages against every non-ECG image
+            against = pd.concat([part, table[~is_ecg]])
+            row["auroc"] = round(roc_auc_score(against["kind"] == "ecg", -against["distance"]), 4)
+            row["ecg_accepted"] = round(part["accepted"].mean(), 4)
+        else:
+            row["non_ecg_rejected"] = round(1 - part["accepted"].mean(), 4)
+        summary.append(row)
     out = Path(args.out) if args.out else paths.BENCHMARKS / "ood_gate.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False, lineterminator="\n")

@@ -254,6 +254,29 @@ def test_render_page_is_deterministic_and_checks_the_class():
         render_page("AF", np.random.default_rng(0), SMALL_PAGE, patient_id="1", date="d")
 
 
+def test_render_page_draws_the_leads_it_is_given():
+    """The real-signal pages of benchmarks/bench_ood.py: a recording's leads on the twin's paper."""
+    from ecgpaper.data.twin_render import LEAD_NAMES
+
+    t = np.arange(int(10 * SAMPLE_RATE_HZ)) / SAMPLE_RATE_HZ
+    flat = {lead: np.zeros_like(t) for lead in LEAD_NAMES}
+    spiky = {lead: 1.5 * (np.sin(2 * np.pi * t) > 0.99) for lead in LEAD_NAMES}
+
+    def draw(leads):
+        return np.asarray(render_page(None, np.random.default_rng(3), SMALL_PAGE, patient_id="1", date="d",
+                                      leads=leads, heart_rate=60)).astype(int)
+
+    inside, _, _ = _crop_box_mask(SMALL_PAGE)
+    dark_flat, dark_spiky = ((draw(leads).max(axis=2) < 110) & inside for leads in (flat, spiky))
+    assert dark_spiky.sum() > 1.2 * dark_flat.sum()  # the spikes are drawn, on the same paper
+    rows_flat = np.flatnonzero(dark_flat.any(axis=1))
+    rows_spiky = np.flatnonzero(dark_spiky.any(axis=1))
+    assert len(rows_spiky) > len(rows_flat)  # 1.5 mV spikes reach rows a flat trace never does
+    with pytest.raises(ValueError, match="missing"):
+        render_page(None, np.random.default_rng(3), SMALL_PAGE, patient_id="1", date="d",
+                    leads={"I": t}, heart_rate=60)
+
+
 # --------------------------------------------------------------------------
 # Classes differ in clinically meaningful ways (measured on the 12 leads)
 # --------------------------------------------------------------------------

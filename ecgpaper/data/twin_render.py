@@ -28,6 +28,8 @@ MAX_SCALE_DEVIATION = 0.02
 #: Rows of the report: 3 x 4 lead segments of 2.5 s, then a 10 s lead II strip.
 LEAD_ROWS = (("I", "aVR", "V1", "V4"), ("II", "aVL", "V2", "V5"), ("III", "aVF", "V3", "V6"))
 RHYTHM_LEAD = "II"
+#: the twelve leads a page shows, in its order
+LEAD_NAMES = tuple(lead for row in LEAD_ROWS for lead in row)
 
 _HOSPITALS = ("Cardiac Care Unit", "Heart Institute", "City Hospital ECG Lab", "Department of Cardiology")
 _DEVICES = ("CardioTrace 12", "PulseScribe 1200", "VectorLine E12", "HeartPrint 600")
@@ -153,6 +155,8 @@ def render_page(
     *,
     patient_id: str,
     date: str,
+    leads: dict | None = None,
+    heart_rate: int | None = None,
 ) -> Image.Image:
     """Draw one 12-lead ECG report page (RGB) of class ``class_code``.
 
@@ -161,12 +165,22 @@ def render_page(
     inside ``HEADER_CROP_FRACTIONS``; the header (``patient_id``, sex, age)
     and footer (``date`` verbatim, heart rate, device) lie outside it. The
     same ``rng`` state gives the same pixels.
+
+    ``leads`` (the twelve leads in mV, 10 s at ``SAMPLE_RATE_HZ``, e.g. from a real
+    recording) and ``heart_rate`` are drawn instead of simulated ones; ``class_code``
+    is then not used.
     """
-    if class_code not in CLASS_CODES:
-        raise ValueError(f"unknown class code {class_code!r}; expected one of {CLASS_CODES}")
     width, height = (int(v) for v in page_size)
-    leads, qrs = simulate_leads(class_code, rng)
-    rate = int(round(60 / np.diff(qrs).mean()))
+    if leads is None:
+        if class_code not in CLASS_CODES:
+            raise ValueError(f"unknown class code {class_code!r}; expected one of {CLASS_CODES}")
+        leads, qrs = simulate_leads(class_code, rng)
+        rate = int(round(60 / np.diff(qrs).mean()))
+    else:
+        missing = sorted(set(LEAD_NAMES) - set(leads))
+        if missing or heart_rate is None:
+            raise ValueError(f"leads must hold all twelve leads (missing {missing}) and heart_rate a number")
+        rate = int(heart_rate)
 
     brightness = rng.uniform(0.9, 1.0)
     paper = _shade((255, 255 - rng.integers(0, 6), 255 - rng.integers(0, 10)), brightness)
