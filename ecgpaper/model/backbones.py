@@ -102,6 +102,55 @@ def is_pretrained(weights) -> bool:
     return not (weights is None or str(weights).lower() == "none")
 
 
+def _weights_source(name: str, weights, image_size: int) -> tuple[str | Path | None, str | None]:
+    """``build_model``'s ``weights`` as (what Keras or ``_load_weights_file`` loads:
+    ``"imagenet"``, a path or None; the stand-in key or None), checked first."""
+    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
+        return None, None
+    if isinstance(weights, str) and weights.lower() == "imagenet":
+        _require_imagenet_file(name, image_size)
+        return "imagenet", None
+    if isinstance(weights, str) and weights in STANDINS:
+        if STANDINS[weights].model != name:
+            raise UserError(f"the stand-in {weights!r} holds {STANDINS[weights].model} weights, "
+                            f"not {name}; use weights='none' or 'imagenet' for {name}")
+        return None, weights
+    source = Path(weights).expanduser()
+    legacy_h5 = source.suffix in (".h5", ".hdf5") and not source.name.endswith(".weights.h5")
+    if name == "EfficientNetB0" and legacy_h5:
+        raise UserError(
+            f"EfficientNetB0 cannot start from a legacy .h5 file such as Keras's ImageNet "
+            f"file: Keras adds its ImageNet input scaling only for weights='imagenet'. "
+            f"Place {source.name} as {weights_status(name)['path']} and use "
+            "weights='imagenet' (--weights imagenet), or give a .weights.h5 file")
+    return source, None
+
+
+def _add_head(base, name: str, model_input, backbone_output, *, head: str, dense_units: int,
+              dropout: float, num_classes: int) -> tuple[keras.Model, list]:
+    """The classification head on ``backbone_output`` (``build_model``'s docstring):
+    the whole model and the head's layers after the pooling."""
+    x = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)(backbone_output)
+    if head == "multiscale":
+        mid = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL_MID)(top_block_input(base, name))
+        x = keras.layers.Concatenate(name=HEAD_FEATURES)([mid, x])
+    layers = ([keras.layers.Normalization(name=HEAD_NORM)] if head in ("standardized", "multiscale")
+              else [keras.layers.BatchNormalization(name=HEAD_BN)] if head == "batchnorm" else [])
+    layers += [
+        keras.layers.Dense(dense_units, activation="relu", name="head_dense"),
+        keras.layers.Dropout(dropout, name="head_dropout"),
+        keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions"),
+    ]
+    for layer in layers:
+        x = layer(x)
+    model = keras.Model(model_input, x, name=f"{name.lower()}_ecg")
+    if head in ("standardized", "multiscale"):  # identity until adapted (mean 0, variance 1)
+        width = int(model.get_layer(head_features_layer(model)).output.shape[-1])
+        model.get_layer(HEAD_NORM).adapt(keras.ops.zeros((2, width)) +
+                                         keras.ops.convert_to_tensor([[-1.0], [1.0]]))
+    return model, layers
+
+
 def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
                 weights: str | os.PathLike | None = "imagenet", dropout: float = 0.5,
                 dense_units: int = 256, head: str = "paper", finetune: str = "all",
@@ -160,27 +209,7 @@ def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
     bn_mode = bn_mode or ("frozen" if is_pretrained(weights) else "trainable")
     if bn_mode not in BN_MODES:
         raise UserError(f"bn_mode must be one of {BN_MODES}, not {bn_mode!r}")
-    standin = None
-    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
-        source = None
-    elif isinstance(weights, str) and weights.lower() == "imagenet":
-        _require_imagenet_file(name, image_size)
-        source = "imagenet"
-    elif isinstance(weights, str) and weights in STANDINS:
-        if STANDINS[weights].model != name:
-            raise UserError(f"the stand-in {weights!r} holds {STANDINS[weights].model} weights, "
-                            f"not {name}; use weights='none' or 'imagenet' for {name}")
-        source, standin = None, weights
-    else:
-        source = Path(weights).expanduser()
-        legacy_h5 = source.suffix in (".h5", ".hdf5") and not source.name.endswith(".weights.h5")
-        if name == "EfficientNetB0" and legacy_h5:
-            raise UserError(
-                f"EfficientNetB0 cannot start from a legacy .h5 file such as Keras's ImageNet "
-                f"file: Keras adds its ImageNet input scaling only for weights='imagenet'. "
-                f"Place {source.name} as {weights_status(name)['path']} and use "
-                "weights='imagenet' (--weights imagenet), or give a .weights.h5 file")
-
+    source, standin = _weights_source(name, weights, image_size)
     with keras_loads_verified_file(name, image_size=image_size) if source == "imagenet" else nullcontext():
         base = getattr(keras.applications, name)(
             include_top=False, weights="imagenet" if source == "imagenet" else None,
@@ -197,25 +226,8 @@ def build_model(name: str, *, image_size: int = 224, num_classes: int = 4,
                             f"saved from a model with conv_batchnorm, not from {source.name}")
         model_input, backbone_output = insert_conv_batchnorm(base)
         base = keras.Model(model_input, backbone_output, name=base.name)
-    x = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)(backbone_output)
-    if head == "multiscale":
-        mid = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL_MID)(top_block_input(base, name))
-        x = keras.layers.Concatenate(name=HEAD_FEATURES)([mid, x])
-    layers = ([keras.layers.Normalization(name=HEAD_NORM)] if head in ("standardized", "multiscale")
-              else [keras.layers.BatchNormalization(name=HEAD_BN)] if head == "batchnorm" else [])
-    layers += [
-        keras.layers.Dense(dense_units, activation="relu", name="head_dense"),
-        keras.layers.Dropout(dropout, name="head_dropout"),
-        keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions"),
-    ]
-    for layer in layers:
-        x = layer(x)
-    model = keras.Model(model_input, x, name=f"{name.lower()}_ecg")
-    if head in ("standardized", "multiscale"):  # identity until adapted (mean 0, variance 1)
-        width = int(model.get_layer(head_features_layer(model)).output.shape[-1])
-        model.get_layer(HEAD_NORM).adapt(keras.ops.zeros((2, width)) +
-                                         keras.ops.convert_to_tensor([[-1.0], [1.0]]))
-
+    model, layers = _add_head(base, name, model_input, backbone_output, head=head, dense_units=dense_units,
+                              dropout=dropout, num_classes=num_classes)
     if isinstance(source, Path):
         _load_weights_file(model, base, layers, source)
     set_trainable_backbone(model, name, finetune, bn_mode)
