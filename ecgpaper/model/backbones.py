@@ -25,6 +25,7 @@ from ecgpaper.config import HEADS
 from ecgpaper.errors import UserError
 from ecgpaper.model.imagenet import _require_imagenet_file, keras_loads_verified_file, weights_status
 from ecgpaper.model.standin import STANDINS, load_standin
+from ecgpaper.model.weightspec import parse_weights
 
 MODEL_NAMES: tuple[str, ...] = ("VGG16", "ResNet50", "MobileNetV2", "EfficientNetB0")
 
@@ -99,23 +100,28 @@ def _load_weights_file(model: keras.Model, base: keras.Model, head: list, path: 
 
 def is_pretrained(weights) -> bool:
     """True for weights that carry learnt features (ImageNet, a stand-in, a file)."""
-    return not (weights is None or str(weights).lower() == "none")
+    return parse_weights(weights).pretrained
 
 
 def _weights_source(name: str, weights, image_size: int) -> tuple[str | Path | None, str | None]:
-    """``build_model``'s ``weights`` as (what Keras or ``_load_weights_file`` loads:
-    ``"imagenet"``, a path or None; the stand-in key or None), checked first."""
-    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
+    """``build_model``'s ``weights`` (``weightspec.parse_weights``) as (what Keras or
+    ``_load_weights_file`` loads: ``"imagenet"``, a path or None; the stand-in key or
+    None), checked first."""
+    spec = parse_weights(weights)
+    if spec.kind == "auto":
+        raise UserError("weights='auto' is resolved by the run engine (runs.experiments.resolve_weights); "
+                        "build_model takes 'imagenet', 'none', a stand-in or a path")
+    if spec.kind == "none":
         return None, None
-    if isinstance(weights, str) and weights.lower() == "imagenet":
+    if spec.kind == "imagenet":
         _require_imagenet_file(name, image_size)
         return "imagenet", None
-    if isinstance(weights, str) and weights in STANDINS:
+    if spec.kind == "standin":
         if STANDINS[weights].model != name:
             raise UserError(f"the stand-in {weights!r} holds {STANDINS[weights].model} weights, "
                             f"not {name}; use weights='none' or 'imagenet' for {name}")
         return None, weights
-    source = Path(weights).expanduser()
+    source = spec.path
     legacy_h5 = source.suffix in (".h5", ".hdf5") and not source.name.endswith(".weights.h5")
     if name == "EfficientNetB0" and legacy_h5:
         raise UserError(

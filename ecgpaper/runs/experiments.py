@@ -27,6 +27,7 @@ from ecgpaper.errors import UserError
 from ecgpaper.model.imagenet import ensure_imagenet
 from ecgpaper.model.pipeline import subset_arrays
 from ecgpaper.model.standin import STANDINS, ensure_standin, standin_for
+from ecgpaper.model.weightspec import parse_weights
 from ecgpaper.paths import Workspace
 from ecgpaper.runs.engine import executor_kind, train_in_processes
 from ecgpaper.runs.export import export_best
@@ -86,7 +87,8 @@ def resolve_weights(weights: str, model: str, image_size: int, *, log=print) -> 
     ``weights_requested``) and in REPORT.md. Resolved once per process.
     "imagenet": the same fetch, and a ``UserError`` saying what to run when it fails.
     """
-    if weights == "imagenet":  # the paper's: fetched now if missing (the lightweight study's too)
+    kind = parse_weights(weights).kind
+    if kind == "imagenet":  # the paper's: fetched now if missing (the lightweight study's too)
         key = ("imagenet", model, image_size)
         if key not in _RESOLVED:
             if not ensure_imagenet(model, image_size=image_size, timeout=30, log=log):
@@ -97,7 +99,7 @@ def resolve_weights(weights: str, model: str, image_size: int, *, log=print) -> 
                     "does it), or point ECGPAPER_WEIGHTS_BASE_URL at a mirror")
             _RESOLVED[key] = "imagenet"
         return "imagenet"
-    if weights != "auto":
+    if kind != "auto":
         return weights
     key = (model, image_size)
     if key not in _RESOLVED:

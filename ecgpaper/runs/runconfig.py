@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from ecgpaper.config import EARLY_STOPPING_PATIENCE, PAPER_IMAGE_SIZE, PAPER_TRAIN_IMAGES
-from ecgpaper.model.standin import STANDINS
+from ecgpaper.model.weightspec import parse_weights
 from ecgpaper.paths import Workspace
 
 #: images whose statistics PreciseBN gives the BatchNorm layers before each scoring
@@ -140,10 +140,9 @@ def deviations(config: RunConfig) -> list[str]:
                    "(PreciseBN; Keras: moving averages)")
     if config.bn_stats == "train_images" and config.model != "VGG16":
         out.append("random backbone: BatchNorm statistics computed on the training images, then frozen")
-    if config.weights != "imagenet":
-        label = STANDINS[config.weights].label if config.weights in STANDINS else (
-            "random initialisation" if config.weights == "none" else f"weights from {config.weights}")
-        out.append(f"weights: {label} (paper: ImageNet)")
+    weights = parse_weights(config.weights)
+    if weights.kind != "imagenet":
+        out.append(f"weights: {weights.label} (paper: ImageNet)")
     if config.scaling != "rescale":
         out.append(f"input scaling: {config.scaling} (paper: /255)")
     if config.image_size != PAPER_IMAGE_SIZE:

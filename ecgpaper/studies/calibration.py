@@ -15,7 +15,7 @@ exported model serves that temperature (runs.export, serve.inference).
 Notebook 06 passes the leakage study's ``grouped`` runs (VGG16 and ResNet50,
 the paper's best cell, replicate 0), so the numbers are those of ECGs the
 models never saw. Outputs: ``table_per_class``, ``table_calibration`` and
-``fig18_reliability`` (:data:`ecgpaper.studies.common.OUTPUTS`).
+``fig18_reliability`` (:data:`ecgpaper.catalog.OUTPUTS`).
 """
 from __future__ import annotations
 

@@ -43,34 +43,6 @@ from ecgpaper.paths import Workspace
 from ecgpaper.runs.experiments import load_run_data
 from ecgpaper.runs.runconfig import RunData
 
-#: Every output of notebook 06, by stage: (figures, tables). Stable names.
-OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "leakage": (("fig14_leakage",), ("table_leakage", "table_leakage_gap", "table_leakage_copies")),
-    "gradcam": (("fig15_gradcam_grid",), ("table_gradcam_header_fraction",)),
-    "robustness": (("fig16_robustness",), ("table_robustness",)),
-    "lightweight": (("fig17_accuracy_vs_latency",), ("table_lightweight",)),
-    "statistics": ((), ("table_statistics",)),
-    "input_ablation": ((), ("table_input_ablation",)),
-    "calibration": (("fig18_reliability",), ("table_per_class", "table_calibration")),
-}
-
-FIGURE_CAPTIONS = {
-    "fig14_leakage": "Beyond the paper, 5.2: accuracy and macro F1 per split protocol (leakage study)",
-    "fig15_gradcam_grid": "Beyond the paper, 5.2: Grad-CAM overlays, correct and wrong test images per class",
-    "fig16_robustness": "Beyond the paper, 5.2: accuracy vs corruption severity per model",
-    "fig17_accuracy_vs_latency": "Beyond the paper, 5.5: accuracy vs CPU latency per image",
-    "fig18_reliability": ("Beyond the paper: reliability diagram of the `grouped` runs, before and after "
-                          "temperature scaling fitted on validation"),
-}
-
-
-def output_names() -> tuple[list[str], list[str]]:
-    """(figure names, table names) that notebook 06 writes."""
-    figs = [f for stage in OUTPUTS.values() for f in stage[0]]
-    tables = [t for stage in OUTPUTS.values() for t in stage[1]]
-    return figs, tables
-
-
 # --------------------------------------------------------------------------
 # runs
 # --------------------------------------------------------------------------

@@ -575,8 +575,20 @@ def _design(summary: dict) -> str:
 
 
 def sentences(summary: dict) -> list[str]:
-    """What the numbers show, in sentences computed from the summary."""
-    out = []
+    """What the numbers show, in sentences computed from the summary: the design and
+    the copies, each CNN's gap, VGG16 vs ResNet50, the CNN's accuracy with vs without
+    a copy in train, and what the 1-NN probe says about the split."""
+    out = [_design_sentence(summary)]
+    out += [_gap_sentence(g, summary) for g in summary["gaps"]
+            if g["protocol"] == "paper" and g["classifier"] != PROBE_LABEL]
+    out += [_architecture_sentence(a) for a in summary.get("architecture", [])]
+    learned = {(g["classifier"], g["crop"]): g["learned"] for g in summary["gaps"] if g["protocol"] == "paper"}
+    out += [_copy_effect_sentence(c, learned) for c in summary.get("copy_effect", [])
+            if c["classifier"] != PROBE_LABEL]
+    return out + _probe_sentences(summary)
+
+
+def _design_sentence(summary: dict) -> str:
     copies = summary["copies"]
     parts = []
     for protocol in ("paper", "grouped", "kaggle"):
@@ -584,92 +596,101 @@ def sentences(summary: dict) -> list[str]:
             c = copies[protocol]
             parts.append(f"`{protocol}` {_pct(np.mean(c['test_with_copy_in_train']), np.mean(c['n_test']))}"
                          f" (exact byte copies: {np.mean(c['test_exact_copy_in_train']):.0f})")
-    out.append(f"Design: {_design(summary)}; every mean below is over its folds, with the corrected "
-               "resampled t interval (Nadeau & Bengio 2003: the folds' training sets overlap). "
-               "Test images with a copy (exact or near) in the fold's train, mean per fold: "
-               + ", ".join(parts) + ".")
-    for g in summary["gaps"]:
-        if g["protocol"] != "paper" or g["classifier"] == PROBE_LABEL:
-            continue
-        crop = "header cropped" if g["crop"] else "full page"
-        head = (f"{g['classifier']} ({crop}): accuracy {g['accuracy']:.3f} under `paper` vs "
-                f"{g['accuracy_grouped']:.3f} under `grouped`, gap {g['accuracy_gap']:+.3f} "
-                f"({_ci_text(g['accuracy_gap_ci95'], g['all_folds_agree'], g['folds'], 'paired per fold, corrected resampled t')}"
-                ")")
-        if not g["learned"]:
-            epochs = summary.get("cnn_epochs")
-            weights = summary.get("weights", {}).get(g["classifier"], summary.get("cnn_weights"))
-            setting = ", ".join(x for x in (
-                f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs else "",
-                {"none": "random initialisation", "imagenet": "ImageNet weights"}.get(weights, weights or ""))
-                if x)
-            out.append(f"{head}: the models did not score above the majority-class rate "
-                       f"({g['majority_rate']:.3f}) under either protocol, i.e. they did not learn in "
-                       f"this profile ({setting}), so no gap is measurable from them; this gap is noise."
-                       + _trained(summary, g["classifier"], g["crop"]))
-        elif g["measurable"] and g["accuracy_gap"] > 0:
-            text = (f"{head}: a measurable gap; the random split scores this model higher than "
-                    "ECGs it never saw (`grouped`)")
-            if g["accuracy_grouped"] <= g["majority_rate"]:
-                weights = summary.get("weights", {}).get(g["classifier"])
-                why = (" It started from random weights: no ImageNet file was reachable and this backbone "
-                       "has no offline stand-in (docs/standins.md), and random features do not generalise "
-                       "to unseen ECGs (docs/training_recipe.md, \"Two scales\")." if weights == "none" else "")
-                text += (f"; under `grouped` it is not above the majority-class rate "
-                         f"({g['majority_rate']:.3f}): it recognises copies, not ECG morphology."
-                         f"{_trained(summary, g['classifier'], g['crop'])}{why}")
-            out.append(text if text.endswith(".") else text + ".")
-        elif g["measurable"]:
-            out.append(f"{head}: measurable, but `grouped` scores higher, so the random split did not "
-                       "inflate this number.")
-        elif g["accuracy_gap_ci95"] is None:
-            out.append(f"{head}: every fold gives the same gap, and {g['folds']} identical folds do not "
-                       "establish it; more folds or repeats would.")
-        else:
-            out.append(f"{head}: no measurable gap (the interval includes 0).")
-    for a in summary.get("architecture", []):
-        what = ("the gap (`paper` - `grouped`)" if a["what"] == "accuracy gap"
-                else f"accuracy under `{a['protocol']}`")
-        text = (f"{a['comparison']} (full page), {what}: {a['difference']:+.3f} "
-                f"({_ci_text(a['difference_ci95'], a['all_folds_agree'], a['folds'], 'paired per fold (same test images, a model seed per fold), corrected resampled t')}; "
-                f"per fold {', '.join(f'{d:+.3f}' for d in a['difference_per_fold'])})")
-        if a["measurable"]:
-            text += f": a measurable difference; {a['comparison'].split(' - ')[0 if a['difference'] > 0 else 1]} higher."
-        elif a["difference_ci95"] is None:
-            text += ": the folds agree exactly, so the seeds' spread cannot be measured from them."
-        else:
-            text += ": no measurable difference between the architectures (the interval includes 0)."
-        out.append(text)
-    learned = {(g["classifier"], g["crop"]): g["learned"] for g in summary["gaps"] if g["protocol"] == "paper"}
-    for c in summary.get("copy_effect", []):
-        if c["classifier"] == PROBE_LABEL:
-            continue
-        crop = "header cropped" if c["crop"] else "full page"
-        ci = c["difference_ci95"]
-        head = (f"{c['classifier']} ({crop}), within the `paper` folds: accuracy {c['accuracy_copy']:.3f} on the "
-                f"{c['n_copy']:.0f} test images with a copy in the fold's train vs {c['accuracy_no_copy']:.3f} on the "
-                f"{c['n_no_copy']:.0f} without (means over {c['folds']} folds), difference "
-                f"{c['difference']:+.3f}")
-        if ci is None and not c.get("all_folds_agree"):
-            out.append(f"{head}: in fewer than two folds both subsets have images, so the CNN's use of "
-                       "copies cannot be measured.")
-            continue
-        head += (f" ({_ci_text(ci, c.get('all_folds_agree', False), c.get('folds_with_both', c['folds']))}; "
-                 f"per fold {', '.join(f'{d:+.3f}' for d in c['difference_per_fold'])})")
-        if not learned.get((c["classifier"], c["crop"]), True):
-            out.append(f"{head}: the model did not learn, so this says nothing about copies.")
-        elif ci is None:
-            out.append(f"{head}: every fold gives the same difference; identical folds do not establish it.")
-        elif ci[0] > 0:
-            out.append(f"{head}: the CNN is measurably more accurate on images it has seen a copy of, "
-                       "so it exploits the copies (the two subsets are different ECGs, so part of the "
-                       "difference may come from which ECGs the archive copied).")
-        elif ci[1] < 0:
-            out.append(f"{head}: the CNN is measurably less accurate on images with a copy in train, "
-                       "so copies do not inflate its accuracy.")
-        else:
-            out.append(f"{head}: no measurable difference (the interval holds 0), so these runs do not "
-                       "show that the CNN exploits the copies.")
+    return (f"Design: {_design(summary)}; every mean below is over its folds, with the corrected "
+            "resampled t interval (Nadeau & Bengio 2003: the folds' training sets overlap). "
+            "Test images with a copy (exact or near) in the fold's train, mean per fold: "
+            + ", ".join(parts) + ".")
+
+
+def _gap_sentence(g: dict, summary: dict) -> str:
+    """One CNN's `paper` - `grouped` gap, and what it means."""
+    crop = "header cropped" if g["crop"] else "full page"
+    head = (f"{g['classifier']} ({crop}): accuracy {g['accuracy']:.3f} under `paper` vs "
+            f"{g['accuracy_grouped']:.3f} under `grouped`, gap {g['accuracy_gap']:+.3f} "
+            f"({_ci_text(g['accuracy_gap_ci95'], g['all_folds_agree'], g['folds'], 'paired per fold, corrected resampled t')}"
+            ")")
+    if not g["learned"]:
+        epochs = summary.get("cnn_epochs")
+        weights = summary.get("weights", {}).get(g["classifier"], summary.get("cnn_weights"))
+        setting = ", ".join(x for x in (
+            f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs else "",
+            {"none": "random initialisation", "imagenet": "ImageNet weights"}.get(weights, weights or ""))
+            if x)
+        return (f"{head}: the models did not score above the majority-class rate "
+                f"({g['majority_rate']:.3f}) under either protocol, i.e. they did not learn in "
+                f"this profile ({setting}), so no gap is measurable from them; this gap is noise."
+                + _trained(summary, g["classifier"], g["crop"]))
+    elif g["measurable"] and g["accuracy_gap"] > 0:
+        text = (f"{head}: a measurable gap; the random split scores this model higher than "
+                "ECGs it never saw (`grouped`)")
+        if g["accuracy_grouped"] <= g["majority_rate"]:
+            weights = summary.get("weights", {}).get(g["classifier"])
+            why = (" It started from random weights: no ImageNet file was reachable and this backbone "
+                "has no offline stand-in (docs/standins.md), and random features do not generalise "
+                "to unseen ECGs (docs/training_recipe.md, \"Two scales\")." if weights == "none" else "")
+            text += (f"; under `grouped` it is not above the majority-class rate "
+                     f"({g['majority_rate']:.3f}): it recognises copies, not ECG morphology."
+                     f"{_trained(summary, g['classifier'], g['crop'])}{why}")
+        return text if text.endswith(".") else text + "."
+    elif g["measurable"]:
+        return (f"{head}: measurable, but `grouped` scores higher, so the random split did not "
+                "inflate this number.")
+    elif g["accuracy_gap_ci95"] is None:
+        return (f"{head}: every fold gives the same gap, and {g['folds']} identical folds do not "
+                "establish it; more folds or repeats would.")
+    else:
+        return f"{head}: no measurable gap (the interval includes 0)."
+
+
+def _architecture_sentence(a: dict) -> str:
+    """VGG16 - ResNet50, paired per fold."""
+    what = ("the gap (`paper` - `grouped`)" if a["what"] == "accuracy gap"
+            else f"accuracy under `{a['protocol']}`")
+    text = (f"{a['comparison']} (full page), {what}: {a['difference']:+.3f} "
+            f"({_ci_text(a['difference_ci95'], a['all_folds_agree'], a['folds'], 'paired per fold (same test images, a model seed per fold), corrected resampled t')}; "
+            f"per fold {', '.join(f'{d:+.3f}' for d in a['difference_per_fold'])})")
+    if a["measurable"]:
+        text += f": a measurable difference; {a['comparison'].split(' - ')[0 if a['difference'] > 0 else 1]} higher."
+    elif a["difference_ci95"] is None:
+        text += ": the folds agree exactly, so the seeds' spread cannot be measured from them."
+    else:
+        text += ": no measurable difference between the architectures (the interval includes 0)."
+    return text
+
+
+def _copy_effect_sentence(c: dict, learned: dict) -> str:
+    """The CNN's accuracy on test images with vs without a copy in the fold's train."""
+    crop = "header cropped" if c["crop"] else "full page"
+    ci = c["difference_ci95"]
+    head = (f"{c['classifier']} ({crop}), within the `paper` folds: accuracy {c['accuracy_copy']:.3f} on the "
+            f"{c['n_copy']:.0f} test images with a copy in the fold's train vs {c['accuracy_no_copy']:.3f} on the "
+            f"{c['n_no_copy']:.0f} without (means over {c['folds']} folds), difference "
+            f"{c['difference']:+.3f}")
+    if ci is None and not c.get("all_folds_agree"):
+        return (f"{head}: in fewer than two folds both subsets have images, so the CNN's use of "
+                "copies cannot be measured.")
+    head += (f" ({_ci_text(ci, c.get('all_folds_agree', False), c.get('folds_with_both', c['folds']))}; "
+             f"per fold {', '.join(f'{d:+.3f}' for d in c['difference_per_fold'])})")
+    if not learned.get((c["classifier"], c["crop"]), True):
+        return f"{head}: the model did not learn, so this says nothing about copies."
+    elif ci is None:
+        return f"{head}: every fold gives the same difference; identical folds do not establish it."
+    elif ci[0] > 0:
+        return (f"{head}: the CNN is measurably more accurate on images it has seen a copy of, "
+                "so it exploits the copies (the two subsets are different ECGs, so part of the "
+                "difference may come from which ECGs the archive copied).")
+    elif ci[1] < 0:
+        return (f"{head}: the CNN is measurably less accurate on images with a copy in train, "
+                "so copies do not inflate its accuracy.")
+    else:
+        return (f"{head}: no measurable difference (the interval holds 0), so these runs do not "
+                "show that the CNN exploits the copies.")
+
+
+def _probe_sentences(summary: dict) -> list[str]:
+    """The 1-NN probe: it describes the split (its gap restates the copy count), and
+    the archive's own `kaggle` split."""
+    out = []
     probe_gap = {g["crop"]: g for g in summary["gaps"]
                  if g["classifier"] == PROBE_LABEL and g["protocol"] == "paper"}
     for c in summary.get("copy_effect", []):

@@ -134,6 +134,11 @@ def comparison_row(label: str, ws: Workspace, runs: list[Run], paper: dict, *, p
             "groups_a_better": None, "groups_b_better": None, "p_value_groups": None}
 
 
+#: REPORT.md's verdicts, one row per result of the paper (result, runs, verdict), written
+#: by ``report.write_report`` and read by ``narrative.report``
+VERDICTS_TABLE = "table_paper_verdicts"
+
+
 def paper_comparison_rows(ws: Workspace, *, baseline_runs: list[Run] | None = None,
                           n_bootstrap: int = N_BOOTSTRAP) -> list[dict]:
     """:func:`comparison_row` for every result of the paper we have runs for
