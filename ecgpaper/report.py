@@ -290,7 +290,8 @@ def write_report(ws: Workspace, *, data_root: str | None = None) -> Path:
         lines += [f"- `{png.relative_to(paths.ROOT) if png.is_relative_to(paths.ROOT) else png}`: "
                   f"{caption}{label}", "",
                   f"  ![{caption}]({Path(os.path.relpath(png, out)).as_posix()})", ""]
-    tables = sorted(out.glob("table*.md"))
+    # every table, except the verdicts: they are the main table above, restated for narrative.report
+    tables = sorted(t for t in out.glob("table*.md") if t.stem != VERDICTS_TABLE)
     if tables:
         lines += ["", "## Tables", ""]
         for t in tables:
