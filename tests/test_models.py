@@ -276,3 +276,41 @@ def test_batchnorm_calibration_in_chunks_gives_the_whole_sets_mean():
     assert np.allclose(stats[16][0], np.concatenate(chunks).mean(axis=(0, 1, 2)), atol=1e-4)
     assert np.allclose(stats[16][0], stats[48][0], atol=1e-4)
     assert np.allclose(stats[16][1], np.mean([c.var(axis=(0, 1, 2)) for c in chunks], axis=0), rtol=1e-3, atol=1e-5)
+
+
+def _variable_ids(model) -> set[int]:
+    return {id(v) for v in [*model.variables, *model.optimizer.variables,
+                            *(w for m in model.metrics for w in m.variables)]}
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_compile_for_fit_leaves_fit_no_variable_to_create(policy):
+    """A tf.function whose first trace creates variables is traced twice: with plain
+    ``compile`` the optimizer's slots appear inside fit's trace (ResNet50's first epoch:
+    84.6 s instead of 47.3 s on 2 cores); after ``compile_for_fit`` fit creates none."""
+    from ecgpaper.model.backbones import compile_for_fit
+
+    x = np.random.default_rng(0).random((8, 8, 8, 3), dtype=np.float32)
+    y = keras.utils.to_categorical(np.arange(8) % 4, 4)
+
+    def tiny():
+        inputs = keras.Input((8, 8, 3))
+        h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+        return keras.Model(inputs, keras.layers.Dense(4, activation="softmax", dtype="float32")(h))
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        plain = tiny()
+        plain.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
+        before = _variable_ids(plain)
+        plain.fit(x, y, batch_size=4, epochs=1, verbose=0)
+        assert _variable_ids(plain) - before, "Keras now builds before tracing: compile_for_fit is moot"
+
+        model = tiny()
+        compile_for_fit(model, keras.optimizers.Adam(1e-3), 4)
+        before = _variable_ids(model)
+        history = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+        assert _variable_ids(model) == before
+        assert set(history.history) == {"loss", "accuracy"} and np.isfinite(history.history["loss"]).all()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

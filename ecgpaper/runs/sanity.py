@@ -58,7 +58,7 @@ def overfit_one_batch(config: RunConfig, data: RunData, *, per_class: int | None
     import tensorflow as tf
 
     from ecgpaper.config import get_profile
-    from ecgpaper.model.backbones import fit_head_normalization
+    from ecgpaper.model.backbones import compile_for_fit, fit_head_normalization
 
     if per_class is None:
         per_class = get_profile(config.profile).overfit_per_class if config.profile else OVERFIT_PER_CLASS
@@ -78,7 +78,7 @@ def overfit_one_batch(config: RunConfig, data: RunData, *, per_class: int | None
         net, inputs, lr = head_model(model), features, config.head_learning_rate
     else:
         net, inputs, lr = model, scaling_fn(config.scaling, config.model)(x).numpy(), config.learning_rate
-    net.compile(optimizer=keras.optimizers.Adam(lr), loss="categorical_crossentropy", metrics=["accuracy"])
+    compile_for_fit(net, keras.optimizers.Adam(lr), len(CLASS_CODES))
     steps, accuracy, chunk = 0, 0.0, 10
     # the one batch, without end: each round is one fit of ``chunk`` steps on one
     # iterator (from arrays Keras would build a pipeline per one-step epoch)

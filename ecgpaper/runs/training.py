@@ -404,12 +404,14 @@ def _fit_head_phase(model, config: RunConfig, features, y_tr, y_va, *, log):
     history and the best checkpoint (its score and the whole model's weights)."""
     import keras
 
+    from ecgpaper.model.backbones import compile_for_fit
+
     f_tr, f_va = features[0], features[1]
     hm = head_model(model)
     steps_per_epoch = math.ceil(len(f_tr) / config.batch_size)
     # one compiled call per epoch: a small head's steps are cheaper than Keras's per-step overhead
-    hm.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate),
-               loss="categorical_crossentropy", metrics=["accuracy"], steps_per_execution=steps_per_epoch)
+    compile_for_fit(hm, keras.optimizers.Adam(config.head_learning_rate), len(CLASS_CODES),
+                    steps_per_execution=steps_per_epoch)
     epochs = max(1, math.ceil(config.head_steps / steps_per_epoch))
     n_classes = len(CLASS_CODES)
     best = _best_checkpoint(hm)
@@ -470,6 +472,8 @@ def _fit_finetune(model, config: RunConfig, strategy, finetune: str, frames: lis
     cached outputs (the same updates: nothing below trains, nothing is augmented).
     Appends its history to ``frames``; returns the model that trained, the cached
     activations (None: images) and the best checkpoint's weights so far."""
+    from ecgpaper.model.backbones import compile_for_fit
+
     best_score, best_weights = best_so_far
     phase = "finetune" if config.recipe == "transfer" else "paper"
     acts = None
@@ -483,8 +487,7 @@ def _fit_finetune(model, config: RunConfig, strategy, finetune: str, frames: lis
         fit_data = {"x": train_ds, "validation_data": val_ds, "shuffle": False}  # tf.data shuffles
     if finetune != "none" and config.epochs > 0:
         with strategy.scope():
-            trained.compile(optimizer=_optimizer(config), loss="categorical_crossentropy",
-                            metrics=["accuracy"], jit_compile=config.xla)
+            compile_for_fit(trained, _optimizer(config), len(CLASS_CODES), jit_compile=config.xla)
         # with early stopping (3.1; the transfer recipe), stop after ``patience``
         # epochs that do not beat the best so far, the head phase's included
         best = _best_checkpoint(model, best_score, best_weights,
