@@ -5,6 +5,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -40,11 +41,15 @@ def test_in_a_log_training_prints_one_line_per_epoch(monkeypatch):
 def test_in_a_terminal_training_shows_one_bar_over_all_steps(monkeypatch):
     monkeypatch.setenv(ENV, "bar")
     out = io.StringIO()
+    started = time.monotonic()
     fit_tiny_model(1, out)
+    elapsed = time.monotonic() - started
     final = out.getvalue().split("\r")[-1]
     assert "Tiny finetune" in final and "12/12" in final and "epoch 3/3" in final
-    # redrawn at most once a second plus start and end: compact in a saved notebook
-    assert out.getvalue().count("\r") <= 6
+    # redrawn at most once a second, once per epoch (its metrics) and at start and end,
+    # not once per step: compact in a saved notebook (on a busy machine the 12 steps take
+    # seconds, so the bound follows the time they took)
+    assert out.getvalue().count("\r") <= int(elapsed) + 3 + 2
 
 
 def test_quiet_means_no_progress(monkeypatch):
