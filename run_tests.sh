@@ -5,8 +5,7 @@
 #      while the paper profile's path runs in miniature in the background (every
 #      notebook on the paper-mini profile: tests/support/imagenet_mirror.py; much of a
 #      small run is single-threaded graph tracing, so the two share the cores well);
-#   3. the pytest suite, its files spread over the cores by pytest-xdist (extra arguments
-#      go to this step): library, CLI, training,
+#   3. the pytest suite (extra arguments go to this step): library, CLI, training,
 #      the web API over real HTTP (on SQLite and on a throw-away PostgreSQL, two
 #      instances included), the page in headless Chromium, and the
 #      figures/tables/REPORT.md that step 2 produced.
@@ -53,13 +52,9 @@ if [ "${ECGPAPER_SKIP_NOTEBOOKS:-0}" != "1" ]; then
     --nbval-cell-timeout 1200 -p no:cacheprovider -q notebooks/
   export ECGPAPER_NOTEBOOK_RUN="$NB_ROOT"
 fi
-# the test files are spread over the cores, a whole file per worker (its module fixtures
-# are built once): ECGPAPER_TEST_WORKERS, default one per core, at least 2, at most 8
-NPROC="$(nproc 2>/dev/null || echo 2)"
-WORKERS="${ECGPAPER_TEST_WORKERS:-$(( NPROC < 2 ? 2 : (NPROC > 8 ? 8 : NPROC) ))}"
-phase "test suite ($WORKERS workers)"
+phase "test suite"
 if [ -n "$MINI_PID" ]; then
-  python -m pytest -n "$WORKERS" --dist loadfile --durations=25 --ignore=tests/test_paper_mini.py "$@"
+  python -m pytest --durations=25 --ignore=tests/test_paper_mini.py "$@"
   phase "the paper profile in miniature: waiting for it to finish"
   if ! wait "$MINI_PID"; then
     MINI_PID=""
@@ -70,6 +65,6 @@ if [ -n "$MINI_PID" ]; then
   MINI_PID=""
   ECGPAPER_PAPER_MINI_RUN="$MINI_ROOT" python -m pytest -p no:cacheprovider tests/test_paper_mini.py
 else
-  python -m pytest -n "$WORKERS" --dist loadfile "$@"
+  python -m pytest "$@"
 fi
 phase "all tests passed"
