@@ -47,7 +47,6 @@ def training_images_per_second(model_name, images, labels, batch_size, steps, xl
     """(images/s, the compute dtype the model really used, peak GPU memory MB or None)."""
     import keras
 
-    from ecgpaper.config import CLASS_CODES
     from ecgpaper.model.backbones import build_model, compile_for_fit
     from ecgpaper.runs.training import gpu_peak_memory_mb, reset_gpu_peak_memory
 
@@ -56,7 +55,7 @@ def training_images_per_second(model_name, images, labels, batch_size, steps, xl
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
     reset_gpu_peak_memory()
     model = build_model(model_name, image_size=images.shape[1], weights="none")
-    compile_for_fit(model, keras.optimizers.Adam(1e-4), len(CLASS_CODES), jit_compile=xla)
+    compile_for_fit(model, keras.optimizers.Adam(1e-4), jit_compile=xla)
     ds = make_dataset(images, labels, batch_size=batch_size, shuffle=True, seed=0,
                       model_name=model_name).repeat()
     model.fit(ds, steps_per_epoch=1, epochs=1, verbose=0)  # warm-up: tracing, allocation

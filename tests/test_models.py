@@ -307,7 +307,7 @@ def test_compile_for_fit_leaves_fit_no_variable_to_create(policy):
         assert _variable_ids(plain) - before, "Keras now builds before tracing: compile_for_fit is moot"
 
         model = tiny()
-        compile_for_fit(model, keras.optimizers.Adam(1e-3), 4)
+        compile_for_fit(model, keras.optimizers.Adam(1e-3))
         before = _variable_ids(model)
         history = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
         assert _variable_ids(model) == before

@@ -380,7 +380,7 @@ def set_trainable_backbone(model: keras.Model, name: str, finetune: str, bn_mode
         layer.trainable = trainable
 
 
-def compile_for_fit(model: keras.Model, optimizer, num_classes: int, **compile_args) -> None:
+def compile_for_fit(model: keras.Model, optimizer, **compile_args) -> None:
     """``model.compile`` with the categorical cross-entropy and accuracy of every
     fit (paper 3.3), and the optimizer's and metrics' variables created at once.
 
@@ -393,7 +393,7 @@ def compile_for_fit(model: keras.Model, optimizer, num_classes: int, **compile_a
     model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"], **compile_args)
     model.optimizer.build(model.trainable_variables)
     # the compiled metrics resolve and build from the shapes of targets and predictions
-    targets = keras.ops.one_hot(keras.ops.zeros((1,), dtype="int32"), num_classes)
+    targets = keras.ops.one_hot(keras.ops.zeros((1,), dtype="int32"), model.output_shape[-1])
     model.compute_metrics(None, targets, targets)
     model.reset_metrics()
 

@@ -78,7 +78,7 @@ def overfit_one_batch(config: RunConfig, data: RunData, *, per_class: int | None
         net, inputs, lr = head_model(model), features, config.head_learning_rate
     else:
         net, inputs, lr = model, scaling_fn(config.scaling, config.model)(x).numpy(), config.learning_rate
-    compile_for_fit(net, keras.optimizers.Adam(lr), len(CLASS_CODES))
+    compile_for_fit(net, keras.optimizers.Adam(lr))
     steps, accuracy, chunk = 0, 0.0, 10
     # the one batch, without end: each round is one fit of ``chunk`` steps on one
     # iterator (from arrays Keras would build a pipeline per one-step epoch)

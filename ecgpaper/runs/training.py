@@ -410,8 +410,7 @@ def _fit_head_phase(model, config: RunConfig, features, y_tr, y_va, *, log):
     hm = head_model(model)
     steps_per_epoch = math.ceil(len(f_tr) / config.batch_size)
     # one compiled call per epoch: a small head's steps are cheaper than Keras's per-step overhead
-    compile_for_fit(hm, keras.optimizers.Adam(config.head_learning_rate), len(CLASS_CODES),
-                    steps_per_execution=steps_per_epoch)
+    compile_for_fit(hm, keras.optimizers.Adam(config.head_learning_rate), steps_per_execution=steps_per_epoch)
     epochs = max(1, math.ceil(config.head_steps / steps_per_epoch))
     n_classes = len(CLASS_CODES)
     best = _best_checkpoint(hm)
@@ -487,7 +486,7 @@ def _fit_finetune(model, config: RunConfig, strategy, finetune: str, frames: lis
         fit_data = {"x": train_ds, "validation_data": val_ds, "shuffle": False}  # tf.data shuffles
     if finetune != "none" and config.epochs > 0:
         with strategy.scope():
-            compile_for_fit(trained, _optimizer(config), len(CLASS_CODES), jit_compile=config.xla)
+            compile_for_fit(trained, _optimizer(config), jit_compile=config.xla)
         # with early stopping (3.1; the transfer recipe), stop after ``patience``
         # epochs that do not beat the best so far, the head phase's included
         best = _best_checkpoint(model, best_score, best_weights,
