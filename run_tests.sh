@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv if needed, then run the whole test suite:
+#   0. start the paper profile's path in miniature in the background (see 2);
 #   1. the front end: lint, build and Vitest unit tests (webapp/frontend);
 #   2. every notebook under nbval on the smoke profile, in a temporary project root,
 #      while the paper profile's path runs in miniature in the background (every
@@ -35,18 +36,22 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
     || echo "[warn] could not install postgresql: the PostgreSQL tests will be skipped" >&2
 fi
 
-phase "front end: lint, build, unit tests"
-build_frontend
-(cd webapp/frontend && npm run --silent lint && npm test --silent)
-
 MINI_PID=""
 if [ "${ECGPAPER_SKIP_NOTEBOOKS:-0}" != "1" ]; then
   NB_ROOT="$(mktemp -d -t ecgpaper-notebooks-XXXXXX)"
   MINI_ROOT="$(mktemp -d -t ecgpaper-paper-mini-XXXXXX)"
   trap 'if [ -n "$MINI_PID" ]; then kill "$MINI_PID" 2>/dev/null || true; fi; rm -rf "$NB_ROOT" "$MINI_ROOT"' EXIT
+  # started first: it is the longest job, and the front end's npm steps leave a core to it
   phase "the paper profile in miniature, in the background (paper-mini, log in $MINI_ROOT/out.log)"
   python tests/support/imagenet_mirror.py "$MINI_ROOT" >"$MINI_ROOT/out.log" 2>&1 &
   MINI_PID=$!
+fi
+
+phase "front end: lint, build, unit tests"
+build_frontend
+(cd webapp/frontend && npm run --silent lint && npm test --silent)
+
+if [ "${ECGPAPER_SKIP_NOTEBOOKS:-0}" != "1" ]; then
   phase "notebooks under nbval (smoke profile, outputs in $NB_ROOT)"
   ECGPAPER_PROFILE=smoke ECGPAPER_ROOT="$NB_ROOT" python -m pytest --nbval-lax --nbval-current-env \
     --nbval-cell-timeout 1200 -p no:cacheprovider -q notebooks/

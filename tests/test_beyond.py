@@ -631,9 +631,13 @@ def test_corruption_strengths_are_defined_at_the_model_input_resolution():
     assert share == pytest.approx(robustness.level("occlusion", 4), rel=0.1)
 
 
-def test_robustness_clean_condition_is_the_runs_own_test_set(tmp_path):
-    """Severity 0 feeds the cached test images themselves: the run's recorded accuracy."""
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_robustness_clean_condition_is_the_runs_own_test_set(tmp_path, monkeypatch, executor):
+    """Severity 0 feeds the cached test images themselves: the run's recorded accuracy,
+    the same whether the models load here or in a fresh process (a notebook's default)."""
     import keras
+
+    monkeypatch.setenv("ECGPAPER_EXECUTOR", executor)
 
     from ecgpaper.runs.runconfig import RunData
 

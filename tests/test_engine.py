@@ -100,6 +100,23 @@ def test_jobs_default_to_one_per_visible_gpu_and_one_on_a_cpu(monkeypatch):
         engine.executor_kind()
 
 
+def _exit_now(code: int) -> None:
+    os._exit(code)
+
+
+def test_study_work_runs_in_a_fresh_process_and_a_dead_child_is_a_clear_error(monkeypatch):
+    """engine.in_fresh_process: the studies' model work (Grad-CAM, robustness, latency)
+    leaves the notebook kernel's memory alone; inline (the unit tests) it runs here."""
+    monkeypatch.setenv("ECGPAPER_EXECUTOR", "process")
+    child = engine.in_fresh_process(os.getpid)
+    assert child != os.getpid()
+    assert engine.in_fresh_process(divmod, 7, 2) == (3, 1)
+    with pytest.raises(UserError, match="_exit_now died"):
+        engine.in_fresh_process(_exit_now, 3)
+    monkeypatch.setenv("ECGPAPER_EXECUTOR", "inline")
+    assert engine.in_fresh_process(os.getpid) == os.getpid()
+
+
 # --------------------------------------------------------------------------
 # the real pipeline through the CLI, a process per run (slow)
 # --------------------------------------------------------------------------

@@ -609,3 +609,34 @@ def train_in_processes(jobs: list[tuple[RunConfig, RunData]], *, name: str = "ru
         progress.close()
     if failures:
         raise RunsFailed(failures)
+
+
+# --------------------------------------------------------------------------
+# the studies' model work (Grad-CAM, corrupted inputs, latency) in a child too
+# --------------------------------------------------------------------------
+
+def in_fresh_process(fn, /, *args, **kwargs):
+    """``fn(*args, **kwargs)`` in a fresh interpreter (``spawn``), its result pickled
+    back: the studies that load saved models into TensorFlow (Grad-CAM, robustness,
+    latency) run there, so a notebook kernel never holds their memory (TensorFlow
+    does not hand it back; issue 20: the quick notebook-06 kernel peaked at 3.4 GB
+    when they ran in it). ``fn`` and its arguments must pickle (module-level
+    functions, arrays, runs, dicts). Inline (``ECGPAPER_EXECUTOR=inline``, the unit
+    tests): called here. A child that dies raises :class:`UserError` with the reason.
+
+    A one-task ``concurrent.futures`` pool is enough here: unlike training, nothing
+    needs a GPU pinned, a claim or a time limit, and the pool's one worker exits with it.
+    """
+    if executor_kind() == "inline":
+        return fn(*args, **kwargs)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    name = getattr(fn, "__qualname__", repr(fn))
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            return pool.submit(fn, *args, **kwargs).result()
+        except BrokenProcessPool as exc:
+            raise UserError(f"the child process running {name} died ({exc}); if it ran out of memory, "
+                            "free memory or run it on a larger machine, then rerun the cell") from None

@@ -27,6 +27,7 @@ from ecgpaper.metrics import (
 from ecgpaper.model.pipeline import scaling_fn
 from ecgpaper.outputs import interval_columns, save_figure, save_table, use_style
 from ecgpaper.paths import Workspace
+from ecgpaper.runs.engine import in_fresh_process
 from ecgpaper.runs.store import Run
 from ecgpaper.studies.common import DataSource
 
@@ -54,14 +55,21 @@ def explain_images(model_file, config: dict, images: np.ndarray, batch: int = 32
     return np.concatenate(probs), np.concatenate(heats)
 
 
-def explain_run(run: Run, source: DataSource) -> dict:
-    """Heat maps of every test image of a finished run (``store.load_run``)."""
-    config = run.config
-    data = source.data_for_run(config)
-    images, y, rows = data.test
-    proba, heat = explain_images(run.folder / "model.keras", config, images)
-    return {"run": run, "images": np.asarray(images), "y": np.asarray(y), "rows": rows,
-            "proba": proba, "pred": proba.argmax(1), "heat": heat}
+def explain_many(jobs: list[tuple]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`explain_images` for each ``(model_file, config, images)``, in order (one
+    process for all: :func:`run` calls it in a fresh one)."""
+    return [explain_images(model_file, config, images) for model_file, config, images in jobs]
+
+
+def explain_runs(runs: list[Run], source: DataSource) -> list[dict]:
+    """Heat maps of every test image of finished runs (``store.load_run``); the models
+    load in a fresh process (``engine.in_fresh_process``), never in the caller's."""
+    tests = [source.data_for_run(run.config).test for run in runs]
+    jobs = [(run.folder / "model.keras", run.config, np.asarray(images)) for run, (images, _, _) in zip(runs, tests)]
+    results = in_fresh_process(explain_many, jobs)
+    return [{"run": run, "images": np.asarray(images), "y": np.asarray(y), "rows": rows,
+             "proba": proba, "pred": proba.argmax(1), "heat": heat}
+            for run, (images, y, rows), (proba, heat) in zip(runs, tests, results)]
 
 
 def heat_shares(heat: np.ndarray, crop: bool, fit: str = "resize") -> pd.DataFrame:
@@ -214,11 +222,12 @@ def run(source: DataSource, baseline_runs: list[dict], crop_pair: list[dict] = (
     further runs (the leakage study's VGG16 with and without crop) for the
     header-fraction table. Returns {"grid": [...], "table": [...]} of
     (label, explained) pairs."""
-    grid = [(f"{r.config['model']} (baseline)", explain_run(r, source)) for r in baseline_runs]
+    explained = explain_runs([*baseline_runs, *crop_pair], source)
+    grid = [(f"{r.config['model']} (baseline)", ex) for r, ex in zip(baseline_runs, explained)]
     table = [(f"{label}, {'header cropped' if ex['run'].config['crop'] else 'full page'}", ex)
              for label, ex in grid]
-    for r in crop_pair:
+    for r, ex in zip(crop_pair, explained[len(baseline_runs):]):
         c = r.config
         table.append((f"{c['model']} (batch {c['batch_size']}), "
-                      f"{'header cropped' if c['crop'] else 'full page'}", explain_run(r, source)))
+                      f"{'header cropped' if c['crop'] else 'full page'}", ex))
     return {"grid": grid, "table": table}

@@ -28,6 +28,7 @@ from ecgpaper.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, acc_f1, bootst
 from ecgpaper.model.pipeline import labels_to_indices, scaling_fn
 from ecgpaper.outputs import format_ci, interval_columns, save_figure, save_table, use_style
 from ecgpaper.paths import Workspace
+from ecgpaper.runs.engine import in_fresh_process
 from ecgpaper.runs.experiments import experiment_configs, run_configs, scaled_configs
 from ecgpaper.runs.store import Run, load_predictions, load_run, probabilities, record_experiment
 from ecgpaper.studies.common import DataSource, same_test_images, test_groups
@@ -90,7 +91,16 @@ def deployable_size_mb(model) -> float:
 
 
 def profile_runs(runs: list[Run], *, n_calls: int = 30, log=print) -> pd.DataFrame:
-    """One row per run: accuracy, CI, parameters, file size, latency, epoch time."""
+    """One row per run: accuracy, CI, parameters, file size, latency, epoch time. The
+    models load in a fresh process (``engine.in_fresh_process``), never in the caller's."""
+    table = in_fresh_process(measure_runs, runs, n_calls=n_calls)
+    for row in table.itertuples():
+        log(f"{row.model}: {row.params_millions:.1f} M parameters, {row.latency_ms:.1f} ms per image")
+    return table
+
+
+def measure_runs(runs: list[Run], *, n_calls: int = 30) -> pd.DataFrame:
+    """:func:`profile_runs`'s table, measured in this process (the models load here)."""
     import keras
     import tensorflow as tf
 
@@ -108,8 +118,6 @@ def profile_runs(runs: list[Run], *, n_calls: int = 30, log=print) -> pd.DataFra
             "params_millions": model.count_params() / 1e6, "file_mb": deployable_size_mb(model),
             **lat, "epoch_seconds": m.get("epoch_seconds_mean"),
         })
-        log(f"{c['model']}: {rows[-1]['params_millions']:.1f} M parameters, "
-            f"{rows[-1]['latency_ms']:.1f} ms per image")
         del model
         keras.backend.clear_session()
     return pd.DataFrame(rows)

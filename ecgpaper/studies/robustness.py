@@ -56,6 +56,7 @@ from ecgpaper.metrics import (
 from ecgpaper.model.pipeline import scaling_fn
 from ecgpaper.outputs import format_ci, interval_columns, save_figure, save_table, use_style
 from ecgpaper.paths import Workspace
+from ecgpaper.runs.engine import in_fresh_process
 from ecgpaper.runs.store import Run
 from ecgpaper.studies.probe import PROBE_LABEL, fit_probe, probe_features
 
@@ -211,7 +212,7 @@ def _predictor(run: Run):
 
 
 def run(runs: list[Run], data, *, probe: bool = True, corruptions=tuple(CORRUPTIONS),
-                   severities=SEVERITIES, seed: int = 0, chunk: int = 64, log=print) -> pd.DataFrame:
+        severities=SEVERITIES, seed: int = 0, chunk: int = 64, log=print) -> pd.DataFrame:
     """Accuracy and macro F1 of each run (and of the 1-NN probe fitted on the
     runs' training images) on the corrupted test images.
 
@@ -219,8 +220,24 @@ def run(runs: list[Run], data, *, probe: bool = True, corruptions=tuple(CORRUPTI
     preprocessing (notebook 06: the leakage study's ``grouped`` runs); ``data``:
     their ``RunData``, whose test images (the training cache's decoding) are the
     clean condition. ``recorded_accuracy``: each run's own test accuracy, which
-    the clean condition reproduces.
+    the clean condition reproduces (a warning when it does not). The models load
+    in a fresh process (``engine.in_fresh_process``), never in the caller's.
     """
+    table = in_fresh_process(score_corrupted, runs, data, probe=probe, corruptions=corruptions,
+                             severities=severities, seed=seed, chunk=chunk)
+    n_test = len(data.test[1])
+    for r in runs:
+        model, acc = r.config["model"], float(r.metrics["accuracy"])
+        clean_acc = float(table.loc[(table["model"] == model) & (table["severity"] == 0), "accuracy"].iloc[0])
+        if abs(clean_acc - acc) > 1.5 / n_test:
+            log(f"WARNING: {model}: clean accuracy {clean_acc:.3f} differs from its recorded test accuracy "
+                f"{acc:.3f}: the clean inputs are not those the run was tested on")
+    return table
+
+
+def score_corrupted(runs: list[Run], data, *, probe: bool = True, corruptions=tuple(CORRUPTIONS),
+                    severities=SEVERITIES, seed: int = 0, chunk: int = 64) -> pd.DataFrame:
+    """:func:`run`'s table, computed in this process (the models load here)."""
     c0 = runs[0].config
     for r in runs[1:]:
         c = r.config
@@ -267,11 +284,6 @@ def run(runs: list[Run], data, *, probe: bool = True, corruptions=tuple(CORRUPTI
     order = {m: i for i, m in enumerate(list(models) + [PROBE_LABEL])}
     table["_m"], table["_c"] = table["model"].map(order), table["corruption"].map(list(corruptions).index)
     table = table.sort_values(["_m", "_c", "severity"], kind="stable").drop(columns=["_m", "_c"])
-    for model, acc in recorded.items():
-        clean_acc = float(table.loc[(table["model"] == model) & (table["severity"] == 0), "accuracy"].iloc[0])
-        if abs(clean_acc - acc) > 1.5 / len(y):
-            log(f"WARNING: {model}: clean accuracy {clean_acc:.3f} differs from its recorded test accuracy "
-                f"{acc:.3f}: the clean inputs are not those the run was tested on")
     return table.reset_index(drop=True)
 
 
